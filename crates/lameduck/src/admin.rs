@@ -1,0 +1,210 @@
+//! The admin listener: `/livez`, `/readyz` and `/metrics`, on a separate socket (loopback by
+//! default) that keeps serving until the process exits, also while draining.
+//!
+//! - `GET /livez`: 200 while the process runs.
+//! - `GET /readyz`: 200 while serving and every [`ReadinessCheck`] passes; 503 from the
+//!   moment draining starts or while a check fails, with the reason in the body.
+//! - `GET /metrics`: Prometheus text format ([`Metrics::render`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::lifecycle::{Phase, Shutdown};
+use crate::middleware::metrics::Metrics;
+
+/// How long one readiness check may take before it counts as failed.
+pub const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// An application readiness check (database reachable, cache warm...). It returns `Err`
+/// with a reason when the process should not get traffic.
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    name: Arc<str>,
+    check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadinessCheck {
+    /// A named check; `f` is called on every `/readyz`, cut off after
+    /// [`READINESS_CHECK_TIMEOUT`].
+    pub fn new<F, Fut>(name: impl Into<Arc<str>>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            check: Arc::new(move || Box::pin(f())),
+        }
+    }
+
+    async fn run(&self) -> Result<(), String> {
+        match tokio::time::timeout(READINESS_CHECK_TIMEOUT, (self.check)()).await {
+            Ok(r) => r.map_err(|e| format!("{}: {e}", self.name)),
+            Err(_) => Err(format!("{}: timed out", self.name)),
+        }
+    }
+}
+
+/// The admin endpoints' state.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    shutdown: Shutdown,
+    metrics: Metrics,
+    checks: Arc<[ReadinessCheck]>,
+}
+
+impl Admin {
+    /// Admin endpoints over a lifecycle, a metrics registry and readiness checks.
+    pub fn new(shutdown: Shutdown, metrics: Metrics, checks: Vec<ReadinessCheck>) -> Self {
+        Self {
+            shutdown,
+            metrics,
+            checks: checks.into(),
+        }
+    }
+
+    /// `Ok` when the process should receive traffic, else the reasons it should not.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let phase = self.shutdown.phase();
+        if phase != Phase::Serving {
+            return Err(format!("phase is {phase}"));
+        }
+        let mut failed = Vec::new();
+        for c in self.checks.iter() {
+            if let Err(e) = c.run().await {
+                failed.push(e);
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
+    /// Answer one admin request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/livez" => text(
+                StatusCode::OK,
+                format!("alive, phase {}\n", self.shutdown.phase()),
+            ),
+            "/readyz" => match self.readiness().await {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            "/metrics" => {
+                let mut res = text(StatusCode::OK, self.metrics.render());
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+
+    /// Serve the admin endpoints on `listener` until the returned future is dropped.
+    pub async fn serve(self, listener: TcpListener) {
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let admin = self.clone();
+            let builder = builder.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                    tracing::debug!(error = %e, "admin connection error");
+                }
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Lifecycle;
+
+    fn get(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_phase_and_checks_while_livez_stays_up() {
+        let lc = Lifecycle::new();
+        let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = ok.clone();
+        let check = ReadinessCheck::new("db", move || {
+            let up = flag.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("unreachable".to_string())
+                }
+            }
+        });
+        let admin = Admin::new(lc.shutdown(), Metrics::new(), vec![check]);
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 503, "starting");
+        lc.set_phase(Phase::Serving);
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 200);
+        ok.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(admin.readiness().await, Err("db: unreachable".into()));
+        ok.store(true, std::sync::atomic::Ordering::Relaxed);
+        lc.begin_drain(Duration::from_secs(1));
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 503);
+        assert_eq!(admin.handle(get("/livez")).await.status(), 200);
+        assert_eq!(admin.handle(get("/nope")).await.status(), 404);
+    }
+}

@@ -1,0 +1,26 @@
+//! The library's error type.
+
+use std::net::SocketAddr;
+
+/// Errors from starting a server. Each names the input at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A listener could not be bound (address in use, no permission, bad address).
+    #[error("failed to bind {which} listener on {addr}: {source}")]
+    Bind {
+        /// `"HTTP"` or `"admin"`.
+        which: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("failed to install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,139 @@
+//! The shutdown report: what happened, how long each step took, what was abandoned.
+
+use std::time::Duration;
+
+use super::Phase;
+use crate::exit;
+
+/// How long one phase lasted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseTiming {
+    /// The phase that ended.
+    pub phase: Phase,
+    /// How long it lasted.
+    pub duration: Duration,
+}
+
+/// A request that was still running when the server stopped waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbandonedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// Request path (without the query string).
+    pub path: String,
+    /// How long it had been running.
+    pub age: Duration,
+    /// Its request id, if the request-context middleware gave it one.
+    pub request_id: Option<String>,
+}
+
+/// How a shutdown hook ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookStatus {
+    /// It returned `Ok`.
+    Ok,
+    /// It returned an error (the message).
+    Failed(String),
+    /// It did not finish within its timeout.
+    TimedOut,
+    /// It was not run because the shutdown was forced.
+    Skipped,
+}
+
+/// One hook's outcome in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    /// The hook's name.
+    pub name: String,
+    /// The phase it ran in.
+    pub phase: crate::hooks::HookPhase,
+    /// How it ended.
+    pub status: HookStatus,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+/// What the shutdown did, returned by [`Server::serve`](crate::server::Server::serve) and
+/// logged as the last line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Why the shutdown started (`"signal"`, `"forced"`, `"trigger closed"`).
+    pub reason: String,
+    /// `true` when the server stopped waiting (deadline, second signal, SIGQUIT).
+    pub forced: bool,
+    /// Time from the start of the drain until connections were done or abandoned.
+    pub drain: Duration,
+    /// Every phase's duration, in order.
+    pub phases: Vec<PhaseTiming>,
+    /// Requests still running when the server stopped waiting.
+    pub abandoned: Vec<AbandonedRequest>,
+    /// Each hook, in the order they ran.
+    pub hooks: Vec<HookOutcome>,
+    /// Connections that were closed while still open at the deadline.
+    pub connections_closed: usize,
+}
+
+impl ShutdownReport {
+    /// `true` when everything finished and every hook succeeded.
+    pub fn is_clean(&self) -> bool {
+        !self.forced
+            && self.abandoned.is_empty()
+            && self.hooks.iter().all(|h| h.status == HookStatus::Ok)
+    }
+
+    /// The process exit code this shutdown deserves: [`exit::OK`] or
+    /// [`exit::FORCED_SHUTDOWN`].
+    pub fn exit_code(&self) -> u8 {
+        if self.is_clean() {
+            exit::OK
+        } else {
+            exit::FORCED_SHUTDOWN
+        }
+    }
+
+    /// Log the report: one line per abandoned request and failed hook, then a summary line.
+    pub fn log(&self) {
+        for r in &self.abandoned {
+            tracing::warn!(
+                method = %r.method,
+                path = %r.path,
+                age_ms = r.age.as_secs_f64() * 1e3,
+                request_id = r.request_id.as_deref().unwrap_or("-"),
+                "request abandoned"
+            );
+        }
+        for h in &self.hooks {
+            let status = match &h.status {
+                HookStatus::Ok => "ok".to_string(),
+                HookStatus::Failed(e) => format!("failed: {e}"),
+                HookStatus::TimedOut => "timed out".to_string(),
+                HookStatus::Skipped => "skipped".to_string(),
+            };
+            tracing::info!(
+                hook = %h.name,
+                hook_phase = h.phase.as_str(),
+                status = %status,
+                duration_ms = h.duration.as_secs_f64() * 1e3,
+                "hook finished"
+            );
+        }
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|p| format!("{}={:.1}ms", p.phase, p.duration.as_secs_f64() * 1e3))
+            .collect();
+        tracing::info!(
+            reason = %self.reason,
+            forced = self.forced,
+            drain_ms = self.drain.as_secs_f64() * 1e3,
+            abandoned = self.abandoned.len(),
+            connections_closed = self.connections_closed,
+            hooks = self.hooks.len(),
+            phases = %phases.join(" "),
+            exit_code = self.exit_code(),
+            "shutdown report"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Drain admission: what happens to requests while the server drains.
+//!
+//! From the moment draining starts, every HTTP/1 response carries `Connection: close`, so a
+//! client learns on its next response that it must open a new connection (to another
+//! replica, or to the new process after an upgrade). Requests that arrive late in the drain
+//! are served by default; [`DrainPolicy::RejectAfter`] answers them `503` with
+//! `Retry-After` and `Connection: close` instead.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{routing::get, Router};
+//! use lameduck::lifecycle::Lifecycle;
+//! use lameduck::middleware::drain::{DrainAdmissionLayer, DrainPolicy};
+//!
+//! let lifecycle = Lifecycle::new();
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "ok" }))
+//!     .layer(DrainAdmissionLayer::new(lifecycle.shutdown())
+//!         .policy(DrainPolicy::RejectAfter(Duration::from_secs(5))));
+//! # let _ = app;
+//! ```
+//!
+//! [`Server`](crate::server::Server) marks HTTP/1 responses itself; this layer is for apps
+//! served by another server that still want the marking and the policy.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::lifecycle::Shutdown;
+
+/// The `Retry-After` value sent with a drain refusal, unless configured otherwise.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// What to do with a request that arrives while the server drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DrainPolicy {
+    /// Serve it (with `Connection: close` on HTTP/1). The default: a request that reached
+    /// this process is cheapest to serve here.
+    #[default]
+    Serve,
+    /// Serve requests that arrive within this long after draining started; refuse later
+    /// ones with 503, `Retry-After` and `Connection: close`.
+    RejectAfter(Duration),
+}
+
+/// Marks responses during the drain and applies a [`DrainPolicy`]. See the
+/// [module docs](self).
+#[derive(Debug, Clone)]
+pub struct DrainAdmissionLayer {
+    shutdown: Shutdown,
+    policy: DrainPolicy,
+    retry_after: HeaderValue,
+}
+
+impl DrainAdmissionLayer {
+    /// Serve every request, marking HTTP/1 responses with `Connection: close` during the
+    /// drain.
+    pub fn new(shutdown: Shutdown) -> Self {
+        Self {
+            shutdown,
+            policy: DrainPolicy::Serve,
+            retry_after: HeaderValue::from(DEFAULT_RETRY_AFTER.as_secs()),
+        }
+    }
+
+    /// Set the policy for requests that arrive during the drain.
+    pub fn policy(mut self, policy: DrainPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The `Retry-After` sent with a refusal (whole seconds, at least 1; default
+    /// [`DEFAULT_RETRY_AFTER`]).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = HeaderValue::from(after.as_secs().max(1));
+        self
+    }
+}
+
+impl<S> Layer<S> for DrainAdmissionLayer {
+    type Service = DrainAdmission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DrainAdmission {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`DrainAdmissionLayer`].
+#[derive(Debug, Clone)]
+pub struct DrainAdmission<S> {
+    inner: S,
+    layer: DrainAdmissionLayer,
+}
+
+/// Add `Connection: close` to an HTTP/1 response (never to HTTP/2, where the header is
+/// illegal and GOAWAY does the job).
+pub fn mark_connection_close<B>(version: Version, res: &mut Response<B>) {
+    if version <= Version::HTTP_11 {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+impl<S> DrainAdmission<S> {
+    fn refuses_now(&self) -> bool {
+        let DrainPolicy::RejectAfter(grace) = self.layer.policy else {
+            return false;
+        };
+        self.layer
+            .shutdown
+            .drain_started()
+            .is_some_and(|t0| t0.elapsed() >= grace)
+    }
+
+    fn refusal<B>(&self, version: Version) -> Response<Either<B, Full<Bytes>>> {
+        let body = r#"{"error":{"code":"draining","message":"server is shutting down, retry on a new connection"}}"#;
+        let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
+            body.as_bytes(),
+        ))));
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let h = res.headers_mut();
+        h.insert(header::RETRY_AFTER, self.layer.retry_after.clone());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        mark_connection_close(version, &mut res);
+        res
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for DrainAdmission<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<Either<ResB, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let version = req.version();
+        if self.layer.shutdown.is_draining() && self.refuses_now() {
+            return ResponseFuture {
+                kind: Kind::Refused {
+                    res: Some(self.refusal(version)),
+                },
+            };
+        }
+        ResponseFuture {
+            kind: Kind::Inner {
+                fut: self.inner.call(req),
+                version,
+                shutdown: self.layer.shutdown.clone(),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`DrainAdmission`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F, B> {
+        Inner { #[pin] fut: F, version: Version, shutdown: Shutdown },
+        Refused { res: Option<Response<Either<B, Full<Bytes>>>> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Either<B, Full<Bytes>>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner {
+                fut,
+                version,
+                shutdown,
+            } => {
+                let mut res = ready!(fut.poll(cx))?.map(Either::Left);
+                if shutdown.is_draining() {
+                    mark_connection_close(*version, &mut res);
+                }
+                Poll::Ready(Ok(res))
+            }
+            KindProj::Refused { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Lifecycle;
+    use tower::ServiceExt;
+
+    fn svc(
+        lc: &Lifecycle,
+        policy: DrainPolicy,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<Either<&'static str, Full<Bytes>>>,
+        Error = std::convert::Infallible,
+    > + Clone {
+        DrainAdmissionLayer::new(lc.shutdown())
+            .policy(policy)
+            .layer(tower::service_fn(|_r: Request<()>| async {
+                Ok::<_, std::convert::Infallible>(Response::new("ok"))
+            }))
+    }
+
+    #[tokio::test]
+    async fn responses_carry_connection_close_only_while_draining() {
+        let lc = Lifecycle::new();
+        let s = svc(&lc, DrainPolicy::Serve);
+        let before = s.clone().oneshot(Request::new(())).await.unwrap();
+        assert!(before.headers().get("connection").is_none());
+        lc.begin_drain(Duration::from_secs(5));
+        let during = s.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(during.status(), 200);
+        assert_eq!(during.headers()["connection"], "close");
+        let h2 = Request::builder()
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        let during_h2 = s.oneshot(h2).await.unwrap();
+        assert!(
+            during_h2.headers().get("connection").is_none(),
+            "illegal in HTTP/2"
+        );
+    }
+
+    #[tokio::test]
+    async fn late_requests_are_refused_with_retry_after_under_reject_after() {
+        let lc = Lifecycle::new();
+        let s = svc(&lc, DrainPolicy::RejectAfter(Duration::ZERO));
+        assert_eq!(
+            s.clone().oneshot(Request::new(())).await.unwrap().status(),
+            200
+        );
+        lc.begin_drain(Duration::from_secs(5));
+        let res = s.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert_eq!(res.headers()["connection"], "close");
+    }
+}

@@ -1,0 +1,375 @@
+//! Request metrics in Prometheus text format: request count and latency histogram by route
+//! and status, plus the gauges the server feeds (in-flight requests, open connections,
+//! phase, drain duration).
+//!
+//! The route label comes from [`RouteLabel`] in the response extensions; with axum, apply
+//! [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) with `Router::layer` so
+//! that the matched route template (`/orders/{id}`) is used, never the raw path, which
+//! would make one series per id. Requests without a label count under `route="unmatched"`.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use lameduck::middleware::metrics::{Metrics, MetricsLayer};
+//! use lameduck::middleware::route::RouteLabelLayer;
+//!
+//! let metrics = Metrics::new();
+//! let app: Router = Router::new()
+//!     .route("/ping", get(|| async { "pong" }))
+//!     .layer(RouteLabelLayer::new())
+//!     .layer(MetricsLayer::new(metrics.clone()));
+//! assert!(metrics.render().contains("lameduck_http_connections_open 0"));
+//! # let _ = app;
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::lifecycle::{Phase, Shutdown};
+use crate::middleware::in_flight::InFlight;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The label used when a response names no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// A route label for metrics, put in the response extensions.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub Arc<str>);
+
+#[derive(Debug, Default)]
+struct Series {
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+}
+
+impl Series {
+    fn observe(&self, latency: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type RouteSeries = HashMap<Arc<str>, HashMap<u16, Arc<Series>>>;
+
+#[derive(Debug, Default)]
+struct Registry {
+    series: RwLock<RouteSeries>,
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    drain_micros: AtomicU64,
+    in_flight: OnceLock<InFlight>,
+    shutdown: OnceLock<Shutdown>,
+}
+
+/// The metrics registry. Cheap to clone; clones share the data.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Registry>,
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Report `in_flight.len()` as `lameduck_http_requests_in_flight`. The first call wins.
+    pub fn with_in_flight(self, in_flight: InFlight) -> Self {
+        let _ = self.inner.in_flight.set(in_flight);
+        self
+    }
+
+    /// Report the lifecycle phase as `lameduck_phase`. The first call wins.
+    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
+        let _ = self.inner.shutdown.set(shutdown);
+        self
+    }
+
+    /// Record one finished request.
+    pub fn observe(&self, route: &str, status: u16, latency: Duration) {
+        if let Some(s) = self.lookup(route, status) {
+            return s.observe(latency);
+        }
+        let mut map = self
+            .inner
+            .series
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(Arc::from(route))
+            .or_default()
+            .entry(status)
+            .or_default()
+            .observe(latency);
+    }
+
+    fn lookup(&self, route: &str, status: u16) -> Option<Arc<Series>> {
+        let map = self
+            .inner
+            .series
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(route)?.get(&status).cloned()
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.inner.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed.
+    pub fn connection_closed(&self) {
+        self.inner.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections_open(&self) -> i64 {
+        self.inner.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Record how long the drain took.
+    pub fn set_drain_duration(&self, d: Duration) {
+        self.inner
+            .drain_micros
+            .store(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of everything recorded.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        self.render_requests(&mut out);
+        let r = &self.inner;
+        let in_flight = r.in_flight.get().map_or(0, InFlight::len);
+        gauge(
+            &mut out,
+            "lameduck_http_requests_in_flight",
+            "Requests being served.",
+            in_flight as f64,
+        );
+        gauge(
+            &mut out,
+            "lameduck_http_connections_open",
+            "Open client connections.",
+            r.connections_open.load(Ordering::Relaxed) as f64,
+        );
+        let _ = writeln!(out, "# HELP lameduck_http_connections_total Connections accepted.\n# TYPE lameduck_http_connections_total counter\nlameduck_http_connections_total {}", r.connections_total.load(Ordering::Relaxed));
+        if let Some(sd) = r.shutdown.get() {
+            let now = sd.phase();
+            let _ = writeln!(out, "# HELP lameduck_phase Current lifecycle phase (1 for the current one).\n# TYPE lameduck_phase gauge");
+            for p in Phase::ALL {
+                let _ = writeln!(
+                    out,
+                    "lameduck_phase{{phase=\"{p}\"}} {}",
+                    u8::from(p == now)
+                );
+            }
+        }
+        let drain = r.drain_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        gauge(
+            &mut out,
+            "lameduck_drain_duration_seconds",
+            "Duration of the last completed drain (0 before any).",
+            drain,
+        );
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let map = self
+            .inner
+            .series
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
+            .iter()
+            .flat_map(|(r, by)| by.iter().map(move |(s, v)| (r, *s, v)))
+            .collect();
+        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let _ = writeln!(out, "# HELP lameduck_http_requests_total Requests answered, by route and status.\n# TYPE lameduck_http_requests_total counter");
+        for (route, status, s) in &rows {
+            let _ = writeln!(
+                out,
+                "lameduck_http_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
+                escape(route),
+                s.count.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP lameduck_http_request_duration_seconds Time to response headers, by route and status.\n# TYPE lameduck_http_request_duration_seconds histogram");
+        for (route, status, s) in &rows {
+            let labels = format!("route=\"{}\",status=\"{status}\"", escape(route));
+            let mut cumulative = 0;
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "lameduck_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let count = s.count.load(Ordering::Relaxed);
+            let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "lameduck_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "lameduck_http_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "lameduck_http_request_duration_seconds_count{{{labels}}} {count}"
+            );
+        }
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Records every response in a [`Metrics`] registry. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`MetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B, ResB> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+            started: Instant::now(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`MetricsService`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        metrics: Metrics,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx))?;
+        let route = route_of(&res);
+        this.metrics
+            .observe(route, res.status().as_u16(), this.started.elapsed());
+        Poll::Ready(Ok(res))
+    }
+}
+
+fn route_of<B>(res: &Response<B>) -> &str {
+    if let Some(label) = res.extensions().get::<RouteLabel>() {
+        return &label.0;
+    }
+    #[cfg(feature = "axum")]
+    if let Some(path) = res.extensions().get::<axum::extract::MatchedPath>() {
+        return path.as_str();
+    }
+    UNMATCHED_ROUTE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new();
+        m.observe("/a", 200, Duration::from_micros(500));
+        m.observe("/a", 200, Duration::from_millis(20));
+        m.observe("/a\"b", 500, Duration::from_secs(100));
+        let text = m.render();
+        assert!(text.contains("lameduck_http_requests_total{route=\"/a\",status=\"200\"} 2"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\",status=\"200\",le=\"0.001\"} 1"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\",status=\"200\",le=\"0.025\"} 2"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\\\"b\",status=\"500\",le=\"30\"} 0"));
+        assert!(text.contains(
+            "lameduck_http_request_duration_seconds_count{route=\"/a\\\"b\",status=\"500\"} 1"
+        ));
+    }
+
+    #[test]
+    fn connection_gauges_follow_open_and_close() {
+        let m = Metrics::new();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        assert_eq!(m.connections_open(), 1);
+        assert!(m.render().contains("lameduck_http_connections_total 2"));
+    }
+}

@@ -1,0 +1,281 @@
+//! Request context: a request id and the lifecycle's "stop soon" signal and deadline,
+//! reachable from every handler.
+//!
+//! The layer takes the request id from the `x-request-id` header when it is a valid id (1
+//! to 128 visible ASCII characters), generates one otherwise, stores a [`RequestContext`]
+//! in the request extensions and returns the id on the response.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use lameduck::lifecycle::Lifecycle;
+//! use lameduck::middleware::request_context::{RequestContext, RequestContextLayer};
+//!
+//! async fn handler(ctx: RequestContext) -> String {
+//!     if ctx.shutdown().is_draining() {
+//!         return format!("{}: finishing early", ctx.request_id());
+//!     }
+//!     format!("{}: hello", ctx.request_id())
+//! }
+//!
+//! let lifecycle = Lifecycle::new();
+//! let app: Router = Router::new()
+//!     .route("/", get(handler))
+//!     .layer(RequestContextLayer::new(lifecycle.shutdown()));
+//! # let _ = app;
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::lifecycle::Shutdown;
+
+/// The header that carries the request id, in and out.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id accepted from a client.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A request's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only ids of visible ASCII are ever constructed.
+        self.0.to_str().unwrap_or("")
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// Accept a client-sent id if it is 1..=128 visible ASCII characters.
+    pub fn from_header(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let ok = !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes.iter().all(|b| b.is_ascii_graphic());
+        ok.then(|| Self(value.clone()))
+    }
+
+    /// A new id: a per-process prefix (from the start time and pid) and a counter.
+    pub fn generate() -> Self {
+        static PREFIX: OnceLock<String> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let prefix = PREFIX.get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            format!(
+                "{:08x}{:04x}",
+                (nanos >> 16) as u32,
+                std::process::id() as u16
+            )
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{prefix}-{n:x}");
+        // Hex digits and '-' are always a valid header value.
+        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a handler knows about its request and the process lifecycle.
+///
+/// Stored in the request extensions by [`RequestContextLayer`]; with the `axum` feature it
+/// is also an extractor (a request without the layer is answered 500).
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    id: RequestId,
+    received: Instant,
+    shutdown: Shutdown,
+}
+
+impl RequestContext {
+    /// The request id (also sent back in `x-request-id`).
+    pub fn request_id(&self) -> &RequestId {
+        &self.id
+    }
+
+    /// When the request reached the middleware.
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// The lifecycle: `stop_soon()`, `is_draining()`, `deadline()`.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// The instant after which the server will cut this request off; `None` while the
+    /// server is not draining.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.shutdown.deadline()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<RequestContext>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "RequestContextLayer is missing from the middleware stack",
+        ))
+    }
+}
+
+/// Adds a [`RequestContext`] to every request. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct RequestContextLayer {
+    shutdown: Shutdown,
+}
+
+impl RequestContextLayer {
+    /// A layer whose contexts watch `shutdown`.
+    pub fn new(shutdown: Shutdown) -> Self {
+        Self { shutdown }
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContextService {
+            inner,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// The service of [`RequestContextLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestContextService<S> {
+    inner: S,
+    shutdown: Shutdown,
+}
+
+impl<S, B, ResB> Service<Request<B>> for RequestContextService<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(RequestId::from_header)
+            .unwrap_or_else(RequestId::generate);
+        let ctx = RequestContext {
+            id: id.clone(),
+            received: Instant::now(),
+            shutdown: self.shutdown.clone(),
+        };
+        req.extensions_mut().insert(id.clone());
+        req.extensions_mut().insert(ctx);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RequestContextService`]: sets `x-request-id` on the response.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            res.headers_mut().entry(&X_REQUEST_ID).or_insert(id.0);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Lifecycle;
+    use tower::ServiceExt;
+
+    async fn echo(req: Request<()>) -> Result<Response<String>, std::convert::Infallible> {
+        let ctx = req.extensions().get::<RequestContext>().expect("context");
+        Ok(Response::new(ctx.request_id().to_string()))
+    }
+
+    #[tokio::test]
+    async fn a_valid_client_id_is_kept_and_returned() {
+        let lc = Lifecycle::new();
+        let svc = RequestContextLayer::new(lc.shutdown()).layer(tower::service_fn(echo));
+        let req = Request::builder()
+            .header("x-request-id", "abc-123")
+            .body(())
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.headers()["x-request-id"], "abc-123");
+        assert_eq!(res.body(), "abc-123");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_or_missing_id_is_replaced_by_a_fresh_one() {
+        let lc = Lifecycle::new();
+        let svc = RequestContextLayer::new(lc.shutdown()).layer(tower::service_fn(echo));
+        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        let a = svc
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .header("x-request-id", long.as_str())
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let b = svc.oneshot(Request::new(())).await.unwrap();
+        assert_ne!(a.body(), &long);
+        assert!(!a.body().is_empty());
+        assert_ne!(a.body(), b.body(), "generated ids are unique");
+    }
+}

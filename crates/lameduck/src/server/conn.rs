@@ -1,0 +1,501 @@
+//! One client connection: the per-connection service wrapper, the I/O wrapper that notices
+//! header bytes, and the driver that decides when to retire the connection.
+//!
+//! Retirement rules live in [`decide`], a pure function, so they can be tested without
+//! sockets:
+//! - a request head must arrive within `header_read_timeout` of its first byte (or of the
+//!   accept, for the first request), else the connection is cut (slowloris);
+//! - while serving, a connection idle for `idle_timeout` is closed gracefully;
+//! - while draining, HTTP/2 gets GOAWAY at once; an idle HTTP/1 connection is kept until it
+//!   has been idle for `idle_grace` counted from the later of its last response and the
+//!   start of the drain, so a client reusing it gets a response with `Connection: close`
+//!   rather than a reset;
+//! - a connection asked to close that stays idle for another `idle_grace` is dropped.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
+
+use crate::body::GuardedBody;
+use crate::lifecycle::Shutdown;
+use crate::middleware::drain::mark_connection_close;
+
+const VERSION_UNKNOWN: u8 = 0;
+const VERSION_H1: u8 = 1;
+const VERSION_H2: u8 = 2;
+
+/// Shared state of one connection, updated by the service wrapper and the I/O wrapper and
+/// read by the driver. Instants are stored as nanoseconds since `born` (0 = none).
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    born: Instant,
+    active: AtomicUsize,
+    last_active: AtomicU64,
+    head_started: AtomicU64,
+    version: AtomicU8,
+    changed: Notify,
+}
+
+impl ConnState {
+    pub(crate) fn new() -> Self {
+        Self {
+            born: Instant::now(),
+            active: AtomicUsize::new(0),
+            last_active: AtomicU64::new(0),
+            // The first request head is due from the accept on.
+            head_started: AtomicU64::new(1),
+            version: AtomicU8::new(VERSION_UNKNOWN),
+            changed: Notify::new(),
+        }
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.born).as_nanos() as u64 + 1
+    }
+
+    fn instant(&self, nanos: u64) -> Option<Instant> {
+        (nanos != 0).then(|| self.born + Duration::from_nanos(nanos - 1))
+    }
+
+    fn begin(self: &Arc<Self>, version: Version) -> ActiveGuard {
+        let v = if version == Version::HTTP_2 {
+            VERSION_H2
+        } else {
+            VERSION_H1
+        };
+        self.version.store(v, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Relaxed);
+        ActiveGuard {
+            state: self.clone(),
+        }
+    }
+
+    /// Bytes arrived: if no request is running on an HTTP/1 connection, a head has started.
+    fn on_read(&self) {
+        if self.active.load(Ordering::Acquire) == 0
+            && self.version.load(Ordering::Relaxed) != VERSION_H2
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started
+                .store(self.nanos(Instant::now()), Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> ConnSnapshot {
+        let last = self.last_active.load(Ordering::Relaxed);
+        ConnSnapshot {
+            active: self.active.load(Ordering::Acquire),
+            idle_since: self.instant(last).unwrap_or(self.born),
+            head_started: self.instant(self.head_started.load(Ordering::Relaxed)),
+            http2: self.version.load(Ordering::Relaxed) == VERSION_H2,
+        }
+    }
+}
+
+/// Marks a request as finished on its connection when its response body is done.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard {
+    state: Arc<ConnState>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let s = &self.state;
+        s.last_active
+            .store(s.nanos(Instant::now()), Ordering::Relaxed);
+        s.active.fetch_sub(1, Ordering::AcqRel);
+        s.changed.notify_one();
+    }
+}
+
+/// What the driver knows about a connection at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnSnapshot {
+    pub(crate) active: usize,
+    pub(crate) idle_since: Instant,
+    pub(crate) head_started: Option<Instant>,
+    pub(crate) http2: bool,
+}
+
+/// The connection timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) idle_grace: Duration,
+}
+
+/// What the driver should do now, and when to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Nothing yet; look again at this instant (or when a request ends).
+    Wait(Instant),
+    /// Ask the protocol to close: GOAWAY for HTTP/2, close-when-idle for HTTP/1.
+    Graceful,
+    /// Drop the connection now.
+    Close,
+}
+
+/// The retirement rules. `drain_started` is set while draining; `graceful_sent` once
+/// [`Action::Graceful`] was acted on.
+pub(crate) fn decide(
+    now: Instant,
+    c: ConnSnapshot,
+    limits: ConnLimits,
+    drain_started: Option<Instant>,
+    graceful_sent: Option<Instant>,
+) -> Action {
+    let mut next = now + limits.idle_timeout;
+    if c.active == 0 {
+        if let Some(head) = c.head_started {
+            let due = head + limits.header_read_timeout;
+            if now >= due {
+                return Action::Close;
+            }
+            next = next.min(due);
+        }
+    }
+    if let Some(sent) = graceful_sent {
+        if c.active == 0 {
+            let due = sent.max(c.idle_since) + limits.idle_grace;
+            if now >= due {
+                return Action::Close;
+            }
+            next = next.min(due);
+        }
+        return Action::Wait(next);
+    }
+    match drain_started {
+        Some(_) if c.http2 => Action::Graceful,
+        Some(t0) => idle_for(now, c, t0.max(c.idle_since), limits.idle_grace, next),
+        None => idle_for(now, c, c.idle_since, limits.idle_timeout, next),
+    }
+}
+
+fn idle_for(
+    now: Instant,
+    c: ConnSnapshot,
+    since: Instant,
+    limit: Duration,
+    next: Instant,
+) -> Action {
+    if c.active > 0 || c.head_started.is_some() {
+        return Action::Wait(next);
+    }
+    let due = since + limit;
+    if now >= due {
+        Action::Graceful
+    } else {
+        Action::Wait(next.min(due))
+    }
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The protocol finished (client closed, or a graceful close completed).
+    Finished,
+    /// Dropped by a timeout rule.
+    Cut,
+    /// Dropped because the shutdown was forced.
+    Abandoned,
+}
+
+/// Run `conn` to completion under the retirement rules; `graceful` asks it to close.
+pub(crate) async fn drive<C, E>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    state: &ConnState,
+    shutdown: &Shutdown,
+    limits: ConnLimits,
+) -> Ended
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut graceful_sent = None;
+    loop {
+        let now = Instant::now();
+        let action = decide(
+            now,
+            state.snapshot(),
+            limits,
+            shutdown.drain_started(),
+            graceful_sent,
+        );
+        let wake = match action {
+            Action::Close => return Ended::Cut,
+            Action::Graceful => {
+                graceful(conn.as_mut());
+                graceful_sent = Some(now);
+                now + limits.idle_grace.max(Duration::from_millis(1))
+            }
+            Action::Wait(at) => at,
+        };
+        let draining = shutdown.is_draining();
+        tokio::select! {
+            biased;
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return Ended::Finished;
+            }
+            _ = shutdown.forced() => return Ended::Abandoned,
+            _ = shutdown.stop_soon(), if !draining => {}
+            _ = state.changed.notified(), if draining => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// The per-connection hyper service: counts requests on the connection, marks HTTP/1
+/// responses during the drain, and keeps the connection busy until each body is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnService<S> {
+    pub(crate) inner: S,
+    pub(crate) state: Arc<ConnState>,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
+{
+    type Response = Response<GuardedBody<B, ActiveGuard>>;
+    type Error = S::Error;
+    type Future = ConnFuture<S>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let version = req.version();
+        let guard = self.state.begin(version);
+        ConnFuture {
+            inner: self.inner.clone().oneshot(req),
+            guard: Some(guard),
+            version,
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ConnService`].
+    pub(crate) struct ConnFuture<S: Service<Request<Incoming>>> {
+        #[pin]
+        inner: Oneshot<S, Request<Incoming>>,
+        guard: Option<ActiveGuard>,
+        version: Version,
+        shutdown: Shutdown,
+    }
+}
+
+impl<S, B> Future for ConnFuture<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Output = Result<Response<GuardedBody<B, ActiveGuard>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if this.shutdown.is_draining() {
+            mark_connection_close(*this.version, &mut res);
+        }
+        let guard = this.guard.take();
+        Poll::Ready(Ok(res.map(|b| GuardedBody::new(b, guard))))
+    }
+}
+
+pin_project! {
+    /// A socket that tells its [`ConnState`] when bytes arrive.
+    #[derive(Debug)]
+    pub(crate) struct TrackedIo<T> {
+        #[pin]
+        io: T,
+        state: Arc<ConnState>,
+    }
+}
+
+impl<T> TrackedIo<T> {
+    pub(crate) fn new(io: T, state: Arc<ConnState>) -> Self {
+        Self { io, state }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        ready!(this.io.poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            this.state.on_read();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ConnLimits = ConnLimits {
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(120),
+        idle_grace: Duration::from_secs(1),
+    };
+
+    fn idle(since: Instant) -> ConnSnapshot {
+        ConnSnapshot {
+            active: 0,
+            idle_since: since,
+            head_started: None,
+            http2: false,
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_idle_http1_connection_survives_the_start_of_the_drain() {
+        let t = Instant::now();
+        let c = idle(t);
+        // Idle for a minute, drain starts now: kept for idle_grace, not closed at once.
+        let now = t + secs(60);
+        assert_eq!(
+            decide(now, c, LIMITS, Some(now), None),
+            Action::Wait(now + secs(1))
+        );
+        assert_eq!(
+            decide(now + secs(1), c, LIMITS, Some(now), None),
+            Action::Graceful
+        );
+    }
+
+    #[test]
+    fn a_busy_connection_is_never_retired_by_the_drain() {
+        let t = Instant::now();
+        let c = ConnSnapshot {
+            active: 1,
+            ..idle(t)
+        };
+        assert!(matches!(
+            decide(t + secs(100), c, LIMITS, Some(t), None),
+            Action::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn http2_gets_goaway_as_soon_as_the_drain_starts() {
+        let t = Instant::now();
+        let c = ConnSnapshot {
+            active: 3,
+            http2: true,
+            ..idle(t)
+        };
+        assert_eq!(decide(t, c, LIMITS, Some(t), None), Action::Graceful);
+    }
+
+    #[test]
+    fn a_slow_request_head_is_cut_at_the_header_timeout() {
+        let t = Instant::now();
+        let c = ConnSnapshot {
+            head_started: Some(t),
+            ..idle(t)
+        };
+        assert_eq!(
+            decide(t + secs(9), c, LIMITS, None, None),
+            Action::Wait(t + secs(10))
+        );
+        assert_eq!(decide(t + secs(10), c, LIMITS, None, None), Action::Close);
+    }
+
+    #[test]
+    fn steady_state_idle_timeout_closes_gracefully() {
+        let t = Instant::now();
+        assert!(matches!(
+            decide(t + secs(119), idle(t), LIMITS, None, None),
+            Action::Wait(_)
+        ));
+        assert_eq!(
+            decide(t + secs(120), idle(t), LIMITS, None, None),
+            Action::Graceful
+        );
+    }
+
+    #[test]
+    fn a_peer_that_ignores_the_close_is_dropped_after_another_grace() {
+        let t = Instant::now();
+        let c = ConnSnapshot {
+            http2: true,
+            ..idle(t)
+        };
+        assert!(matches!(
+            decide(t, c, LIMITS, Some(t), Some(t)),
+            Action::Wait(_)
+        ));
+        assert_eq!(
+            decide(t + secs(1), c, LIMITS, Some(t), Some(t)),
+            Action::Close
+        );
+    }
+
+    #[test]
+    fn zero_idle_grace_closes_idle_connections_at_once() {
+        let t = Instant::now();
+        let limits = ConnLimits {
+            idle_grace: Duration::ZERO,
+            ..LIMITS
+        };
+        assert_eq!(decide(t, idle(t), limits, Some(t), None), Action::Graceful);
+    }
+}

@@ -1,0 +1,539 @@
+//! The server: an accept loop on hyper-util's auto connection builder (HTTP/1.1 and HTTP/2
+//! cleartext) that drains without losing requests.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use lameduck::{lifecycle::Lifecycle, server::Server};
+//!
+//! # async fn run() -> Result<(), lameduck::Error> {
+//! let lifecycle = Lifecycle::new().with_os_signals().map_err(lameduck::Error::Signals)?;
+//! let app = Router::new().route("/ping", get(|| async { "pong" }));
+//! let server = Server::builder()
+//!     .admin("127.0.0.1:9090".parse().unwrap())
+//!     .bind("127.0.0.1:8080".parse().unwrap(), lifecycle)
+//!     .await?;
+//! let report = server.serve_router(app).await;
+//! std::process::exit(report.exit_code().into());
+//! # }
+//! ```
+//!
+//! # The drain
+//! On SIGTERM/SIGINT (or [`Trigger::drain`](crate::lifecycle::Trigger::drain)):
+//! 1. the phase becomes `Draining`: `/readyz` answers 503, handlers' "stop soon" fires,
+//!    before-drain hooks start, HTTP/1 responses carry `Connection: close` and HTTP/2
+//!    connections get GOAWAY;
+//! 2. for `drain_delay` the listener keeps accepting (load balancers take a moment to
+//!    notice); then it takes what is queued and closes, so new connects are refused;
+//! 3. in-flight requests run on. An idle HTTP/1 keep-alive connection is kept until it has
+//!    been idle for `idle_grace`: a client that reuses it in that window is served (with
+//!    `Connection: close`) instead of hitting a closed socket. The cost is that exit waits
+//!    up to `idle_grace` while idle connections remain; `idle_grace = 0` closes them at
+//!    once, as Go, axum and hyper do, and reintroduces the race;
+//! 4. when the last connection is gone the drain ends at once; at
+//!    `drain_delay + shutdown_timeout` what is left is closed and every abandoned request is
+//!    logged (exit code 3). A second signal, or SIGQUIT, forces that at once;
+//! 5. after-drain hooks, then final hooks, then the report.
+
+mod accept;
+mod conn;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::{Service, ServiceBuilder};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::admin::{Admin, ReadinessCheck};
+use crate::hooks::{HookPhase, Hooks};
+use crate::lifecycle::{Lifecycle, Phase, ShutdownReport, Signal};
+use crate::middleware::drain::{DrainAdmissionLayer, DrainPolicy};
+use crate::middleware::in_flight::{InFlight, InFlightLayer};
+use crate::middleware::metrics::{Metrics, MetricsLayer};
+use crate::middleware::request_context::RequestContextLayer;
+use crate::Error;
+use conn::{ConnLimits, ConnService, ConnState, Ended, TrackedIo};
+
+/// The request body type the application sees: hyper's body under the body-size limit.
+pub type RequestBody = tower_http::body::Limited<Incoming>;
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Keep accepting this long after draining starts (default: no delay).
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
+/// How long in-flight work may run after the drain delay before it is abandoned.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection is kept during the drain.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// Longest time a request head may take to arrive, from its first byte (or the accept).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection idle this long is closed. Longer than common client pool idle
+/// times (hyper and Go: 90 s), so that the server is not the side that closes first.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest request head (HTTP/1 read buffer and HTTP/2 header list), in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most connections open at once; further connections wait in the accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest request body, in bytes; larger ones get 413.
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Server configuration; see each method for its default.
+#[derive(Debug)]
+pub struct Builder {
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
+    idle_grace: Duration,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+    max_connections: usize,
+    body_limit: usize,
+    drain_policy: DrainPolicy,
+    admin: Option<SocketAddr>,
+    hooks: Hooks,
+    checks: Vec<ReadinessCheck>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_limit: DEFAULT_BODY_LIMIT,
+            drain_policy: DrainPolicy::Serve,
+            admin: None,
+            hooks: Hooks::new(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// Keep accepting this long after draining starts, while load balancers notice the
+    /// failing readiness (default [`DEFAULT_DRAIN_DELAY`]).
+    pub fn drain_delay(mut self, d: Duration) -> Self {
+        self.drain_delay = d;
+        self
+    }
+
+    /// The grace period after the drain delay (default [`DEFAULT_SHUTDOWN_TIMEOUT`]).
+    /// Never unbounded.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// How long an idle HTTP/1 keep-alive connection is kept during the drain (default
+    /// [`DEFAULT_IDLE_GRACE`]). Zero closes idle connections at once.
+    pub fn idle_grace(mut self, d: Duration) -> Self {
+        self.idle_grace = d;
+        self
+    }
+
+    /// Longest time for a request head to arrive (default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]).
+    pub fn header_read_timeout(mut self, d: Duration) -> Self {
+        self.header_read_timeout = d;
+        self
+    }
+
+    /// Close keep-alive connections idle this long (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Largest request head in bytes, at least 8192 (default
+    /// [`DEFAULT_MAX_HEADER_BYTES`]); larger heads get 431.
+    pub fn max_header_bytes(mut self, n: usize) -> Self {
+        self.max_header_bytes = n;
+        self
+    }
+
+    /// Most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Largest request body in bytes (default [`DEFAULT_BODY_LIMIT`]); larger get 413.
+    pub fn body_limit(mut self, n: usize) -> Self {
+        self.body_limit = n;
+        self
+    }
+
+    /// What to do with requests that arrive during the drain (default: serve them).
+    pub fn drain_policy(mut self, p: DrainPolicy) -> Self {
+        self.drain_policy = p;
+        self
+    }
+
+    /// Serve `/livez`, `/readyz` and `/metrics` on this address.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// Register a shutdown hook (see [`Hooks::add`]).
+    pub fn hook<F, Fut>(
+        mut self,
+        phase: HookPhase,
+        name: impl Into<String>,
+        timeout: Duration,
+        f: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), crate::hooks::HookError>> + Send + 'static,
+    {
+        self.hooks.add(phase, name, timeout, f);
+        self
+    }
+
+    /// Register a readiness check for `/readyz`.
+    pub fn readiness_check(mut self, check: ReadinessCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::Config(format!(
+                "max_header_bytes is {}, must be at least {MIN_HEADER_BYTES}",
+                self.max_header_bytes
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "header_read_timeout and idle_timeout must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bind the HTTP listener on `addr` (and the admin listener, if configured). Install
+    /// signal handlers on `lifecycle` before calling this (see
+    /// [`Lifecycle::with_os_signals`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for out-of-range settings, [`Error::Bind`] naming the address
+    /// that could not be bound.
+    pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
+        self.validate()?;
+        let http = bind("HTTP", addr).await?;
+        let admin = match self.admin {
+            Some(a) => Some(bind("admin", a).await?),
+            None => None,
+        };
+        Ok(Server {
+            config: self,
+            lifecycle,
+            http,
+            admin,
+        })
+    }
+}
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+#[derive(Debug)]
+pub struct Server {
+    config: Builder,
+    lifecycle: Lifecycle,
+    http: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+/// What the drain waits on, shared by the connection tasks.
+#[derive(Debug, Clone)]
+struct Shared {
+    builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    metrics: Metrics,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// A configuration with every default.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    /// The bound admin address, if any.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// The lifecycle watcher, for handlers and application tasks.
+    pub fn shutdown(&self) -> crate::lifecycle::Shutdown {
+        self.lifecycle.shutdown()
+    }
+
+    /// A handle that can start the drain without an OS signal.
+    pub fn trigger(&self) -> crate::lifecycle::Trigger {
+        self.lifecycle.trigger()
+    }
+
+    /// Serve an axum `Router` with route labels for metrics (see
+    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer)).
+    #[cfg(feature = "axum")]
+    pub async fn serve_router(self, router: axum::Router) -> ShutdownReport {
+        self.serve(router.layer(crate::middleware::route::RouteLabelLayer::new()))
+            .await
+    }
+
+    /// Serve `app` behind lameduck's middleware until the lifecycle ends; returns the
+    /// shutdown report (also logged). Use [`ShutdownReport::exit_code`] as the exit code.
+    pub async fn serve<S, B>(self, app: S) -> ShutdownReport
+    where
+        S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Server {
+            config,
+            mut lifecycle,
+            http,
+            admin,
+        } = self;
+        let sd = lifecycle.shutdown();
+        let in_flight = InFlight::new();
+        let metrics = Metrics::new()
+            .with_in_flight(in_flight.clone())
+            .with_shutdown(sd.clone());
+        let svc = ServiceBuilder::new()
+            .layer(crate::middleware::catch_panic::layer())
+            .layer(RequestContextLayer::new(sd.clone()))
+            .layer(MetricsLayer::new(metrics.clone()))
+            .layer(InFlightLayer::new(in_flight.clone()))
+            .layer(DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy))
+            .layer(RequestBodyLimitLayer::new(config.body_limit))
+            .service(app);
+        let shared = Shared {
+            builder: Arc::new(connection_builder(&config)),
+            limits: ConnLimits {
+                header_read_timeout: config.header_read_timeout,
+                idle_timeout: config.idle_timeout,
+                idle_grace: config.idle_grace,
+            },
+            metrics: metrics.clone(),
+            tracker: TaskTracker::new(),
+        };
+        let admin_task = admin.map(|l| {
+            let a = Admin::new(sd.clone(), metrics.clone(), config.checks.clone());
+            tokio::spawn(a.serve(l))
+        });
+        let stop_accepting = CancellationToken::new();
+        let accept_task = {
+            let (shared, sd, svc) = (shared.clone(), sd.clone(), svc.clone());
+            let limit = Arc::new(Semaphore::new(config.max_connections));
+            tokio::spawn(accept::accept_loop(
+                http,
+                limit,
+                stop_accepting.clone(),
+                move |stream, peer, permit| {
+                    spawn_connection(&shared, stream, peer, permit, svc.clone(), sd.clone());
+                },
+            ))
+        };
+        log_budget(&config);
+        lifecycle.set_phase(Phase::Serving);
+        let Drained { report, hooks } = drain(
+            &mut lifecycle,
+            config,
+            &shared,
+            stop_accepting,
+            accept_task,
+            &in_flight,
+        )
+        .await;
+        let report = finish(&lifecycle, hooks, report).await;
+        metrics.set_drain_duration(report.drain);
+        if let Some(t) = admin_task {
+            t.abort();
+        }
+        report
+    }
+}
+
+struct Drained {
+    report: ShutdownReport,
+    hooks: Hooks,
+}
+
+/// Wait for the signal, then run the drain: delay, close the listener, wait for the
+/// connections up to the deadline. Returns with the before-drain hooks done.
+async fn drain(
+    lifecycle: &mut Lifecycle,
+    config: Builder,
+    shared: &Shared,
+    stop_accepting: CancellationToken,
+    accept_task: tokio::task::JoinHandle<()>,
+    in_flight: &InFlight,
+) -> Drained {
+    let first = lifecycle.next_signal().await;
+    let mut report = ShutdownReport {
+        reason: match first {
+            Some(Signal::Forced) => "forced".into(),
+            Some(_) => "signal".into(),
+            None => "trigger closed".into(),
+        },
+        ..ShutdownReport::default()
+    };
+    let t0 = Instant::now();
+    lifecycle.begin_drain(config.drain_delay + config.shutdown_timeout);
+    let deadline = tokio::time::Instant::from_std(lifecycle.shutdown().deadline().unwrap_or(t0));
+    let mut hooks = config.hooks;
+    let before: Hooks = hooks.split_phase(HookPhase::BeforeDrain);
+    let before_task = tokio::spawn(async move {
+        let mut before = before;
+        before.run_phase(HookPhase::BeforeDrain).await
+    });
+    let mut forced = first == Some(Signal::Forced);
+    if !forced {
+        tokio::select! {
+            _ = tokio::time::sleep(config.drain_delay) => {}
+            _ = lifecycle.next_signal() => forced = true,
+        }
+    }
+    stop_accepting.cancel();
+    let _ = accept_task.await;
+    shared.tracker.close();
+    if !forced {
+        tokio::select! {
+            _ = shared.tracker.wait() => {}
+            _ = tokio::time::sleep_until(deadline) => { forced = true; report.reason.push_str(", deadline passed"); }
+            _ = lifecycle.next_signal() => { forced = true; report.reason.push_str(", second signal"); }
+        }
+    }
+    if forced {
+        report.forced = true;
+        report.abandoned = in_flight.snapshot();
+        report.connections_closed = shared.metrics.connections_open().max(0) as usize;
+        lifecycle.force();
+        shared.tracker.wait().await;
+    }
+    report.drain = t0.elapsed();
+    report.hooks = before_task.await.unwrap_or_default();
+    Drained { report, hooks }
+}
+
+/// After the drain: after-drain hooks (skipped when forced), final hooks, the report.
+async fn finish(
+    lifecycle: &Lifecycle,
+    mut hooks: Hooks,
+    mut report: ShutdownReport,
+) -> ShutdownReport {
+    lifecycle.set_phase(Phase::Stopping);
+    let after = if report.forced {
+        hooks.skip_phase(HookPhase::AfterDrain)
+    } else {
+        hooks.run_phase(HookPhase::AfterDrain).await
+    };
+    report.hooks.extend(after);
+    report.hooks.extend(hooks.run_phase(HookPhase::Final).await);
+    lifecycle.set_phase(Phase::Exited);
+    report.phases = lifecycle.timings();
+    report.log();
+    report
+}
+
+fn spawn_connection<S, B>(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    svc: S,
+    sd: crate::lifecycle::Shutdown,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    shared.metrics.connection_opened();
+    shared.tracker.clone().spawn(async move {
+        let state = Arc::new(ConnState::new());
+        let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
+        let service = ConnService {
+            inner: svc,
+            state: state.clone(),
+            shutdown: sd.clone(),
+        };
+        let conn = shared.builder.serve_connection_with_upgrades(io, service);
+        let ended = conn::drive(conn, |c| c.graceful_shutdown(), &state, &sd, shared.limits).await;
+        if ended != Ended::Finished {
+            tracing::debug!(%peer, ?ended, "connection closed by the server");
+        }
+        shared.metrics.connection_closed();
+        drop(permit);
+    });
+}
+
+fn connection_builder(config: &Builder) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timeout also runs while a keep-alive connection waits for its next
+    // request, which would make it an idle timeout; lameduck enforces both itself.
+    b.http1()
+        .header_read_timeout(None)
+        .max_buf_size(config.max_header_bytes)
+        .keep_alive(true);
+    b.http2()
+        .max_header_list_size(config.max_header_bytes as u32);
+    b
+}
+
+fn log_budget(config: &Builder) {
+    let hooks = config.hooks.budget(HookPhase::AfterDrain) + config.hooks.budget(HookPhase::Final);
+    let total = config.drain_delay + config.shutdown_timeout + hooks;
+    tracing::info!(
+        drain_delay_ms = config.drain_delay.as_millis() as u64,
+        shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
+        hooks_ms = hooks.as_millis() as u64,
+        total_ms = total.as_millis() as u64,
+        "shutdown budget: the supervisor's stop timeout (Kubernetes terminationGracePeriodSeconds, systemd TimeoutStopSec, docker stop -t) must exceed total_ms"
+    );
+}
