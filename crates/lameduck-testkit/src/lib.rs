@@ -1,1 +1,30 @@
-//! placeholder
+//! Test support for lameduck and services built on it: spawn a binary on port 0 and read its
+//! `listening http=... admin=...` line, a strict HTTP client that never retries, and polling
+//! with deadlines instead of sleeps.
+
+mod client;
+mod process;
+
+pub use client::{connect_h1, connect_h2, get, ClientError, H1, H2};
+pub use process::{SpawnError, Spawned};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Poll `f` every 10 ms until it returns `Some`, or give up at `timeout` with `None`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

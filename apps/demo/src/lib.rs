@@ -1,0 +1,240 @@
+//! `lameduck-demo`: the smallest lameduck service, used as a test and benchmark target.
+//!
+//! Routes: `GET /ping` -> `pong`; `GET /work?ms=N` waits N ms (0..=600000) then answers
+//! `done`; `GET /events` streams a server-sent event every 100 ms and ends with a final
+//! event when the server starts draining. `GET /panic` panics (the server answers 500 and
+//! lives on). Admin: `/livez`, `/readyz`, `/metrics`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::RawQuery;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::Router;
+use clap::{Parser, ValueEnum};
+use futures_util::stream::{self, Stream};
+use lameduck::lifecycle::Lifecycle;
+use lameduck::middleware::request_context::RequestContext;
+use lameduck::server::{self, Server};
+
+/// The longest `/work` accepts, in milliseconds.
+pub const MAX_WORK_MS: u64 = 600_000;
+/// Interval between `/events` events.
+pub const EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lameduck-demo",
+    version,
+    about = "The smallest lameduck service"
+)]
+pub struct Args {
+    /// Address of the HTTP listener (port 0 picks one and prints it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/livez, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Grace period for in-flight requests after the drain delay.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Keep accepting this long after SIGTERM while load balancers notice.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+    /// Keep idle keep-alive connections this long during the drain (0s closes them at once).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub idle_grace: Duration,
+    /// Cut connections whose request head takes longer than this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+    /// Log format on stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// JSON lines.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Parse flags, run the service, and map the outcome to the exit-code table.
+pub fn main_impl() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                lameduck::exit::USAGE
+            } else {
+                lameduck::exit::OK
+            });
+        }
+    };
+    init_logs(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::Error::new(e).context("failed to start the runtime")),
+    };
+    let result = rt.block_on(run(args));
+    // Dropping a runtime waits for blocking tasks without limit; bound it.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("lameduck-demo: {e:#}");
+    ExitCode::from(lameduck::exit::RUNTIME_ERROR)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Run the demo service until it has shut down; returns the exit code.
+///
+/// # Errors
+/// Start-up failures: signal handlers, binding.
+pub async fn run(args: Args) -> anyhow::Result<u8> {
+    // Signal handlers first: a SIGTERM during start-up still drains and runs hooks.
+    let lifecycle = Lifecycle::new()
+        .with_os_signals()
+        .context("failed to install signal handlers")?;
+    let server = Server::builder()
+        .drain_delay(args.drain_delay)
+        .shutdown_timeout(args.shutdown_timeout)
+        .idle_grace(args.idle_grace)
+        .header_read_timeout(args.header_read_timeout)
+        .body_limit(args.body_limit)
+        .admin(args.admin_listen)
+        .bind(args.listen, lifecycle)
+        .await?;
+    let http = server.local_addr()?;
+    let admin = server
+        .admin_addr()
+        .transpose()?
+        .unwrap_or(args.admin_listen);
+    if args.listen.port() == 0 || args.admin_listen.port() == 0 {
+        println!("listening http={http} admin={admin}");
+    }
+    tracing::info!(%http, %admin, pid = std::process::id(), "ready");
+    let report = server.serve_router(app()).await;
+    Ok(report.exit_code())
+}
+
+/// The demo's routes.
+pub fn app() -> Router {
+    Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route("/work", get(work))
+        .route("/events", get(events))
+        .route("/panic", get(panics))
+}
+
+async fn work(RawQuery(query): RawQuery) -> Result<&'static str, (StatusCode, String)> {
+    let ms =
+        parse_ms(query.as_deref()).map_err(|why| (StatusCode::BAD_REQUEST, format!("{why}\n")))?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok("done")
+}
+
+/// Parse the `ms` query parameter of `/work`.
+pub fn parse_ms(query: Option<&str>) -> Result<u64, String> {
+    let raw = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .ok_or_else(|| "missing query parameter ms (0..=600000)".to_string())?;
+    match raw.parse::<u64>() {
+        Ok(ms) if ms <= MAX_WORK_MS => Ok(ms),
+        _ => Err(format!(
+            "ms must be an integer from 0 to {MAX_WORK_MS}, got {raw:?}"
+        )),
+    }
+}
+
+async fn panics() -> &'static str {
+    panic!("the /panic route panics on purpose")
+}
+
+async fn events(
+    ctx: RequestContext,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let mut tick = tokio::time::interval(EVENT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = stream::unfold(
+        (ctx, tick, 0u64, false),
+        |(ctx, mut tick, n, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                _ = ctx.shutdown().stop_soon() => {
+                    let last = Event::default().event("shutdown").data("server is draining; reconnect elsewhere");
+                    Some((Ok(last), (ctx, tick, n, true)))
+                }
+                _ = tick.tick() => {
+                    let ev = Event::default().id(n.to_string()).data(format!("tick {n}"));
+                    Some((Ok(ev), (ctx, tick, n + 1, false)))
+                }
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ms_is_parsed_and_range_checked() {
+        assert_eq!(parse_ms(Some("ms=5")), Ok(5));
+        assert_eq!(parse_ms(Some("a=1&ms=600000")), Ok(600_000));
+        assert!(parse_ms(Some("ms=600001"))
+            .unwrap_err()
+            .contains("0 to 600000"));
+        assert!(parse_ms(Some("ms=abc")).unwrap_err().contains("\"abc\""));
+        assert!(parse_ms(Some("ms=-1")).is_err());
+        assert!(parse_ms(None).unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn flags_parse_durations_and_reject_bad_ones() {
+        let a = Args::try_parse_from([
+            "d",
+            "--shutdown-timeout",
+            "500ms",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert_eq!(a.shutdown_timeout, Duration::from_millis(500));
+        assert!(Args::try_parse_from(["d", "--drain-delay", "soon"]).is_err());
+    }
+}

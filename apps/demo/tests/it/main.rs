@@ -1,0 +1,54 @@
+//! End-to-end tests of `lameduck-demo`: the real binary, real sockets, real signals.
+
+mod bad_input;
+mod drain;
+mod keepalive;
+mod signals;
+mod streams;
+
+use std::time::Duration;
+
+use lameduck_testkit::{get, poll_until, Spawned};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lameduck-demo");
+
+/// Generous bound for anything that should happen "at once" on a loaded CI machine.
+pub(crate) const SOON: Duration = Duration::from_secs(10);
+
+pub(crate) fn start(args: &[&str]) -> Spawned {
+    Spawned::start(BIN, args).unwrap_or_else(|e| panic!("start {BIN}: {e}"))
+}
+
+/// Status of an admin endpoint, or 0 when the request failed.
+pub(crate) async fn admin_status(s: &Spawned, path: &str) -> u16 {
+    get(s.admin, path)
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Wait until the server reports `n` requests in flight.
+pub(crate) async fn wait_in_flight(s: &Spawned, n: usize) {
+    let want = format!("lameduck_http_requests_in_flight {n}\n");
+    let seen = poll_until(SOON, || async {
+        let res = get(s.admin, "/metrics").await.ok()?;
+        std::str::from_utf8(res.body())
+            .ok()?
+            .contains(&want)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "server never reported {n} requests in flight"
+    );
+}
+
+/// Wait until `/readyz` answers 503 (the drain has started).
+pub(crate) async fn wait_draining(s: &Spawned) {
+    let seen = poll_until(SOON, || async {
+        (admin_status(s, "/readyz").await == 503).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "server never started draining");
+}

@@ -1,0 +1,178 @@
+//! Spawn a server binary on port 0, learn its addresses, signal it, wait for its exit.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long a binary may take to print its `listening` line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a binary could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The binary could not be executed.
+    Io(std::io::Error),
+    /// It exited, or printed no `listening` line in time; its output so far.
+    NotReady(String),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Io(e) => write!(f, "spawn failed: {e}"),
+            SpawnError::NotReady(out) => write!(f, "no `listening` line; output:\n{out}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// A running server process, killed on drop.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    /// The HTTP listener's address.
+    pub http: SocketAddr,
+    /// The admin listener's address.
+    pub admin: SocketAddr,
+    stdout: Arc<Mutex<Vec<String>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Spawned {
+    /// Start `bin` with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0` and `args`, and
+    /// wait for its `listening http=ADDR admin=ADDR` line.
+    pub fn start(bin: &str, args: &[&str]) -> Result<Self, SpawnError> {
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(SpawnError::Io)?;
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child
+            .stdout
+            .take()
+            .ok_or_else(|| SpawnError::NotReady("no stdout".into()))?;
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let mut s = Self {
+            child,
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stdout,
+            status: None,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some((http, admin)) = s.logs().iter().find_map(|l| parse_listening(l)) {
+                s.http = http;
+                s.admin = admin;
+                return Ok(s);
+            }
+            if Instant::now() >= deadline || s.try_exit().is_some() {
+                return Err(SpawnError::NotReady(s.logs().join("\n")));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (SIGTERM, SIGINT, SIGQUIT...).
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Every stdout line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit code (`None` if it did not
+    /// exit in time, or was killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_exit() {
+                return st.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// `true` once the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.try_exit().is_some()
+    }
+
+    /// Wait up to `timeout` for a stdout line containing every one of `needles`.
+    pub async fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        crate::poll_until(timeout, || async {
+            self.logs()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+        })
+        .await
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("listening ")?;
+    let mut http = None;
+    let mut admin = None;
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("http=") {
+            http = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("admin=") {
+            admin = v.parse().ok();
+        }
+    }
+    Some((http?, admin?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_listening_line_is_parsed() {
+        let (h, a) = super::parse_listening("listening http=127.0.0.1:1 admin=[::1]:2").unwrap();
+        assert_eq!((h.port(), a.port()), (1, 2));
+        assert!(super::parse_listening("ready").is_none());
+    }
+}
