@@ -80,7 +80,7 @@ impl InFlight {
                 request_id: e.request_id.as_ref().map(|id| id.to_string()),
             })
             .collect();
-        list.sort_by(|a, b| b.age.cmp(&a.age));
+        list.sort_by_key(|r| std::cmp::Reverse(r.age));
         list
     }
 

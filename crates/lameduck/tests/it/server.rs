@@ -1,0 +1,104 @@
+//! Server behaviour seen through a real socket.
+
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use axum::Router;
+use lameduck::lifecycle::Phase;
+use lameduck::middleware::request_context::RequestContext;
+use lameduck::server::Server;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::{quick, run, SOON};
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_does_not_hold_the_drain() {
+    let builder = quick()
+        .shutdown_timeout(Duration::from_secs(30))
+        .header_read_timeout(Duration::from_secs(1));
+    let (addr, trigger, task) = run(builder, Router::new()).await;
+    let _silent = TcpStream::connect(addr).await.expect("connect");
+    let mut half = TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    let t0 = Instant::now();
+    trigger.drain();
+    let report = tokio::time::timeout(SOON, task).await.expect("exits").expect("task");
+    // The silent one goes after idle_grace; the half-sent head waits for its header timeout
+    // (1 s here) at most, never for the 30 s deadline.
+    assert!(t0.elapsed() < Duration::from_secs(3), "drain took {:?}", t0.elapsed());
+    assert!(!report.forced);
+}
+
+#[tokio::test]
+async fn handlers_see_the_stop_soon_signal_and_the_deadline() {
+    let started = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = started.clone();
+    let app = Router::new().route(
+        "/wait",
+        get(|ctx: RequestContext| async move {
+            notify.notify_one();
+            assert!(ctx.deadline().is_none(), "no deadline while serving");
+            ctx.shutdown().stop_soon().await;
+            let left = ctx.deadline().expect("deadline once draining").saturating_duration_since(Instant::now());
+            format!("{}", left.as_secs())
+        }),
+    );
+    let (addr, trigger, task) = run(quick().shutdown_timeout(Duration::from_secs(20)), app).await;
+    let req = tokio::spawn(async move { lameduck_get(addr, "/wait").await });
+    tokio::time::timeout(SOON, started.notified()).await.expect("handler started");
+    trigger.drain();
+    let body = tokio::time::timeout(SOON, req).await.expect("responds").expect("task");
+    assert!(body == "19" || body == "20", "deadline about 20 s away, got {body}");
+    let report = task.await.expect("task");
+    assert_eq!(report.exit_code(), 0);
+}
+
+#[tokio::test]
+async fn phases_are_observable_in_order() {
+    let server = Server::builder()
+        .bind("127.0.0.1:0".parse().unwrap(), lameduck::lifecycle::Lifecycle::new())
+        .await
+        .expect("bind");
+    let mut rx = server.shutdown().subscribe();
+    let trigger = server.trigger();
+    let task = tokio::spawn(server.serve_router(Router::new()));
+    let mut seen = vec![*rx.borrow_and_update()];
+    while rx.changed().await.is_ok() {
+        let p = *rx.borrow_and_update();
+        seen.push(p);
+        if p == Phase::Serving {
+            trigger.drain();
+        }
+        if p == Phase::Exited {
+            break;
+        }
+    }
+    let report = task.await.expect("task");
+    assert_eq!(seen.first(), Some(&Phase::Starting));
+    assert_eq!(seen.last(), Some(&Phase::Exited));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(report.phases.len(), 4, "starting, serving, draining, stopping timed");
+}
+
+#[tokio::test]
+async fn invalid_limits_are_refused_with_a_clear_error() {
+    let err = Server::builder()
+        .max_header_bytes(100)
+        .bind("127.0.0.1:0".parse().unwrap(), lameduck::lifecycle::Lifecycle::new())
+        .await
+        .expect_err("too small");
+    assert!(err.to_string().contains("max_header_bytes"), "{err}");
+}
+
+async fn lameduck_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
