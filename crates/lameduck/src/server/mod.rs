@@ -427,7 +427,8 @@ async fn drain(
         before.run_phase(HookPhase::BeforeDrain).await
     });
     let mut forced = first == Some(Signal::Forced);
-    if !forced {
+    // A zero delay must not wait for the timer wheel's next tick (about 1 ms).
+    if !forced && !config.drain_delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(config.drain_delay) => {}
             _ = lifecycle.next_signal() => forced = true,
