@@ -84,12 +84,14 @@ impl Server {
     }
 }
 
+/// Idle means no connection for over a second: lameduck lets the accept queue settle for
+/// 20 ms before closing a listener that accepted within the last second.
 async fn idle_exit(cmd: &str) -> f64 {
     let s = spawn(cmd, None);
     let mut c = connect_h1(s.http).await.expect("connect");
     c.get("/ping").await.expect("ping");
     drop(c);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let t0 = s.term();
     ms(s.wait_exit() - t0)
 }

@@ -1,45 +1,179 @@
 //! Catch panics in handlers: the client gets a 500 and the server lives on.
 //!
-//! This is tower-http's [`CatchPanicLayer`] with a handler that logs the panic and answers
-//! `500` with a JSON error body.
+//! Like tower-http's `CatchPanicLayer`, but the response body stays unboxed
+//! (`Either<B, Full<Bytes>>`), which keeps an allocation off every request. The panic is
+//! logged with its message; the client gets
+//! `{"error":{"code":"internal","message":"internal server error"}}`.
 //!
 //! ```
 //! use axum::{routing::get, Router};
+//! use lameduck::middleware::catch_panic::CatchPanicLayer;
+//!
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "ok" }))
-//!     .layer(lameduck::middleware::catch_panic::layer());
+//!     .layer(CatchPanicLayer::new());
 //! # let _ = app;
 //! ```
 
 use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::Full;
-pub use tower_http::catch_panic::CatchPanicLayer;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
-/// The panic handler type used by [`layer`].
-pub type PanicHandler = fn(Box<dyn Any + Send + 'static>) -> Response<Full<Bytes>>;
+/// Turns panics in the inner service into 500 responses. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchPanicLayer;
 
-/// A [`CatchPanicLayer`] that logs the panic and answers 500 with
-/// `{"error":{"code":"internal","message":"internal server error"}}`.
-pub fn layer() -> CatchPanicLayer<PanicHandler> {
-    CatchPanicLayer::custom(handle_panic as PanicHandler)
+impl CatchPanicLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self
+    }
 }
 
-fn handle_panic(err: Box<dyn Any + Send + 'static>) -> Response<Full<Bytes>> {
-    let message = err
+impl<S> Layer<S> for CatchPanicLayer {
+    type Service = CatchPanic<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CatchPanic { inner }
+    }
+}
+
+/// The service of [`CatchPanicLayer`].
+#[derive(Debug, Clone)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for CatchPanic<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<Either<ResB, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(fut) => ResponseFuture { inner: Some(fut) },
+            Err(panic) => {
+                log_panic(&*panic);
+                ResponseFuture { inner: None }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`CatchPanic`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<Either<ResB, Full<Bytes>>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(fut) = this.inner.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(internal_error()));
+        };
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(res)) => Poll::Ready(res.map(|r| r.map(Either::Left))),
+            Err(panic) => {
+                // The inner future is poisoned: drop it now rather than poll it again.
+                this.inner.set(None);
+                log_panic(&*panic);
+                Poll::Ready(Ok(internal_error()))
+            }
+        }
+    }
+}
+
+pub(crate) fn log_panic(panic: &(dyn Any + Send)) {
+    let message = panic
         .downcast_ref::<String>()
         .map(String::as_str)
-        .or_else(|| err.downcast_ref::<&str>().copied())
+        .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("(non-string panic payload)");
     tracing::error!(panic = message, "handler panicked");
+}
+
+pub(crate) fn internal_error<B>() -> Response<Either<B, Full<Bytes>>> {
     let body = r#"{"error":{"code":"internal","message":"internal server error"}}"#;
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
+        body.as_bytes(),
+    ))));
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panic_while_polling_becomes_a_500() {
+        let svc = CatchPanicLayer::new().layer(tower::service_fn(|_r: Request<()>| async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok::<Response<()>, std::convert::Infallible>(Response::new(()))
+        }));
+        let res = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 500);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_call_becomes_a_500() {
+        #[derive(Clone)]
+        struct PanicsInCall;
+        impl Service<Request<()>> for PanicsInCall {
+            type Response = Response<()>;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<Response<()>, std::convert::Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<()>) -> Self::Future {
+                panic!("in call")
+            }
+        }
+        let res = CatchPanicLayer::new()
+            .layer(PanicsInCall)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+    }
+
+    #[tokio::test]
+    async fn normal_responses_pass_through() {
+        let svc = CatchPanicLayer::new().layer(tower::service_fn(|_r: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+        assert_eq!(svc.oneshot(Request::new(())).await.unwrap().status(), 200);
+    }
 }

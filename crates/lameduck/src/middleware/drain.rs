@@ -113,25 +113,28 @@ pub fn mark_connection_close<B>(version: Version, res: &mut Response<B>) {
     }
 }
 
-impl<S> DrainAdmission<S> {
-    fn refuses_now(&self) -> bool {
-        let DrainPolicy::RejectAfter(grace) = self.layer.policy else {
+impl DrainAdmissionLayer {
+    /// `true` when the policy refuses a request arriving now.
+    pub(crate) fn refuses_now(&self) -> bool {
+        let DrainPolicy::RejectAfter(grace) = self.policy else {
             return false;
         };
-        self.layer
-            .shutdown
-            .drain_started()
-            .is_some_and(|t0| t0.elapsed() >= grace)
+        self.shutdown.is_draining()
+            && self
+                .shutdown
+                .drain_started()
+                .is_some_and(|t0| t0.elapsed() >= grace)
     }
 
-    fn refusal<B>(&self, version: Version) -> Response<Either<B, Full<Bytes>>> {
+    /// The 503 answer to a refused request.
+    pub(crate) fn refusal<B>(&self, version: Version) -> Response<Either<B, Full<Bytes>>> {
         let body = r#"{"error":{"code":"draining","message":"server is shutting down, retry on a new connection"}}"#;
         let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
             body.as_bytes(),
         ))));
         *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         let h = res.headers_mut();
-        h.insert(header::RETRY_AFTER, self.layer.retry_after.clone());
+        h.insert(header::RETRY_AFTER, self.retry_after.clone());
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -155,10 +158,10 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let version = req.version();
-        if self.layer.shutdown.is_draining() && self.refuses_now() {
+        if self.layer.refuses_now() {
             return ResponseFuture {
                 kind: Kind::Refused {
-                    res: Some(self.refusal(version)),
+                    res: Some(self.layer.refusal(version)),
                 },
             };
         }

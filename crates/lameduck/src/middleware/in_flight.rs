@@ -16,10 +16,8 @@
 //! # let _ = app;
 //! ```
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -30,7 +28,7 @@ use tower::{Layer, Service};
 
 use crate::body::GuardedBody;
 use crate::lifecycle::{lock, AbandonedRequest};
-use crate::middleware::request_context::RequestId;
+use crate::middleware::request_context::{RequestContext, RequestId};
 
 #[derive(Debug)]
 struct Entry {
@@ -40,10 +38,41 @@ struct Entry {
     request_id: Option<RequestId>,
 }
 
+/// A slab: entries by index, with a free list. Insert and remove are O(1) without hashing;
+/// this runs twice per request.
+#[derive(Debug, Default)]
+struct Slab {
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Slab {
+    fn insert(&mut self, e: Entry) -> usize {
+        self.len += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(e);
+                i
+            }
+            None => {
+                self.entries.push(Some(e));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Entry> {
+        let e = self.entries.get_mut(i)?.take()?;
+        self.len -= 1;
+        self.free.push(i);
+        Some(e)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Registry {
-    next: AtomicU64,
-    live: Mutex<HashMap<u64, Entry>>,
+    live: Mutex<Slab>,
 }
 
 /// The registry of requests in flight. Cheap to clone; clones share the registry.
@@ -60,7 +89,7 @@ impl InFlight {
 
     /// How many requests are in flight.
     pub fn len(&self) -> usize {
-        lock(&self.inner.live).len()
+        lock(&self.inner.live).len
     }
 
     /// `true` when no request is in flight.
@@ -72,7 +101,9 @@ impl InFlight {
     pub fn snapshot(&self) -> Vec<AbandonedRequest> {
         let now = Instant::now();
         let mut list: Vec<AbandonedRequest> = lock(&self.inner.live)
-            .values()
+            .entries
+            .iter()
+            .flatten()
             .map(|e| AbandonedRequest {
                 method: e.method.to_string(),
                 path: e.uri.path().to_string(),
@@ -85,14 +116,26 @@ impl InFlight {
     }
 
     fn begin<B>(&self, req: &Request<B>) -> InFlightGuard {
-        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let id = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.request_id().clone());
+        self.begin_with(req, id)
+    }
+
+    /// Record `req` as in flight under `request_id` until the guard is dropped.
+    pub(crate) fn begin_with<B>(
+        &self,
+        req: &Request<B>,
+        request_id: Option<RequestId>,
+    ) -> InFlightGuard {
         let entry = Entry {
             method: req.method().clone(),
             uri: req.uri().clone(),
             started: Instant::now(),
-            request_id: req.extensions().get::<RequestId>().cloned(),
+            request_id,
         };
-        lock(&self.inner.live).insert(id, entry);
+        let id = lock(&self.inner.live).insert(entry);
         InFlightGuard {
             registry: self.inner.clone(),
             id,
@@ -104,12 +147,14 @@ impl InFlight {
 #[derive(Debug)]
 pub struct InFlightGuard {
     registry: Arc<Registry>,
-    id: u64,
+    id: usize,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        lock(&self.registry.live).remove(&self.id);
+        // Drop the entry (its Uri and id) outside the lock.
+        let entry = lock(&self.registry.live).remove(self.id);
+        drop(entry);
     }
 }
 

@@ -68,25 +68,40 @@ impl RequestId {
         ok.then(|| Self(value.clone()))
     }
 
-    /// A new id: a per-process prefix (from the start time and pid) and a counter.
+    /// A new id: a per-process prefix (from the start time and pid) and a counter, such as
+    /// `6743a1b2c3d4-1f`. One allocation, no formatting machinery: this runs per request.
     pub fn generate() -> Self {
-        static PREFIX: OnceLock<String> = OnceLock::new();
+        static PREFIX: OnceLock<[u8; 12]> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(1);
         let prefix = PREFIX.get_or_init(|| {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
-            format!(
-                "{:08x}{:04x}",
-                (nanos >> 16) as u32,
-                std::process::id() as u16
-            )
+            let seed = ((nanos >> 16) << 16) | u64::from(std::process::id() as u16);
+            let mut out = [0u8; 12];
+            write_hex(seed, &mut out);
+            out
         });
+        let mut buf = [0u8; 12 + 1 + 16];
+        buf[..12].copy_from_slice(prefix);
+        buf[12] = b'-';
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{prefix}-{n:x}");
+        let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+        write_hex(n, &mut buf[13..13 + digits]);
         // Hex digits and '-' are always a valid header value.
-        Self(HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
+        let value = HeaderValue::from_bytes(&buf[..13 + digits])
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        Self(value)
+    }
+}
+
+/// Write the low `out.len()` hex digits of `n` into `out`, most significant first.
+fn write_hex(mut n: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
@@ -103,7 +118,6 @@ impl std::fmt::Display for RequestId {
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     id: RequestId,
-    received: Instant,
     shutdown: Shutdown,
 }
 
@@ -111,11 +125,6 @@ impl RequestContext {
     /// The request id (also sent back in `x-request-id`).
     pub fn request_id(&self) -> &RequestId {
         &self.id
-    }
-
-    /// When the request reached the middleware.
-    pub fn received(&self) -> Instant {
-        self.received
     }
 
     /// The lifecycle: `stop_soon()`, `is_draining()`, `deadline()`.
@@ -143,6 +152,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
             "RequestContextLayer is missing from the middleware stack",
         ))
     }
+}
+
+/// Give `req` its id (the client's, if valid, else a new one) and a [`RequestContext`].
+pub(crate) fn attach<B>(req: &mut Request<B>, shutdown: &Shutdown) -> RequestId {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(RequestId::from_header)
+        .unwrap_or_else(RequestId::generate);
+    req.extensions_mut().insert(RequestContext {
+        id: id.clone(),
+        shutdown: shutdown.clone(),
+    });
+    id
+}
+
+/// Return the request id on the response, unless the application set one.
+pub(crate) fn set_response_id<B>(res: &mut Response<B>, id: RequestId) {
+    res.headers_mut().entry(&X_REQUEST_ID).or_insert(id.0);
 }
 
 /// Adds a [`RequestContext`] to every request. See the [module docs](self).
@@ -189,18 +217,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(RequestId::from_header)
-            .unwrap_or_else(RequestId::generate);
-        let ctx = RequestContext {
-            id: id.clone(),
-            received: Instant::now(),
-            shutdown: self.shutdown.clone(),
-        };
-        req.extensions_mut().insert(id.clone());
-        req.extensions_mut().insert(ctx);
+        let id = attach(&mut req, &self.shutdown);
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),
@@ -228,7 +245,7 @@ where
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            res.headers_mut().entry(&X_REQUEST_ID).or_insert(id.0);
+            set_response_id(&mut res, id);
         }
         Poll::Ready(Ok(res))
     }
@@ -277,5 +294,10 @@ mod tests {
         assert_ne!(a.body(), &long);
         assert!(!a.body().is_empty());
         assert_ne!(a.body(), b.body(), "generated ids are unique");
+        assert!(
+            b.body().len() > 13 && b.body().as_bytes()[12] == b'-',
+            "{}",
+            b.body()
+        );
     }
 }

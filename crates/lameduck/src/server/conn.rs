@@ -20,17 +20,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use http::Version;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tower::util::Oneshot;
-use tower::{Service, ServiceExt};
 
-use crate::body::GuardedBody;
 use crate::lifecycle::Shutdown;
-use crate::middleware::drain::mark_connection_close;
 
 const VERSION_UNKNOWN: u8 = 0;
 const VERSION_H1: u8 = 1;
@@ -69,7 +64,7 @@ impl ConnState {
         (nanos != 0).then(|| self.born + Duration::from_nanos(nanos - 1))
     }
 
-    fn begin(self: &Arc<Self>, version: Version) -> ActiveGuard {
+    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> ActiveGuard {
         let v = if version == Version::HTTP_2 {
             VERSION_H2
         } else {
@@ -260,63 +255,6 @@ where
             _ = state.changed.notified(), if draining => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
-    }
-}
-
-/// The per-connection hyper service: counts requests on the connection, marks HTTP/1
-/// responses during the drain, and keeps the connection busy until each body is sent.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnService<S> {
-    pub(crate) inner: S,
-    pub(crate) state: Arc<ConnState>,
-    pub(crate) shutdown: Shutdown,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
-{
-    type Response = Response<GuardedBody<B, ActiveGuard>>;
-    type Error = S::Error;
-    type Future = ConnFuture<S>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let version = req.version();
-        let guard = self.state.begin(version);
-        ConnFuture {
-            inner: self.inner.clone().oneshot(req),
-            guard: Some(guard),
-            version,
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`ConnService`].
-    pub(crate) struct ConnFuture<S: Service<Request<Incoming>>> {
-        #[pin]
-        inner: Oneshot<S, Request<Incoming>>,
-        guard: Option<ActiveGuard>,
-        version: Version,
-        shutdown: Shutdown,
-    }
-}
-
-impl<S, B> Future for ConnFuture<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Output = Result<Response<GuardedBody<B, ActiveGuard>>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut res = ready!(this.inner.poll(cx))?;
-        if this.shutdown.is_draining() {
-            mark_connection_close(*this.version, &mut res);
-        }
-        let guard = this.guard.take();
-        Poll::Ready(Ok(res.map(|b| GuardedBody::new(b, guard))))
     }
 }
 

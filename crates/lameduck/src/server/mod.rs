@@ -36,6 +36,7 @@
 
 mod accept;
 mod conn;
+mod service;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,18 +51,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::admin::{Admin, ReadinessCheck};
 use crate::hooks::{HookPhase, Hooks};
 use crate::lifecycle::{Lifecycle, Phase, ShutdownReport, Signal};
 use crate::middleware::drain::{DrainAdmissionLayer, DrainPolicy};
-use crate::middleware::in_flight::{InFlight, InFlightLayer};
-use crate::middleware::metrics::{Metrics, MetricsLayer};
-use crate::middleware::request_context::RequestContextLayer;
+use crate::middleware::in_flight::InFlight;
+use crate::middleware::metrics::Metrics;
 use crate::Error;
-use conn::{ConnLimits, ConnService, ConnState, Ended, TrackedIo};
+use conn::{ConnLimits, ConnState, Ended, TrackedIo};
+use service::{ConnService, Stack};
 
 /// The request body type the application sees: hyper's body under the body-size limit.
 pub type RequestBody = tower_http::body::Limited<Incoming>;
@@ -338,14 +339,15 @@ impl Server {
         let metrics = Metrics::new()
             .with_in_flight(in_flight.clone())
             .with_shutdown(sd.clone());
-        let svc = ServiceBuilder::new()
-            .layer(crate::middleware::catch_panic::layer())
-            .layer(RequestContextLayer::new(sd.clone()))
-            .layer(MetricsLayer::new(metrics.clone()))
-            .layer(InFlightLayer::new(in_flight.clone()))
-            .layer(DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy))
-            .layer(RequestBodyLimitLayer::new(config.body_limit))
-            .service(app);
+        // catch-panic -> request context -> metrics -> in-flight -> drain admission run in
+        // the per-connection service (see `service.rs`); the body limit wraps the app.
+        let svc = RequestBodyLimitLayer::new(config.body_limit).layer(app);
+        let stack = Arc::new(Stack {
+            shutdown: sd.clone(),
+            metrics: metrics.clone(),
+            in_flight: in_flight.clone(),
+            drain: DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy),
+        });
         let shared = Shared {
             builder: Arc::new(connection_builder(&config)),
             limits: ConnLimits {
@@ -363,13 +365,22 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let accept_task = {
             let (shared, sd, svc) = (shared.clone(), sd.clone(), svc.clone());
+            let stack = stack.clone();
             let limit = Arc::new(Semaphore::new(config.max_connections));
             tokio::spawn(accept::accept_loop(
                 http,
                 limit,
                 stop_accepting.clone(),
                 move |stream, peer, permit| {
-                    spawn_connection(&shared, stream, peer, permit, svc.clone(), sd.clone());
+                    spawn_connection(
+                        &shared,
+                        stream,
+                        peer,
+                        permit,
+                        svc.clone(),
+                        stack.clone(),
+                        sd.clone(),
+                    );
                 },
             ))
         };
@@ -482,6 +493,7 @@ fn spawn_connection<S, B>(
     peer: SocketAddr,
     permit: Option<OwnedSemaphorePermit>,
     svc: S,
+    stack: Arc<Stack>,
     sd: crate::lifecycle::Shutdown,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -502,7 +514,7 @@ fn spawn_connection<S, B>(
         let service = ConnService {
             inner: svc,
             state: state.clone(),
-            shutdown: sd.clone(),
+            stack,
         };
         let conn = shared.builder.serve_connection_with_upgrades(io, service);
         let ended = conn::drive(conn, |c| c.graceful_shutdown(), &state, &sd, shared.limits).await;

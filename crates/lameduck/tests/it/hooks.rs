@@ -11,7 +11,10 @@ use crate::{quick, run, SOON};
 
 type Log = Arc<Mutex<Vec<&'static str>>>;
 
-fn rec(log: &Log, name: &'static str) -> impl FnOnce() -> std::future::Ready<Result<(), lameduck::hooks::HookError>> + Send + 'static {
+fn rec(
+    log: &Log,
+    name: &'static str,
+) -> impl FnOnce() -> std::future::Ready<Result<(), lameduck::hooks::HookError>> + Send + 'static {
     let log = log.clone();
     move || {
         log.lock().unwrap().push(name);
@@ -26,14 +29,33 @@ async fn hooks_run_in_phase_order_lifo_within_a_phase() {
     let b = quick()
         .hook(HookPhase::Final, "flush-logs", t, rec(&log, "flush-logs"))
         .hook(HookPhase::AfterDrain, "close-db", t, rec(&log, "close-db"))
-        .hook(HookPhase::BeforeDrain, "deregister", t, rec(&log, "deregister"))
-        .hook(HookPhase::AfterDrain, "flush-outbox", t, rec(&log, "flush-outbox"));
+        .hook(
+            HookPhase::BeforeDrain,
+            "deregister",
+            t,
+            rec(&log, "deregister"),
+        )
+        .hook(
+            HookPhase::AfterDrain,
+            "flush-outbox",
+            t,
+            rec(&log, "flush-outbox"),
+        );
     let (_, trigger, task) = run(b, Router::new()).await;
     trigger.drain();
-    let report = tokio::time::timeout(SOON, task).await.expect("exits").expect("task");
-    assert_eq!(*log.lock().unwrap(), ["deregister", "flush-outbox", "close-db", "flush-logs"]);
+    let report = tokio::time::timeout(SOON, task)
+        .await
+        .expect("exits")
+        .expect("task");
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["deregister", "flush-outbox", "close-db", "flush-logs"]
+    );
     let names: Vec<_> = report.hooks.iter().map(|h| h.name.as_str()).collect();
-    assert_eq!(names, ["deregister", "flush-outbox", "close-db", "flush-logs"]);
+    assert_eq!(
+        names,
+        ["deregister", "flush-outbox", "close-db", "flush-logs"]
+    );
     assert_eq!(report.exit_code(), 0);
 }
 
@@ -41,16 +63,38 @@ async fn hooks_run_in_phase_order_lifo_within_a_phase() {
 async fn a_timed_out_hook_makes_exit_3_and_the_others_still_run() {
     let log: Log = Arc::default();
     let b = quick()
-        .hook(HookPhase::Final, "flush-logs", Duration::from_secs(1), rec(&log, "flush-logs"))
-        .hook(HookPhase::AfterDrain, "hangs", Duration::from_millis(100), || async {
-            std::future::pending::<()>().await;
-            Ok(())
-        })
-        .hook(HookPhase::AfterDrain, "fails", Duration::from_secs(1), || async { Err("pool busy".into()) });
+        .hook(
+            HookPhase::Final,
+            "flush-logs",
+            Duration::from_secs(1),
+            rec(&log, "flush-logs"),
+        )
+        .hook(
+            HookPhase::AfterDrain,
+            "hangs",
+            Duration::from_millis(100),
+            || async {
+                std::future::pending::<()>().await;
+                Ok(())
+            },
+        )
+        .hook(
+            HookPhase::AfterDrain,
+            "fails",
+            Duration::from_secs(1),
+            || async { Err("pool busy".into()) },
+        );
     let (_, trigger, task) = run(b, Router::new()).await;
     trigger.drain();
-    let report = tokio::time::timeout(SOON, task).await.expect("exits").expect("task");
-    let statuses: Vec<_> = report.hooks.iter().map(|h| (h.name.as_str(), h.status.clone())).collect();
+    let report = tokio::time::timeout(SOON, task)
+        .await
+        .expect("exits")
+        .expect("task");
+    let statuses: Vec<_> = report
+        .hooks
+        .iter()
+        .map(|h| (h.name.as_str(), h.status.clone()))
+        .collect();
     assert_eq!(
         statuses,
         [
@@ -67,13 +111,23 @@ async fn a_timed_out_hook_makes_exit_3_and_the_others_still_run() {
 #[tokio::test]
 async fn a_drain_requested_before_serving_still_runs_the_hooks() {
     let log: Log = Arc::default();
-    let b = quick().hook(HookPhase::AfterDrain, "close-db", Duration::from_secs(1), rec(&log, "close-db"));
+    let b = quick().hook(
+        HookPhase::AfterDrain,
+        "close-db",
+        Duration::from_secs(1),
+        rec(&log, "close-db"),
+    );
     let server = b
-        .bind("127.0.0.1:0".parse().unwrap(), lameduck::lifecycle::Lifecycle::new())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
         .await
         .expect("bind");
     server.trigger().drain();
-    let report = tokio::time::timeout(SOON, server.serve_router(Router::new())).await.expect("exits");
+    let report = tokio::time::timeout(SOON, server.serve_router(Router::new()))
+        .await
+        .expect("exits");
     assert_eq!(*log.lock().unwrap(), ["close-db"]);
     assert_eq!(report.exit_code(), 0);
 }

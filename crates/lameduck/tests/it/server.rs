@@ -23,10 +23,17 @@ async fn a_connection_that_never_sends_a_request_does_not_hold_the_drain() {
     half.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
     let t0 = Instant::now();
     trigger.drain();
-    let report = tokio::time::timeout(SOON, task).await.expect("exits").expect("task");
+    let report = tokio::time::timeout(SOON, task)
+        .await
+        .expect("exits")
+        .expect("task");
     // The silent one goes after idle_grace; the half-sent head waits for its header timeout
     // (1 s here) at most, never for the 30 s deadline.
-    assert!(t0.elapsed() < Duration::from_secs(3), "drain took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "drain took {:?}",
+        t0.elapsed()
+    );
     assert!(!report.forced);
 }
 
@@ -40,16 +47,27 @@ async fn handlers_see_the_stop_soon_signal_and_the_deadline() {
             notify.notify_one();
             assert!(ctx.deadline().is_none(), "no deadline while serving");
             ctx.shutdown().stop_soon().await;
-            let left = ctx.deadline().expect("deadline once draining").saturating_duration_since(Instant::now());
+            let left = ctx
+                .deadline()
+                .expect("deadline once draining")
+                .saturating_duration_since(Instant::now());
             format!("{}", left.as_secs())
         }),
     );
     let (addr, trigger, task) = run(quick().shutdown_timeout(Duration::from_secs(20)), app).await;
     let req = tokio::spawn(async move { lameduck_get(addr, "/wait").await });
-    tokio::time::timeout(SOON, started.notified()).await.expect("handler started");
+    tokio::time::timeout(SOON, started.notified())
+        .await
+        .expect("handler started");
     trigger.drain();
-    let body = tokio::time::timeout(SOON, req).await.expect("responds").expect("task");
-    assert!(body == "19" || body == "20", "deadline about 20 s away, got {body}");
+    let body = tokio::time::timeout(SOON, req)
+        .await
+        .expect("responds")
+        .expect("task");
+    assert!(
+        body == "19" || body == "20",
+        "deadline about 20 s away, got {body}"
+    );
     let report = task.await.expect("task");
     assert_eq!(report.exit_code(), 0);
 }
@@ -57,7 +75,10 @@ async fn handlers_see_the_stop_soon_signal_and_the_deadline() {
 #[tokio::test]
 async fn phases_are_observable_in_order() {
     let server = Server::builder()
-        .bind("127.0.0.1:0".parse().unwrap(), lameduck::lifecycle::Lifecycle::new())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
         .await
         .expect("bind");
     let mut rx = server.shutdown().subscribe();
@@ -78,14 +99,21 @@ async fn phases_are_observable_in_order() {
     assert_eq!(seen.first(), Some(&Phase::Starting));
     assert_eq!(seen.last(), Some(&Phase::Exited));
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
-    assert_eq!(report.phases.len(), 4, "starting, serving, draining, stopping timed");
+    assert_eq!(
+        report.phases.len(),
+        4,
+        "starting, serving, draining, stopping timed"
+    );
 }
 
 #[tokio::test]
 async fn invalid_limits_are_refused_with_a_clear_error() {
     let err = Server::builder()
         .max_header_bytes(100)
-        .bind("127.0.0.1:0".parse().unwrap(), lameduck::lifecycle::Lifecycle::new())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
         .await
         .expect_err("too small");
     assert!(err.to_string().contains("max_header_bytes"), "{err}");
