@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{Method, Request, Response, Uri};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -33,7 +34,7 @@ use crate::middleware::request_context::{RequestContext, RequestId};
 #[derive(Debug)]
 struct Entry {
     method: Method,
-    uri: Uri,
+    path: Option<PathAndQuery>,
     started: Instant,
     request_id: Option<RequestId>,
 }
@@ -106,7 +107,7 @@ impl InFlight {
             .flatten()
             .map(|e| AbandonedRequest {
                 method: e.method.to_string(),
-                path: e.uri.path().to_string(),
+                path: e.path.as_ref().map_or("/", PathAndQuery::path).to_string(),
                 age: now.saturating_duration_since(e.started),
                 request_id: e.request_id.as_ref().map(|id| id.to_string()),
             })
@@ -120,7 +121,7 @@ impl InFlight {
             .extensions()
             .get::<RequestContext>()
             .map(|c| c.request_id().clone());
-        self.begin_with(req, id)
+        self.begin_with(req, id, Instant::now())
     }
 
     /// Record `req` as in flight under `request_id` until the guard is dropped.
@@ -128,11 +129,12 @@ impl InFlight {
         &self,
         req: &Request<B>,
         request_id: Option<RequestId>,
+        started: Instant,
     ) -> InFlightGuard {
         let entry = Entry {
             method: req.method().clone(),
-            uri: req.uri().clone(),
-            started: Instant::now(),
+            path: req.uri().path_and_query().cloned(),
+            started,
             request_id,
         };
         let id = lock(&self.inner.live).insert(entry);

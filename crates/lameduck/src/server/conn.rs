@@ -241,6 +241,8 @@ where
             }
             Action::Wait(at) => at,
         };
+        // While serving, only the start of the drain matters (a forced stop starts it too);
+        // fewer branches keep each wake of a busy connection cheap.
         let draining = shutdown.is_draining();
         tokio::select! {
             biased;
@@ -250,8 +252,8 @@ where
                 }
                 return Ended::Finished;
             }
-            _ = shutdown.forced() => return Ended::Abandoned,
             _ = shutdown.stop_soon(), if !draining => {}
+            _ = shutdown.forced(), if draining => return Ended::Abandoned,
             _ = state.changed.notified(), if draining => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
