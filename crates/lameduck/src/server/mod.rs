@@ -51,8 +51,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::{Layer, Service};
-use tower_http::limit::RequestBodyLimitLayer;
+use tower::Service;
 
 use crate::admin::{Admin, ReadinessCheck};
 use crate::hooks::{HookPhase, Hooks};
@@ -65,7 +64,7 @@ use conn::{ConnLimits, ConnState, Ended, TrackedIo};
 use service::{ConnService, Stack};
 
 /// The request body type the application sees: hyper's body under the body-size limit.
-pub type RequestBody = tower_http::body::Limited<Incoming>;
+pub type RequestBody = http_body_util::Limited<Incoming>;
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -339,14 +338,15 @@ impl Server {
         let metrics = Metrics::new()
             .with_in_flight(in_flight.clone())
             .with_shutdown(sd.clone());
-        // catch-panic -> request context -> metrics -> in-flight -> drain admission run in
-        // the per-connection service (see `service.rs`); the body limit wraps the app.
-        let svc = RequestBodyLimitLayer::new(config.body_limit).layer(app);
+        // catch-panic -> request context -> metrics -> in-flight -> drain admission -> body
+        // limit run in the per-connection service (see `service.rs`).
+        let svc = app;
         let stack = Arc::new(Stack {
             shutdown: sd.clone(),
             metrics: metrics.clone(),
             in_flight: in_flight.clone(),
             drain: DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy),
+            body_limit: config.body_limit,
         });
         let shared = Shared {
             builder: Arc::new(connection_builder(&config)),
@@ -496,7 +496,7 @@ fn spawn_connection<S, B>(
     stack: Arc<Stack>,
     sd: crate::lifecycle::Shutdown,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + Sync

@@ -5,7 +5,8 @@
 //! [`MetricsLayer`](crate::middleware::metrics::MetricsLayer),
 //! [`InFlightLayer`](crate::middleware::in_flight::InFlightLayer) and
 //! [`DrainAdmissionLayer`](crate::middleware::drain::DrainAdmissionLayer) do, in that
-//! order, by calling the same functions, plus the connection's own bookkeeping. Folding
+//! order, by calling the same functions, then applies the body limit (413 with the same
+//! JSON error shape), plus the connection's own bookkeeping. Folding
 //! them into one service moves the request once instead of five times and nests one future
 //! instead of five: measured with `benches/instructions`, the stack went from about 4,100 to
 //! about 2,900 user-space instructions per request.
@@ -20,13 +21,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::conn::{ActiveGuard, ConnState};
+use super::RequestBody;
 use crate::body::GuardedBody;
 use crate::lifecycle::Shutdown;
 use crate::middleware::catch_panic::{internal_error, log_panic};
@@ -42,6 +44,7 @@ pub(crate) struct Stack {
     pub(crate) metrics: Metrics,
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
+    pub(crate) body_limit: usize,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -65,7 +68,7 @@ pub(crate) struct ConnService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Clone,
 {
     type Response = Response<ServerBody<B>>;
     type Error = Infallible;
@@ -82,7 +85,10 @@ where
             .begin_with(&req, Some(id.clone()), started);
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
+        } else if declared_length(&req).is_some_and(|n| n > self.stack.body_limit as u64) {
+            (None, Early::TooLarge)
         } else {
+            let req = req.map(|b| Limited::new(b, self.stack.body_limit));
             let svc = self.inner.clone();
             match catch_unwind(AssertUnwindSafe(|| svc.oneshot(req))) {
                 Ok(fut) => (Some(fut), Early::Panicked),
@@ -114,13 +120,37 @@ pub(crate) enum Early {
     Refused,
     /// The application panicked.
     Panicked,
+    /// `Content-Length` is over the body limit.
+    TooLarge,
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn too_large<B>(limit: usize) -> Response<Either<B, Full<Bytes>>> {
+    let body = format!(
+        r#"{{"error":{{"code":"payload_too_large","message":"request body is over the limit of {limit} bytes"}}}}"#
+    );
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *res.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 pin_project! {
     /// Response future of [`ConnService`].
-    pub(crate) struct ServerFuture<S: Service<Request<Incoming>>> {
+    pub(crate) struct ServerFuture<S: Service<Request<RequestBody>>> {
         #[pin]
-        inner: Option<Oneshot<S, Request<Incoming>>>,
+        inner: Option<Oneshot<S, Request<RequestBody>>>,
         early: Early,
         guards: Option<Guards>,
         id: Option<RequestId>,
@@ -132,7 +162,7 @@ pin_project! {
 
 impl<S, B> Future for ServerFuture<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
 {
     type Output = Result<Response<ServerBody<B>>, Infallible>;
 
@@ -142,6 +172,12 @@ where
             None => match this.early {
                 Early::Refused => this.stack.drain.refusal(*this.version),
                 Early::Panicked => internal_error(),
+                Early::TooLarge => {
+                    // The unread body is still on the connection: do not reuse it.
+                    let mut res = too_large(this.stack.body_limit);
+                    mark_connection_close(*this.version, &mut res);
+                    res
+                }
             },
             Some(fut) => match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
                 Ok(Poll::Pending) => return Poll::Pending,
