@@ -91,7 +91,10 @@ async fn a_body_over_the_limit_gets_413() {
     let req = "POST /ping HTTP/1.1\r\nhost: x\r\ncontent-length: 4096\r\nconnection: close\r\n\r\n";
     let res = raw(s.http, req.as_bytes()).await;
     assert!(res.starts_with("HTTP/1.1 413"), "{res}");
-    assert!(res.contains(r#"{"error":{"code":"payload_too_large""#), "{res}");
+    assert!(
+        res.contains(r#"{"error":{"code":"payload_too_large""#),
+        "{res}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

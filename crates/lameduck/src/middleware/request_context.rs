@@ -118,6 +118,7 @@ impl std::fmt::Display for RequestId {
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     id: RequestId,
+    peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
 }
 
@@ -125,6 +126,12 @@ impl RequestContext {
     /// The request id (also sent back in `x-request-id`).
     pub fn request_id(&self) -> &RequestId {
         &self.id
+    }
+
+    /// The client's address (the TCP peer) when lameduck's [`Server`](crate::server::Server)
+    /// serves the request; `None` under the standalone layer.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
     }
 
     /// The lifecycle: `stop_soon()`, `is_draining()`, `deadline()`.
@@ -155,7 +162,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
 }
 
 /// Give `req` its id (the client's, if valid, else a new one) and a [`RequestContext`].
-pub(crate) fn attach<B>(req: &mut Request<B>, shutdown: &Shutdown) -> RequestId {
+pub(crate) fn attach<B>(
+    req: &mut Request<B>,
+    shutdown: &Shutdown,
+    peer: Option<std::net::SocketAddr>,
+) -> RequestId {
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -163,6 +174,7 @@ pub(crate) fn attach<B>(req: &mut Request<B>, shutdown: &Shutdown) -> RequestId 
         .unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(RequestContext {
         id: id.clone(),
+        peer,
         shutdown: shutdown.clone(),
     });
     id
@@ -217,7 +229,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = attach(&mut req, &self.shutdown);
+        let id = attach(&mut req, &self.shutdown, None);
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),

@@ -513,6 +513,7 @@ fn spawn_connection<S, B>(
         let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
         let service = ConnService {
             inner: svc,
+            peer,
             state: state.clone(),
             stack,
         };

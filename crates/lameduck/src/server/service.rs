@@ -62,6 +62,7 @@ pub(crate) type ServerBody<B> = GuardedBody<Either<B, Full<Bytes>>, Guards>;
 #[derive(Debug, Clone)]
 pub(crate) struct ConnService<S> {
     pub(crate) inner: S,
+    pub(crate) peer: std::net::SocketAddr,
     pub(crate) state: Arc<ConnState>,
     pub(crate) stack: Arc<Stack>,
 }
@@ -78,7 +79,7 @@ where
         let started = Instant::now();
         let version = req.version();
         let conn = self.state.begin(version);
-        let id = attach(&mut req, &self.stack.shutdown);
+        let id = attach(&mut req, &self.stack.shutdown, Some(self.peer));
         let flight = self
             .stack
             .in_flight

@@ -1,0 +1,314 @@
+//! The HTTP API of `lameduck-orders` (contract in the project's DESIGN).
+//!
+//! Writes (create, cancel) run in tasks tracked by [`App::work`]: a client that disconnects,
+//! or a forced shutdown that drops the request, cannot cut a commit in half and lose its
+//! outcome; the shutdown waits for them before it closes the database.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use lameduck::middleware::request_context::RequestContext;
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::db::{is_unavailable, Cancelled, Created, Db};
+use crate::model::{valid_idempotency_key, NewOrder, Order};
+
+/// Default and largest page size of `GET /orders`.
+pub const DEFAULT_PAGE: i64 = 50;
+/// Largest page size.
+pub const MAX_PAGE: i64 = 500;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The database.
+    pub db: Db,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Writes in progress; the shutdown waits for them.
+    pub work: TaskTracker,
+}
+
+/// The routes.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/orders", post(create).get(list))
+        .route("/orders/{id}", get(fetch))
+        .route("/orders/{id}/cancel", post(cancel))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(app)
+}
+
+/// An error answer: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn not_found(id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no order {id}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
+        let mut res = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "database unavailable, retry later",
+            );
+        }
+        tracing::error!(error = %e, "database error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        tracing::error!(error = %e, "audit log unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "audit log unavailable, retry later",
+        )
+    }
+}
+
+/// A write that failed inside its tracked task.
+enum WriteError {
+    Db(sqlx::Error),
+    Audit(AuditError),
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Db(e) => e.into(),
+            WriteError::Audit(e) => e.into(),
+        }
+    }
+}
+
+fn audit_record(action: &str, order: &Order, ctx: &RequestContext) -> serde_json::Value {
+    json!({
+        "ts": crate::model::now_rfc3339(),
+        "action": action,
+        "order_id": order.id,
+        "customer_id": order.customer_id,
+        "client_ip": ctx.peer().map(|p| p.ip().to_string()),
+        "request_id": ctx.request_id().as_str(),
+    })
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        )
+    } else {
+        ApiError::bad_request("invalid_body", r.body_text())
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    if !valid_idempotency_key(v.as_bytes()) {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(v.to_str().ok().map(str::to_owned))
+}
+
+async fn create(
+    State(app): State<App>,
+    ctx: RequestContext,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(body_error)?;
+    let key = idempotency_key(&headers)?;
+    let new: NewOrder = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+    new.validate()
+        .map_err(|m| ApiError::bad_request("invalid_field", m))?;
+    let job = {
+        let app = app.clone();
+        app.work.clone().spawn(async move {
+            let created = app
+                .db
+                .create(&new, key.as_deref())
+                .await
+                .map_err(WriteError::Db)?;
+            let action = match &created {
+                Created::New(o) => Some(("order.created", o)),
+                Created::Replayed(o) => Some(("order.replayed", o)),
+                Created::KeyMismatch => None,
+            };
+            if let Some((action, order)) = action {
+                app.audit
+                    .append(&audit_record(action, order, &ctx))
+                    .await
+                    .map_err(WriteError::Audit)?;
+            }
+            Ok::<_, WriteError>(created)
+        })
+    };
+    let created = job.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })??;
+    match created {
+        Created::New(order) => Ok(created_response(order, false)),
+        Created::Replayed(order) => Ok(created_response(order, true)),
+        Created::KeyMismatch => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )),
+    }
+}
+
+fn created_response(order: Order, replayed: bool) -> Response {
+    let location = HeaderValue::from_str(&format!("/orders/{}", order.id)).ok();
+    let mut res = (StatusCode::CREATED, Json(order)).into_response();
+    if let Some(l) = location {
+        res.headers_mut().insert(header::LOCATION, l);
+    }
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+async fn fetch(State(app): State<App>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
+    app.db
+        .get(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(&id))
+}
+
+async fn list(
+    State(app): State<App>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("limit must be an integer from 1 to {MAX_PAGE}, got {v:?}"),
+                ))
+            }
+        },
+    };
+    let orders = app
+        .db
+        .list(q.get("after").map(String::as_str), limit)
+        .await?;
+    let next = (orders.len() as i64 == limit)
+        .then(|| orders.last().map(|o| o.id.clone()))
+        .flatten();
+    Ok(Json(json!({ "orders": orders, "next_after": next })))
+}
+
+async fn cancel(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, ApiError> {
+    let job = {
+        let app = app.clone();
+        let id = id.clone();
+        app.work.clone().spawn(async move {
+            let outcome = app.db.cancel(&id).await.map_err(WriteError::Db)?;
+            if let Cancelled::Done(order) = &outcome {
+                app.audit
+                    .append(&audit_record("order.cancelled", order, &ctx))
+                    .await
+                    .map_err(WriteError::Audit)?;
+            }
+            Ok::<_, WriteError>(outcome)
+        })
+    };
+    let outcome = job.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })??;
+    match outcome {
+        Cancelled::Done(order) => Ok(Json(order)),
+        Cancelled::NotFound => Err(ApiError::not_found(&id)),
+        Cancelled::Conflict(order) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "order {} is {} and cannot be cancelled",
+                order.id, order.status
+            ),
+        )),
+    }
+}

@@ -1,0 +1,221 @@
+//! The audit log: one JSON line per state change, made durable before the change is
+//! acknowledged.
+//!
+//! A writer thread takes lines from a queue, writes every line waiting (up to
+//! [`MAX_BATCH`]) with one `write`, then one `fdatasync` for all of them, and only then
+//! answers each caller (group commit). With [`AuditFsync::Each`] every line gets its own
+//! fsync, for comparison. A failed fsync is not retried: after it the kernel may have
+//! dropped the dirty pages, so the log turns broken and every later append fails.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::AuditFsync;
+
+/// Most lines written under one fsync.
+pub const MAX_BATCH: usize = 1024;
+/// Queue length before appends wait.
+const QUEUE: usize = 8192;
+
+/// Why an append failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// Writing or syncing failed (now or earlier): the log is broken.
+    #[error("audit log {path} is broken: {reason}")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// The first error.
+        reason: String,
+    },
+    /// The writer has stopped (shutdown).
+    #[error("audit log is closed")]
+    Closed,
+}
+
+enum Job {
+    Line(String, oneshot::Sender<Result<(), AuditError>>),
+    Sync(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// A handle to the audit log writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Job>,
+    broken: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Job::Line(..) => "Line",
+            Job::Sync(..) => "Sync",
+        })
+    }
+}
+
+impl AuditLog {
+    /// Open (create, append) `path` and start the writer thread.
+    ///
+    /// # Errors
+    /// The file or its directory cannot be created or opened.
+    pub fn open(
+        path: &Path,
+        mode: AuditFsync,
+    ) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let broken = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            file,
+            rx,
+            mode,
+            broken: broken.clone(),
+            path: path.to_path_buf(),
+            failure: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run())?;
+        Ok((
+            Self {
+                tx,
+                broken,
+                path: path.to_path_buf(),
+            },
+            thread,
+        ))
+    }
+
+    /// Append one JSON line; returns once it is on disk.
+    ///
+    /// # Errors
+    /// The log is broken or closed.
+    pub async fn append(&self, record: &serde_json::Value) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Line(record.to_string(), done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Wait until everything queued so far is on disk.
+    ///
+    /// # Errors
+    /// The log is broken or closed.
+    pub async fn sync(&self) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Sync(done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// `false` once a write or fsync has failed.
+    pub fn is_healthy(&self) -> bool {
+        !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+struct Writer {
+    file: File,
+    rx: mpsc::Receiver<Job>,
+    mode: AuditFsync,
+    broken: Arc<AtomicBool>,
+    path: PathBuf,
+    failure: Option<AuditError>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            if self.mode == AuditFsync::Batch {
+                while batch.len() < MAX_BATCH {
+                    match self.rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let result = self.commit(&batch, &mut buf);
+            for job in batch {
+                let (Job::Line(_, done) | Job::Sync(done)) = job;
+                let _ = done.send(result.clone());
+            }
+        }
+        let _ = self.file.sync_data();
+    }
+
+    fn commit(&mut self, batch: &[Job], buf: &mut Vec<u8>) -> Result<(), AuditError> {
+        if let Some(f) = &self.failure {
+            return Err(f.clone());
+        }
+        buf.clear();
+        for job in batch {
+            if let Job::Line(line, _) = job {
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+            }
+        }
+        let io = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        io.map_err(|e| {
+            tracing::error!(path = %self.path.display(), error = %e, "audit log write or fsync failed; the log is now broken");
+            self.broken.store(true, Ordering::Relaxed);
+            let err = AuditError::Broken {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            };
+            self.failure = Some(err.clone());
+            err
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appended_lines_are_on_disk_when_append_returns() {
+        let dir = std::env::temp_dir().join(format!("ld-audit-{}", std::process::id()));
+        let path = dir.join("audit.log");
+        let _ = std::fs::remove_file(&path);
+        let (log, thread) = AuditLog::open(&path, AuditFsync::Batch).unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(&serde_json::json!({ "n": i })).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        log.sync().await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 50);
+        drop(log);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

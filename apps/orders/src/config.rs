@@ -1,0 +1,327 @@
+//! Configuration: flags, then `LAMEDUCK_*` environment variables, then an optional TOML file
+//! (`--config`), then defaults. `--print-config` shows the result with secrets redacted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// How the audit log is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// Group commit: requests that arrive while an fsync runs share the next one.
+    Batch,
+    /// One fsync per change (for comparison; slower).
+    Each,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON lines.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Command-line flags; every setting also reads `LAMEDUCK_<NAME>` from the environment.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lameduck-orders",
+    version,
+    about = "An orders API that loses no acknowledged order"
+)]
+pub struct Args {
+    /// TOML configuration file (lowest precedence after defaults).
+    #[arg(long, env = "LAMEDUCK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// The settings given on the command line or in the environment.
+    #[command(flatten)]
+    pub settings: Overrides,
+}
+
+/// Every setting as an optional override. Field docs are the flags' help.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct Overrides {
+    /// HTTP listener address [default: 127.0.0.1:8080].
+    #[arg(long, env = "LAMEDUCK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener address (/livez, /readyz, /metrics) [default: 127.0.0.1:9090].
+    #[arg(long, env = "LAMEDUCK_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Grace period for in-flight requests after the drain delay [default: 30s].
+    #[arg(long, env = "LAMEDUCK_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+    /// Keep accepting this long after SIGTERM [default: 0s].
+    #[arg(long, env = "LAMEDUCK_DRAIN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub drain_delay: Option<Duration>,
+    /// Keep idle keep-alive connections this long during the drain [default: 1s].
+    #[arg(long, env = "LAMEDUCK_IDLE_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub idle_grace: Option<Duration>,
+    /// Database URL: sqlite://PATH or postgres://... [default: SQLite file under data-dir].
+    #[arg(long, env = "LAMEDUCK_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory for the SQLite database and the audit log [default: ./data].
+    #[arg(long, env = "LAMEDUCK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Audit log file [default: DATA_DIR/audit.log].
+    #[arg(long, env = "LAMEDUCK_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+    /// Audit log durability: batch (group commit) or each (one fsync per change) [default: batch].
+    #[arg(long, env = "LAMEDUCK_AUDIT_FSYNC", value_enum)]
+    pub audit_fsync: Option<AuditFsync>,
+    /// Most database connections [default: 8; SQLite: 4].
+    #[arg(long, env = "LAMEDUCK_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+    /// Largest request body in bytes [default: 65536].
+    #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Log format on stdout [default: json].
+    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// HTTP listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Grace period after the drain delay.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Keep accepting this long after SIGTERM.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
+    /// Idle keep-alive grace during the drain.
+    #[serde(with = "duration")]
+    pub idle_grace: Duration,
+    /// Database URL.
+    pub database_url: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Audit log path.
+    pub audit_log: PathBuf,
+    /// Audit log durability.
+    pub audit_fsync: AuditFsync,
+    /// Most database connections.
+    pub db_max_connections: u32,
+    /// Largest request body.
+    pub body_limit: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Overrides {
+    /// `self` where set, else `lower`.
+    fn or(self, lower: Overrides) -> Overrides {
+        Overrides {
+            listen: self.listen.or(lower.listen),
+            admin_listen: self.admin_listen.or(lower.admin_listen),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            drain_delay: self.drain_delay.or(lower.drain_delay),
+            idle_grace: self.idle_grace.or(lower.idle_grace),
+            database_url: self.database_url.or(lower.database_url),
+            data_dir: self.data_dir.or(lower.data_dir),
+            audit_log: self.audit_log.or(lower.audit_log),
+            audit_fsync: self.audit_fsync.or(lower.audit_fsync),
+            db_max_connections: self.db_max_connections.or(lower.db_max_connections),
+            body_limit: self.body_limit.or(lower.body_limit),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+}
+
+/// Read the TOML file at `path`.
+///
+/// # Errors
+/// Unreadable file, bad TOML, unknown keys or bad values, naming the file.
+pub fn read_file(path: &Path) -> anyhow::Result<Overrides> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Merge flags/environment (`cli`) over the file over defaults.
+///
+/// # Errors
+/// Out-of-range values, naming the setting.
+pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settings> {
+    let o = cli.or(file.unwrap_or_default());
+    let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+    let database_url = o
+        .database_url
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("orders.db").display()));
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://"))
+    {
+        bail!(
+            "database_url must start with sqlite:, postgres:// or postgresql://, got {}",
+            redact_url(&database_url)
+        );
+    }
+    let sqlite = database_url.starts_with("sqlite:");
+    let db_max_connections = o.db_max_connections.unwrap_or(if sqlite { 4 } else { 8 });
+    if db_max_connections == 0 {
+        bail!("db_max_connections must be at least 1");
+    }
+    let body_limit = o.body_limit.unwrap_or(64 * 1024);
+    if body_limit == 0 {
+        bail!("body_limit must be at least 1");
+    }
+    Ok(Settings {
+        listen: o
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        admin_listen: o
+            .admin_listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+        shutdown_timeout: o.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+        drain_delay: o.drain_delay.unwrap_or(Duration::ZERO),
+        idle_grace: o.idle_grace.unwrap_or(Duration::from_secs(1)),
+        audit_log: o.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
+        database_url,
+        data_dir,
+        audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),
+        db_max_connections,
+        body_limit,
+        log_format: o.log_format.unwrap_or(LogFormat::Json),
+    })
+}
+
+impl Settings {
+    /// `true` for SQLite.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// The configuration as TOML with the database password redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = redact_url(&self.database_url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Replace the password in `scheme://user:password@host...` with `*****`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.find('@') else {
+        return url.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:*****{}",
+            &url[..scheme_end],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => url.to_string(),
+    }
+}
+
+mod duration {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+mod opt_duration {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: Overrides = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ndrain_delay = \"2s\"\naudit_fsync = \"each\"",
+        )
+        .unwrap();
+        let cli = Overrides {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let s = resolve(cli, Some(file)).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.drain_delay, Duration::from_secs(2));
+        assert_eq!(s.audit_fsync, AuditFsync::Each);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert!(s.database_url.ends_with("data/orders.db"));
+    }
+
+    #[test]
+    fn bad_file_values_are_named() {
+        let err = toml::from_str::<Overrides>("drain_delay = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+        let err = toml::from_str::<Overrides>("nope = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = resolve(
+            Overrides {
+                database_url: Some("mysql://x".into()),
+                ..Overrides::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database_url"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:*****@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        let s = resolve(
+            Overrides {
+                database_url: Some("postgres://u:pw@h/db".into()),
+                ..Overrides::default()
+            },
+            None,
+        )
+        .unwrap();
+        let text = s.to_redacted_toml();
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(text.contains("*****"), "{text}");
+    }
+}

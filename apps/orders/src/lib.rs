@@ -1,0 +1,201 @@
+//! `lameduck-orders`: the reference lameduck service, an orders API on SQLite (default) or
+//! PostgreSQL that loses no acknowledged order through shutdowns and crashes.
+//!
+//! - a 201 is sent only after the order is committed (fsync'd) and its audit line is on
+//!   disk;
+//! - `Idempotency-Key` makes retries safe, also after a crash between commit and response;
+//! - shutdown order: stop accepting -> drain requests -> finish writes -> fsync the audit
+//!   log -> checkpoint and close the database -> flush logs, each a hook with a timeout.
+
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod db;
+pub mod model;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use lameduck::admin::ReadinessCheck;
+use lameduck::hooks::HookPhase;
+use lameduck::lifecycle::Lifecycle;
+use lameduck::server::Server;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Args, LogFormat, Settings};
+
+/// Timeout of the hook that waits for writes in progress.
+pub const FINISH_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of the audit log's final fsync.
+pub const AUDIT_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+/// Timeout of the database checkpoint and close.
+pub const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `/readyz` waits for the database.
+pub const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Parse flags, environment and config file, run, and map the outcome to the exit-code
+/// table.
+pub fn main_impl() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                lameduck::exit::USAGE
+            } else {
+                lameduck::exit::OK
+            });
+        }
+    };
+    let settings = match load(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("lameduck-orders: {e:#}");
+            return ExitCode::from(lameduck::exit::USAGE);
+        }
+    };
+    if args.print_config {
+        print!("{}", settings.to_redacted_toml());
+        return ExitCode::from(lameduck::exit::OK);
+    }
+    init_logs(settings.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::Error::new(e).context("failed to start the runtime")),
+    };
+    let result = rt.block_on(run(settings));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(e),
+    }
+}
+
+fn load(args: &Args) -> anyhow::Result<Settings> {
+    let file = args.config.as_deref().map(config::read_file).transpose()?;
+    config::resolve(args.settings.clone(), file)
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("lameduck-orders: {e:#}");
+    ExitCode::from(lameduck::exit::RUNTIME_ERROR)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Run the service until it has shut down; returns the exit code.
+///
+/// # Errors
+/// Start-up failures: signal handlers, audit log, database, binding.
+pub async fn run(settings: Settings) -> anyhow::Result<u8> {
+    let lifecycle = Lifecycle::new()
+        .with_os_signals()
+        .context("failed to install signal handlers")?;
+    let (audit, audit_thread) = audit::AuditLog::open(&settings.audit_log, settings.audit_fsync)
+        .with_context(|| format!("cannot open audit log {}", settings.audit_log.display()))?;
+    tracing::info!(database = %config::redact_url(&settings.database_url), "opening database");
+    let db = db::Db::connect(&settings.database_url, settings.db_max_connections).await?;
+    let app = api::App {
+        db: db.clone(),
+        audit: audit.clone(),
+        work: TaskTracker::new(),
+    };
+    let server = with_hooks(Server::builder(), &app, audit_thread)
+        .drain_delay(settings.drain_delay)
+        .shutdown_timeout(settings.shutdown_timeout)
+        .idle_grace(settings.idle_grace)
+        .body_limit(settings.body_limit)
+        .readiness_check(readiness(&app))
+        .admin(settings.admin_listen)
+        .bind(settings.listen, lifecycle)
+        .await?;
+    let http = server.local_addr()?;
+    let admin = server
+        .admin_addr()
+        .transpose()?
+        .unwrap_or(settings.admin_listen);
+    if settings.listen.port() == 0 || settings.admin_listen.port() == 0 {
+        println!("listening http={http} admin={admin}");
+    }
+    tracing::info!(%http, %admin, pid = std::process::id(), "ready");
+    let report = server.serve_router(api::router(app)).await;
+    Ok(report.exit_code())
+}
+
+/// The shutdown hooks. After-drain hooks run last-registered first, so they are added in
+/// reverse: the run order is finish writes -> fsync audit log -> close database.
+fn with_hooks(
+    b: lameduck::server::Builder,
+    app: &api::App,
+    audit_thread: std::thread::JoinHandle<()>,
+) -> lameduck::server::Builder {
+    let (db, audit, work) = (app.db.clone(), app.audit.clone(), app.work.clone());
+    b.hook(
+        HookPhase::AfterDrain,
+        "close-database",
+        DB_CLOSE_TIMEOUT,
+        move || async move { db.close().await.map_err(Into::into) },
+    )
+    .hook(
+        HookPhase::AfterDrain,
+        "fsync-audit-log",
+        AUDIT_SYNC_TIMEOUT,
+        move || async move {
+            audit.sync().await?;
+            drop(audit);
+            // The writer thread ends once every handle is gone; do not wait for it here if a
+            // task still holds one.
+            drop(audit_thread);
+            Ok(())
+        },
+    )
+    .hook(
+        HookPhase::AfterDrain,
+        "finish-writes",
+        FINISH_WRITES_TIMEOUT,
+        move || async move {
+            work.close();
+            work.wait().await;
+            Ok(())
+        },
+    )
+    .hook(
+        HookPhase::Final,
+        "flush-logs",
+        Duration::from_secs(1),
+        || async { std::io::stdout().flush().map_err(Into::into) },
+    )
+}
+
+fn readiness(app: &api::App) -> ReadinessCheck {
+    let (db, audit) = (app.db.clone(), app.audit.clone());
+    ReadinessCheck::new("database", move || {
+        let (db, audit) = (db.clone(), audit.clone());
+        async move {
+            if !audit.is_healthy() {
+                return Err(format!("audit log {} is broken", audit.path().display()));
+            }
+            match tokio::time::timeout(READINESS_DB_TIMEOUT, db.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("database did not answer in time".into()),
+            }
+        }
+    })
+}
