@@ -52,10 +52,9 @@ pub fn main_impl() -> ExitCode {
     };
     let settings = match load(&args) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("lameduck-orders: {e:#}");
-            return ExitCode::from(lameduck::exit::USAGE);
-        }
+        // A bad configuration file or value is a start-up error (exit 1); clap already
+        // answered malformed flags with exit 2.
+        Err(e) => return fail(e),
     };
     if args.print_config {
         print!("{}", settings.to_redacted_toml());

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use http::Method;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
@@ -40,7 +41,7 @@ impl std::error::Error for ClientError {}
 /// An HTTP/1.1 keep-alive connection.
 #[derive(Debug)]
 pub struct H1 {
-    send: http1::SendRequest<Empty<Bytes>>,
+    send: http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
 }
 
@@ -64,11 +65,25 @@ impl H1 {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response<Bytes>, ClientError> {
-        let mut req = Request::get(path).header("host", self.addr.to_string());
+        self.send(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    /// Any request on this connection; the whole response.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Response<Bytes>, ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", self.addr.to_string());
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Empty::new()).expect("valid request");
+        let req = req.body(Full::new(body.into())).expect("valid request");
         self.send.ready().await.map_err(ClientError::Http)?;
         let res = self
             .send
@@ -92,7 +107,7 @@ impl H1 {
 /// An HTTP/2 prior-knowledge connection; cheap to clone, clones share the connection.
 #[derive(Debug, Clone)]
 pub struct H2 {
-    send: http2::SendRequest<Empty<Bytes>>,
+    send: http2::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
 }
 
@@ -112,7 +127,9 @@ impl H2 {
     /// `GET path` as a new stream on this connection.
     pub async fn get(&mut self, path: &str) -> Result<Response<Bytes>, ClientError> {
         let uri = format!("http://{}{}", self.addr, path);
-        let req = Request::get(uri).body(Empty::new()).expect("valid request");
+        let req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
         self.send.ready().await.map_err(ClientError::Http)?;
         let res = self
             .send
@@ -127,6 +144,21 @@ async fn collect(res: Response<hyper::body::Incoming>) -> Result<Response<Bytes>
     let (parts, body) = res.into_parts();
     let bytes = body.collect().await.map_err(ClientError::Http)?.to_bytes();
     Ok(Response::from_parts(parts, bytes))
+}
+
+/// `POST path` with a JSON body and extra headers on a fresh HTTP/1.1 connection.
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: &str,
+) -> Result<Response<Bytes>, ClientError> {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    connect_h1(addr)
+        .await?
+        .send(Method::POST, path, &all, json.to_string())
+        .await
 }
 
 /// `GET path` on a fresh HTTP/1.1 connection.

@@ -5,7 +5,7 @@
 mod client;
 mod process;
 
-pub use client::{connect_h1, connect_h2, get, ClientError, H1, H2};
+pub use client::{connect_h1, connect_h2, get, post_json, ClientError, H1, H2};
 pub use process::{SpawnError, Spawned};
 
 use std::future::Future;

@@ -48,9 +48,15 @@ impl Spawned {
     /// Start `bin` with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0` and `args`, and
     /// wait for its `listening http=ADDR admin=ADDR` line.
     pub fn start(bin: &str, args: &[&str]) -> Result<Self, SpawnError> {
+        Self::start_env(bin, args, &[])
+    }
+
+    /// [`Spawned::start`] with extra environment variables.
+    pub fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self, SpawnError> {
         let mut child = Command::new(bin)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

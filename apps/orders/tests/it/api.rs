@@ -1,0 +1,289 @@
+//! Every route and every error path of the contract.
+
+use http::Method;
+use lameduck_testkit::{connect_h1, get, post_json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{json, order_json, Store, SOON};
+
+fn assert_error(body: &[u8], code: &str) {
+    let v = json(body);
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_201_with_location_and_the_committed_order() {
+    let store = Store::sqlite("create");
+    let s = store.start(&[]);
+    let res = post_json(s.http, "/orders", &[], &order_json("alice"))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 201);
+    let order = json(res.body());
+    let id = order["id"].as_str().expect("id");
+    assert_eq!(res.headers()["location"], format!("/orders/{id}").as_str());
+    assert_eq!(order["customer_id"], "alice");
+    assert_eq!(order["sku"], "sku-1");
+    assert_eq!(order["quantity"], 2);
+    assert_eq!(order["amount_cents"], 1250);
+    assert_eq!(order["status"], "created");
+    assert!(order["created_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+    let fetched = get(s.http, &format!("/orders/{id}")).await.expect("get");
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(json(fetched.body()), order);
+    assert!(
+        store.audit_log().contains(id),
+        "audit line written before the 201"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_returns_the_same_order_and_another_body_is_422() {
+    let store = Store::sqlite("idem");
+    let s = store.start(&[]);
+    let key = [("idempotency-key", "key-1")];
+    let a = post_json(s.http, "/orders", &key, &order_json("bob"))
+        .await
+        .expect("first");
+    let b = post_json(s.http, "/orders", &key, &order_json("bob"))
+        .await
+        .expect("retry");
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
+    assert_eq!(
+        json(a.body()),
+        json(b.body()),
+        "the same order, not a second one"
+    );
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    let c = post_json(s.http, "/orders", &key, &order_json("mallory"))
+        .await
+        .expect("other body");
+    assert_eq!(c.status(), 422);
+    assert_error(c.body(), "idempotency_key_reused");
+    assert_eq!(crate::all_orders(s.http).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_and_invalid_fields_are_400_with_an_error_body() {
+    let store = Store::sqlite("invalid");
+    let s = store.start(&[]);
+    let cases = [
+        ("{", "invalid_json"),
+        ("[]", "invalid_json"),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":1}"#,
+            "invalid_json",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":"1","amount_cents":0}"#,
+            "invalid_json",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":1.5,"amount_cents":0}"#,
+            "invalid_json",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":1,"amount_cents":0,"extra":1}"#,
+            "invalid_json",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":0,"amount_cents":0}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":1001,"amount_cents":0}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":1,"amount_cents":-1}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"customer_id":"","sku":"b","quantity":1,"amount_cents":0}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"customer_id":"a","sku":"b","quantity":99999999999999999999,"amount_cents":0}"#,
+            "invalid_json",
+        ),
+    ];
+    for (body, code) in cases {
+        let res = post_json(s.http, "/orders", &[], body)
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 400, "{body}");
+        assert_error(res.body(), code);
+    }
+    for key in ["", "has space", &"k".repeat(256)] {
+        let res = post_json(
+            s.http,
+            "/orders",
+            &[("idempotency-key", key)],
+            &order_json("a"),
+        )
+        .await
+        .expect("response");
+        assert_eq!(res.status(), 400, "key {key:?}");
+        assert_error(res.body(), "invalid_idempotency_key");
+    }
+    assert!(
+        crate::all_orders(s.http).await.is_empty(),
+        "no order from a bad request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_are_413_declared_or_chunked() {
+    let store = Store::sqlite("large");
+    let s = store.start(&["--body-limit", "1024"]);
+    let big = order_json(&"x".repeat(2000));
+    let res = post_json(s.http, "/orders", &[], &big)
+        .await
+        .expect("response");
+    assert_eq!(res.status(), 413);
+    assert_error(res.body(), "payload_too_large");
+    // Chunked: no Content-Length, the limit trips while reading.
+    let mut c = tokio::net::TcpStream::connect(s.http)
+        .await
+        .expect("connect");
+    let chunk = "y".repeat(1500);
+    let req = format!(
+        "POST /orders HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    c.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, c.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_list_and_cancel_follow_the_contract() {
+    let store = Store::sqlite("routes");
+    let s = store.start(&[]);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let res = post_json(s.http, "/orders", &[], &order_json(&format!("c{i}")))
+            .await
+            .expect("create");
+        ids.push(json(res.body())["id"].as_str().expect("id").to_string());
+    }
+    let missing = get(s.http, "/orders/ord_missing").await.expect("get");
+    assert_eq!(missing.status(), 404);
+    assert_error(missing.body(), "not_found");
+
+    let page = json(get(s.http, "/orders?limit=2").await.expect("list").body());
+    let first: Vec<_> = page["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(first, ids[..2]);
+    let after = page["next_after"].as_str().expect("next page");
+    let page2 = json(
+        get(s.http, &format!("/orders?limit=10&after={after}"))
+            .await
+            .expect("list")
+            .body(),
+    );
+    assert_eq!(page2["orders"].as_array().unwrap().len(), 3);
+    assert!(page2["next_after"].is_null());
+    for bad in ["/orders?limit=0", "/orders?limit=501", "/orders?limit=x"] {
+        let res = get(s.http, bad).await.expect("list");
+        assert_eq!(res.status(), 400, "{bad}");
+        assert_error(res.body(), "invalid_query");
+    }
+
+    let mut c = connect_h1(s.http).await.expect("connect");
+    let path = format!("/orders/{}/cancel", ids[0]);
+    let done = c.send(Method::POST, &path, &[], "").await.expect("cancel");
+    assert_eq!(done.status(), 200);
+    assert_eq!(json(done.body())["status"], "cancelled");
+    let again = c
+        .send(Method::POST, &path, &[], "")
+        .await
+        .expect("cancel again");
+    assert_eq!(again.status(), 409);
+    assert_error(again.body(), "conflict");
+    let none = c
+        .send(Method::POST, "/orders/ord_missing/cancel", &[], "")
+        .await
+        .expect("cancel missing");
+    assert_eq!(none.status(), 404);
+    assert_error(none.body(), "not_found");
+    assert!(store.audit_log().contains("order.cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let store = Store::sqlite("unknown");
+    let s = store.start(&[]);
+    let res = get(s.http, "/nope").await.expect("get");
+    assert_eq!(res.status(), 404);
+    assert_error(res.body(), "not_found");
+    let mut c = connect_h1(s.http).await.expect("connect");
+    let res = c
+        .send(Method::DELETE, "/orders", &[], "")
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 405);
+    assert_error(res.body(), "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_works_the_same_on_postgres() {
+    let Some(store) = Store::postgres("api").await else {
+        return;
+    };
+    let s = store.start(&[]);
+    crate::wait_ready(&s).await;
+    let key = [("idempotency-key", "pg-key")];
+    let a = post_json(s.http, "/orders", &key, &order_json("pg"))
+        .await
+        .expect("create");
+    assert_eq!(a.status(), 201);
+    let b = post_json(s.http, "/orders", &key, &order_json("pg"))
+        .await
+        .expect("replay");
+    assert_eq!(json(a.body()), json(b.body()));
+    let c = post_json(s.http, "/orders", &key, &order_json("other"))
+        .await
+        .expect("mismatch");
+    assert_eq!(c.status(), 422);
+    let id = json(a.body())["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(s.http, &format!("/orders/{id}"))
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    let mut conn = connect_h1(s.http).await.expect("connect");
+    let path = format!("/orders/{id}/cancel");
+    assert_eq!(
+        conn.send(Method::POST, &path, &[], "")
+            .await
+            .expect("cancel")
+            .status(),
+        200
+    );
+    assert_eq!(
+        conn.send(Method::POST, &path, &[], "")
+            .await
+            .expect("cancel")
+            .status(),
+        409
+    );
+    assert_eq!(crate::all_orders(s.http).await.len(), 1);
+}

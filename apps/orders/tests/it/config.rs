@@ -1,0 +1,122 @@
+//! Configuration precedence, `--print-config`, and start-up failures.
+
+use std::process::Command;
+
+use crate::BIN;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("LAMEDUCK_DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run binary")
+}
+
+#[test]
+fn flags_beat_environment_which_beats_the_file_and_passwords_are_redacted() {
+    let dir = std::env::temp_dir().join(format!("ld-orders-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("orders.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:7001\"\ndrain_delay = \"9s\"\nidle_grace = \"3s\"\naudit_fsync = \"each\"\n").expect("write");
+    let out = run(
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--print-config",
+            "--listen",
+            "127.0.0.1:7003",
+        ],
+        &[
+            ("LAMEDUCK_LISTEN", "127.0.0.1:7002"),
+            ("LAMEDUCK_DRAIN_DELAY", "5s"),
+            (
+                "LAMEDUCK_DATABASE_URL",
+                "postgres://app:hunter2@db.internal:5432/orders",
+            ),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("listen = \"127.0.0.1:7003\""),
+        "flag wins: {text}"
+    );
+    assert!(
+        text.contains("drain_delay = \"5s\""),
+        "environment beats the file: {text}"
+    );
+    assert!(
+        text.contains("idle_grace = \"3s\""),
+        "the file beats defaults: {text}"
+    );
+    assert!(text.contains("audit_fsync = \"each\""), "{text}");
+    assert!(
+        text.contains("shutdown_timeout = \"30s\""),
+        "defaults fill the rest: {text}"
+    );
+    assert!(!text.contains("hunter2"), "password shown: {text}");
+    assert!(
+        text.contains("postgres://app:*****@db.internal:5432/orders"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_bad_config_file_or_value_exits_1_naming_it_and_bad_flags_exit_2() {
+    let dir = std::env::temp_dir().join(format!("ld-orders-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "drain_delay = \"soon\"\n").expect("write");
+    let out = run(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("soon"), "{err}");
+    let out = run(&["--config", "/nonexistent/orders.toml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/orders.toml"));
+    let out = run(&["--database-url", "mysql://x"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database_url"));
+    let out = run(&["--quantity-of-nonsense"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["--shutdown-timeout", "soon"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_unusable_database_location_exits_1_with_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("ld-orders-unwritable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // A regular file where the data directory should be: nothing can be created under it,
+    // even by root.
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, "x").expect("write");
+    let data = blocker.join("data");
+    let audit = dir.join("audit.log");
+    let out = run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not-a-dir"), "names the location: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,227 @@
+//! No acknowledged order is lost through a SIGTERM or a SIGKILL under load, and retries with
+//! the idempotency key never create a second order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use lameduck_testkit::{connect_h1, get, poll_until, post_json, H1};
+use nix::sys::signal::Signal;
+
+use crate::{all_orders, json, order_json, Store, SOON};
+
+const CLIENTS: usize = 32;
+/// Bound on each client: requests and time.
+const MAX_PER_CLIENT: usize = 400;
+const MAX_TIME: Duration = Duration::from_secs(20);
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Idempotency key -> order id, for every 201.
+    acked: HashMap<String, String>,
+    /// Keys whose request got no answer (reset, closed): unknown outcome, retriable.
+    unknown: Vec<String>,
+    /// Connects refused (the server was gone): the request was never sent.
+    refused: usize,
+    /// Answers other than 201 (must be none).
+    other: Vec<(String, u16)>,
+}
+
+/// One client: a keep-alive connection, a fresh idempotency key per order, no retries;
+/// stops when connects are refused.
+async fn client(addr: SocketAddr, c: usize, acked_count: Arc<AtomicUsize>) -> Outcome {
+    let mut out = Outcome::default();
+    let mut conn: Option<H1> = None;
+    let end = Instant::now() + MAX_TIME;
+    for i in 0..MAX_PER_CLIENT {
+        if Instant::now() > end {
+            break;
+        }
+        let key = format!("c{c}-{i}");
+        if conn.is_none() {
+            match connect_h1(addr).await {
+                Ok(h) => conn = Some(h),
+                Err(e) if e.is_refused() => {
+                    out.refused += 1;
+                    break;
+                }
+                Err(_) => {
+                    // Reset during connect: nothing was sent.
+                    out.refused += 1;
+                    break;
+                }
+            }
+        }
+        let Some(h) = conn.as_mut() else { break };
+        let headers = [
+            ("idempotency-key", key.as_str()),
+            ("content-type", "application/json"),
+        ];
+        match h
+            .send(Method::POST, "/orders", &headers, order_json(&key))
+            .await
+        {
+            Ok(res) if res.status() == 201 => {
+                let id = json(res.body())["id"].as_str().expect("id").to_string();
+                out.acked.insert(key, id);
+                acked_count.fetch_add(1, Ordering::Relaxed);
+                if res
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v == "close")
+                {
+                    conn = None;
+                }
+            }
+            Ok(res) => {
+                out.other.push((key, res.status().as_u16()));
+                conn = None;
+            }
+            Err(_) => {
+                out.unknown.push(key);
+                conn = None;
+            }
+        }
+    }
+    out
+}
+
+/// Run the clients; `fault` is called once at least `after` orders were acknowledged.
+async fn load_with_fault(addr: SocketAddr, after: usize, fault: impl FnOnce()) -> Outcome {
+    let acked = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(addr, c, acked.clone())))
+        .collect();
+    let built = poll_until(SOON, || async {
+        (acked.load(Ordering::Relaxed) >= after).then_some(())
+    })
+    .await;
+    assert!(built.is_some(), "load never built up");
+    fault();
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("client");
+        total.acked.extend(o.acked);
+        total.unknown.extend(o.unknown);
+        total.refused += o.refused;
+        total.other.extend(o.other);
+    }
+    total
+}
+
+/// After a restart: every acknowledged order is there, unknown requests retried with their
+/// key give exactly one order each, and no key has two orders.
+async fn verify_after_restart(addr: SocketAddr, out: &Outcome) {
+    for (key, id) in &out.acked {
+        let res = get(addr, &format!("/orders/{id}")).await.expect("get");
+        assert_eq!(
+            res.status(),
+            200,
+            "acknowledged order {id} ({key}) is missing"
+        );
+        assert_eq!(json(res.body())["customer_id"], key.as_str());
+    }
+    for key in &out.unknown {
+        let res = post_json(
+            addr,
+            "/orders",
+            &[("idempotency-key", key)],
+            &order_json(key),
+        )
+        .await
+        .expect("retry");
+        assert_eq!(res.status(), 201, "retry of {key}");
+    }
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for o in all_orders(addr).await {
+        *per_key
+            .entry(o["customer_id"].as_str().expect("customer").to_string())
+            .or_default() += 1;
+    }
+    let dupes: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicate orders: {dupes:?}");
+    for key in out.acked.keys().chain(&out.unknown) {
+        assert_eq!(per_key.get(key), Some(&1), "{key} has no order");
+    }
+}
+
+async fn sigterm_under_load(store: Store) {
+    let mut s = store.start(&[]);
+    crate::wait_ready(&s).await;
+    let out = load_with_fault(s.http, 100, || s.signal(Signal::SIGTERM)).await;
+    assert!(out.other.is_empty(), "unexpected answers: {:?}", out.other);
+    assert_eq!(
+        s.wait_exit(SOON).await,
+        Some(0),
+        "clean exit after the drain"
+    );
+    assert!(out.acked.len() >= 100);
+    let s2 = store.start(&[]);
+    crate::wait_ready(&s2).await;
+    verify_after_restart(s2.http, &out).await;
+    eprintln!(
+        "SIGTERM: {} acknowledged, {} unknown, {} refused at connect",
+        out.acked.len(),
+        out.unknown.len(),
+        out.refused
+    );
+}
+
+async fn sigkill_under_load(store: Store) {
+    let mut s = store.start(&[]);
+    crate::wait_ready(&s).await;
+    // A moment that differs from run to run.
+    let jitter = Duration::from_millis(u64::from(std::process::id() % 200));
+    let pid = s.pid();
+    let out = load_with_fault(s.http, 50, move || {
+        std::thread::sleep(jitter);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    })
+    .await;
+    assert!(out.other.is_empty(), "unexpected answers: {:?}", out.other);
+    assert_eq!(s.wait_exit(SOON).await, None, "killed by a signal");
+    let audit = store.audit_log();
+    for id in out.acked.values() {
+        assert!(
+            audit.contains(id.as_str()),
+            "acknowledged order {id} has no audit line"
+        );
+    }
+    let s2 = store.start(&[]);
+    crate::wait_ready(&s2).await;
+    verify_after_restart(s2.http, &out).await;
+    eprintln!(
+        "SIGKILL: {} acknowledged, {} unknown, {} refused at connect",
+        out.acked.len(),
+        out.unknown.len(),
+        out.refused
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_order_on_sqlite() {
+    sigterm_under_load(Store::sqlite("sigterm")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_order_on_sqlite() {
+    sigkill_under_load(Store::sqlite("sigkill")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_order_on_postgres() {
+    if let Some(store) = Store::postgres("sigterm").await {
+        sigterm_under_load(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_order_on_postgres() {
+    if let Some(store) = Store::postgres("sigkill").await {
+        sigkill_under_load(store).await;
+    }
+}
