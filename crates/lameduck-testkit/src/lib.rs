@@ -4,9 +4,11 @@
 
 mod client;
 mod process;
+mod proxy;
 
 pub use client::{connect_h1, connect_h2, get, post_json, ClientError, H1, H2};
 pub use process::{SpawnError, Spawned};
+pub use proxy::Proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

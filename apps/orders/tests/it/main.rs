@@ -4,6 +4,7 @@
 mod api;
 mod config;
 mod durability;
+mod faults;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
