@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::Router;
 use clap::{Parser, ValueEnum};
 use futures_util::stream::{self, Stream};
+use lameduck::cli;
 use lameduck::lifecycle::Lifecycle;
 use lameduck::middleware::request_context::RequestContext;
 use lameduck::server::{self, Server};
@@ -75,45 +76,20 @@ pub fn main_impl() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
+            let code = if e.use_stderr() {
                 lameduck::exit::USAGE
             } else {
                 lameduck::exit::OK
-            });
+            };
+            return ExitCode::from(code);
         }
     };
-    init_logs(args.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(anyhow::Error::new(e).context("failed to start the runtime")),
+    let format = match args.log_format {
+        LogFormat::Json => cli::LogFormat::Json,
+        LogFormat::Text => cli::LogFormat::Text,
     };
-    let result = rt.block_on(run(args));
-    // Dropping a runtime waits for blocking tasks without limit; bound it.
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => fail(e),
-    }
-}
-
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("lameduck-demo: {e:#}");
-    ExitCode::from(lameduck::exit::RUNTIME_ERROR)
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
+    cli::init_logs(format, "info");
+    cli::block_on_main("lameduck-demo", run(args))
 }
 
 /// Run the demo service until it has shut down; returns the exit code.

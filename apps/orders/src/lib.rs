@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser as _;
 use lameduck::admin::ReadinessCheck;
+use lameduck::cli;
 use lameduck::hooks::HookPhase;
 use lameduck::lifecycle::Lifecycle;
 use lameduck::server::Server;
@@ -54,48 +55,23 @@ pub fn main_impl() -> ExitCode {
         Ok(s) => s,
         // A bad configuration file or value is a start-up error (exit 1); clap already
         // answered malformed flags with exit 2.
-        Err(e) => return fail(e),
+        Err(e) => return cli::fail("lameduck-orders", format_args!("{e:#}")),
     };
     if args.print_config {
         print!("{}", settings.to_redacted_toml());
         return ExitCode::from(lameduck::exit::OK);
     }
-    init_logs(settings.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(anyhow::Error::new(e).context("failed to start the runtime")),
+    let format = match settings.log_format {
+        LogFormat::Json => cli::LogFormat::Json,
+        LogFormat::Text => cli::LogFormat::Text,
     };
-    let result = rt.block_on(run(settings));
-    rt.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => fail(e),
-    }
+    cli::init_logs(format, "info,sqlx=warn");
+    cli::block_on_main("lameduck-orders", run(settings))
 }
 
 fn load(args: &Args) -> anyhow::Result<Settings> {
     let file = args.config.as_deref().map(config::read_file).transpose()?;
     config::resolve(args.settings.clone(), file)
-}
-
-fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("lameduck-orders: {e:#}");
-    ExitCode::from(lameduck::exit::RUNTIME_ERROR)
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 /// Run the service until it has shut down; returns the exit code.

@@ -33,6 +33,8 @@
 
 pub mod admin;
 pub mod body;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod error;
 pub mod exit;
 pub mod hooks;
