@@ -20,6 +20,9 @@ pub enum Error {
     /// Signal handlers could not be installed.
     #[error("failed to install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// Inherited sockets (`LISTEN_FDS`) are malformed or unusable.
+    #[error("socket activation: {0}")]
+    Activation(String),
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

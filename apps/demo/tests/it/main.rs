@@ -1,5 +1,6 @@
 //! End-to-end tests of `lameduck-demo`: the real binary, real sockets, real signals.
 
+mod activation;
 mod bad_input;
 mod drain;
 mod keepalive;

@@ -35,6 +35,7 @@
 //! 5. after-drain hooks, then final hooks, then the report.
 
 mod accept;
+pub mod activation;
 mod conn;
 mod service;
 
@@ -231,19 +232,25 @@ impl Builder {
         Ok(())
     }
 
-    /// Bind the HTTP listener on `addr` (and the admin listener, if configured). Install
-    /// signal handlers on `lifecycle` before calling this (see
-    /// [`Lifecycle::with_os_signals`]).
+    /// Bind the HTTP listener on `addr` (and the admin listener, if configured), or take
+    /// over the sockets passed by socket activation (see [`activation`]): an inherited
+    /// socket replaces the address asked for. Install signal handlers on `lifecycle` before
+    /// calling this (see [`Lifecycle::with_os_signals`]).
     ///
     /// # Errors
     /// [`Error::Config`] for out-of-range settings, [`Error::Bind`] naming the address
     /// that could not be bound.
     pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
         self.validate()?;
-        let http = bind("HTTP", addr).await?;
-        let admin = match self.admin {
-            Some(a) => Some(bind("admin", a).await?),
-            None => None,
+        let mut inherited = activation::from_env()?.unwrap_or_default();
+        let http = match inherited.http.take() {
+            Some(l) => adopt("HTTP", l)?,
+            None => bind("HTTP", addr).await?,
+        };
+        let admin = match (inherited.admin.take(), self.admin) {
+            (Some(l), _) => Some(adopt("admin", l)?),
+            (None, Some(a)) => Some(bind("admin", a).await?),
+            (None, None) => None,
         };
         Ok(Server {
             config: self,
@@ -252,6 +259,17 @@ impl Builder {
             admin,
         })
     }
+}
+
+/// Serve on an inherited listening socket.
+fn adopt(which: &'static str, listener: std::net::TcpListener) -> Result<TcpListener, Error> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
+    let listener = TcpListener::from_std(listener)
+        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
+    tracing::info!(which, %addr, "serving on an inherited socket");
+    Ok(listener)
 }
 
 async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
