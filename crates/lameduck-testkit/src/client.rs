@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 pub enum ClientError {
     /// The TCP connect failed (refused, ...).
     Connect(std::io::Error),
+    /// The connection was already closed: the request was not sent (safe to send again
+    /// on a new connection).
+    NotSent(hyper::Error),
     /// The connection failed before or during the response (reset, closed, protocol).
     Http(hyper::Error),
 }
@@ -31,6 +34,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Connect(e) => write!(f, "connect: {e}"),
+            ClientError::NotSent(e) => write!(f, "not sent: {e}"),
             ClientError::Http(e) => write!(f, "http: {e}"),
         }
     }
@@ -84,7 +88,7 @@ impl H1 {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body.into())).expect("valid request");
-        self.send.ready().await.map_err(ClientError::Http)?;
+        self.send.ready().await.map_err(ClientError::NotSent)?;
         let res = self
             .send
             .send_request(req)
@@ -130,7 +134,7 @@ impl H2 {
         let req = Request::get(uri)
             .body(Full::new(Bytes::new()))
             .expect("valid request");
-        self.send.ready().await.map_err(ClientError::Http)?;
+        self.send.ready().await.map_err(ClientError::NotSent)?;
         let res = self
             .send
             .send_request(req)

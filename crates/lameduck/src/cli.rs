@@ -70,9 +70,17 @@ where
     }
 }
 
-/// Print `"{name}: {message}"` on stderr and return [`RUNTIME_ERROR`](crate::exit::RUNTIME_ERROR).
+/// Print `"{name}: {message}"` on stderr as one line (line breaks inside the message, as
+/// some parsers produce, are folded) and return
+/// [`RUNTIME_ERROR`](crate::exit::RUNTIME_ERROR).
 pub fn fail(name: &str, message: impl Display) -> ExitCode {
-    eprintln!("{name}: {message}");
+    let text = message.to_string();
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("{name}: {}", line.join(" "));
     ExitCode::from(crate::exit::RUNTIME_ERROR)
 }
 

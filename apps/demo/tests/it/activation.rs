@@ -8,6 +8,16 @@ use std::process::{Command, Stdio};
 
 use crate::{BIN, SOON};
 
+/// Kills the launcher (and the demo it became) if the test fails midway.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -18,7 +28,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_on_sockets_passed_by_systemd_socket_activate() {
     let (http, admin) = (free_port(), free_port());
-    let mut child = Command::new("systemd-socket-activate")
+    let child = Command::new("systemd-socket-activate")
         .args([
             "-l",
             &format!("127.0.0.1:{http}"),
@@ -31,6 +41,7 @@ async fn the_demo_serves_on_sockets_passed_by_systemd_socket_activate() {
         .stderr(Stdio::null())
         .spawn()
         .expect("systemd-socket-activate (apt-get install systemd)");
+    let mut child = KillOnDrop(child);
     let http_addr = ([127, 0, 0, 1], http).into();
     let admin_addr = ([127, 0, 0, 1], admin).into();
     // The first connection makes systemd-socket-activate exec the demo, which then accepts
@@ -45,10 +56,10 @@ async fn the_demo_serves_on_sockets_passed_by_systemd_socket_activate() {
     .await;
     assert!(ok.is_some(), "admin served on the second inherited socket");
     // The demo replaced systemd-socket-activate by exec: same pid.
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM);
     let deadline = std::time::Instant::now() + SOON;
     let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
+        if let Some(st) = child.0.try_wait().expect("wait") {
             break st;
         }
         assert!(

@@ -6,6 +6,7 @@ mod drain;
 mod keepalive;
 mod signals;
 mod streams;
+mod upgrade;
 
 use std::time::Duration;
 

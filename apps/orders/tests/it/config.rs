@@ -78,6 +78,7 @@ fn a_bad_config_file_or_value_exits_1_naming_it_and_bad_flags_exit_2() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("soon"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
     let out = run(&["--config", "/nonexistent/orders.toml"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/orders.toml"));

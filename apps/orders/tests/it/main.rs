@@ -5,6 +5,7 @@ mod api;
 mod config;
 mod durability;
 mod faults;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

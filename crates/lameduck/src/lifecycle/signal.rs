@@ -11,6 +11,8 @@ pub enum Signal {
     Graceful,
     /// Stop at once, abandoning what is in flight (SIGQUIT).
     Forced,
+    /// Start a new process on the same listening sockets, then drain this one (SIGHUP).
+    Upgrade,
 }
 
 /// The sending half used to feed signals into a [`Lifecycle`](super::Lifecycle).
@@ -37,13 +39,19 @@ impl Trigger {
         self.tx.send(Signal::Forced).is_ok()
     }
 
+    /// Ask for a zero-downtime upgrade, as SIGHUP does.
+    pub fn upgrade(&self) -> bool {
+        self.tx.send(Signal::Upgrade).is_ok()
+    }
+
     /// Send any signal.
     pub fn send(&self, signal: Signal) -> bool {
         self.tx.send(signal).is_ok()
     }
 }
 
-/// Install handlers for SIGTERM, SIGINT (graceful) and SIGQUIT (forced) that feed `trigger`.
+/// Install handlers for SIGTERM, SIGINT (graceful), SIGQUIT (forced) and SIGHUP (upgrade)
+/// that feed `trigger`.
 ///
 /// Call this as early as possible (before binding): a signal that arrives before the handler
 /// is installed takes the default action and kills the process without running any hook.
@@ -57,6 +65,7 @@ pub fn install_os_signals(trigger: &Trigger) -> std::io::Result<()> {
         (SignalKind::terminate(), Signal::Graceful, "SIGTERM"),
         (SignalKind::interrupt(), Signal::Graceful, "SIGINT"),
         (SignalKind::quit(), Signal::Forced, "SIGQUIT"),
+        (SignalKind::hangup(), Signal::Upgrade, "SIGHUP"),
     ];
     for (kind, what, name) in kinds {
         let mut stream = signal(kind)?;

@@ -22,6 +22,7 @@ pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
+    handed_over: Arc<std::sync::atomic::AtomicBool>,
     mut serve: F,
 ) where
     F: FnMut(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>),
@@ -55,6 +56,13 @@ pub(crate) async fn accept_loop<F>(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+    if handed_over.load(std::sync::atomic::Ordering::Relaxed) {
+        // Another process accepts from the same socket: closing this descriptor resets
+        // nothing, and a SYN filter would be attached to the shared socket.
+        drop(listener);
+        tracing::info!("listener handed over to the new process");
+        return;
     }
     let busy = last_accept.is_some_and(|t| t.elapsed() < RECENT);
     let queued = if busy {

@@ -23,6 +23,59 @@ pub const MAX_LISTEN_FDS: usize = 16;
 pub const HTTP_NAME: &str = "http";
 /// The name of the admin listener's socket.
 pub const ADMIN_NAME: &str = "admin";
+/// Set by a lameduck parent during an upgrade: its pid, which the child checks against
+/// its parent pid (a parent cannot know the child's pid for `LISTEN_PID` before forking).
+pub const PARENT_ENV: &str = "LAMEDUCK_LISTEN_PPID";
+/// The descriptor on which a child started by an upgrade reports `READY=1`.
+pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
+
+/// `true` when the `LISTEN_FDS` variables are meant for this process: `LISTEN_PID` is its
+/// pid (systemd), or `LAMEDUCK_LISTEN_PPID` is its parent's (a lameduck upgrade).
+fn meant_for_us() -> bool {
+    let is = |k: &str, want: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            == Some(want)
+    };
+    is("LISTEN_PID", std::process::id()) || is(PARENT_ENV, std::os::unix::process::parent_id())
+}
+
+/// Tell the parent that started this process in an upgrade that it is ready: write
+/// `READY=1` to the descriptor named in `LAMEDUCK_READY_FD` and close it. Does nothing when
+/// this process was not started by an upgrade. Call once, when serving.
+#[allow(unsafe_code)]
+pub fn notify_ready() {
+    if !is_parent_upgrade() {
+        return;
+    }
+    let Some(fd) = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    else {
+        return;
+    };
+    if fd < LISTEN_FDS_START {
+        return;
+    }
+    // SAFETY: the parent mapped the write end of its readiness pipe to this descriptor and
+    // named it in LAMEDUCK_READY_FD (checked against the parent pid above); nothing else in
+    // this process opens or uses it, and it is taken once: the variable is only read here,
+    // and a second call finds the descriptor already closed (writes then fail harmlessly
+    // with EBADF) only if a caller breaks the "call once" rule.
+    let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    use std::io::Write as _;
+    if let Err(e) = pipe.write_all(b"READY=1\n") {
+        tracing::warn!(error = %e, "could not report readiness to the parent process");
+    }
+}
+
+fn is_parent_upgrade() -> bool {
+    std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        == Some(std::os::unix::process::parent_id())
+}
 
 /// Listening sockets inherited from the parent.
 #[derive(Debug, Default)]
@@ -34,17 +87,15 @@ pub struct Inherited {
 }
 
 /// The sockets passed to this process by the `LISTEN_FDS` protocol, or `None` when the
-/// variables are absent or meant for another process (`LISTEN_PID` differs).
+/// variables are absent or meant for another process (neither `LISTEN_PID` nor
+/// `LAMEDUCK_LISTEN_PPID` matches).
 ///
 /// # Errors
 /// [`Error::Activation`] when the variables are malformed, a descriptor is not a listening
 /// TCP socket, or a name is neither `http` nor `admin`.
 pub fn from_env() -> Result<Option<Inherited>, Error> {
     let var = |k: &str| std::env::var(k).ok();
-    let Some(pid) = var("LISTEN_PID") else {
-        return Ok(None);
-    };
-    if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+    if !meant_for_us() {
         return Ok(None);
     }
     let count = var("LISTEN_FDS").unwrap_or_default();

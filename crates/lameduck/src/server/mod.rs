@@ -38,6 +38,23 @@ mod accept;
 pub mod activation;
 mod conn;
 mod service;
+#[cfg(feature = "fd-handoff")]
+pub mod upgrade;
+
+#[cfg(feature = "fd-handoff")]
+use upgrade::Handoff;
+
+/// Without the `fd-handoff` feature there is nothing to hand over.
+#[cfg(not(feature = "fd-handoff"))]
+#[derive(Debug)]
+struct Handoff;
+
+#[cfg(not(feature = "fd-handoff"))]
+impl Handoff {
+    fn of(_: &TcpListener, _: Option<&TcpListener>) -> std::io::Result<Self> {
+        Ok(Handoff)
+    }
+}
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,6 +104,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Largest request body, in bytes; larger ones get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// How long a new process started by an upgrade may take to report ready.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -102,6 +121,7 @@ pub struct Builder {
     max_connections: usize,
     body_limit: usize,
     drain_policy: DrainPolicy,
+    upgrade_timeout: Duration,
     admin: Option<SocketAddr>,
     hooks: Hooks,
     checks: Vec<ReadinessCheck>,
@@ -119,6 +139,7 @@ impl Default for Builder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
             drain_policy: DrainPolicy::Serve,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             admin: None,
             hooks: Hooks::new(),
             checks: Vec::new(),
@@ -183,6 +204,13 @@ impl Builder {
     /// What to do with requests that arrive during the drain (default: serve them).
     pub fn drain_policy(mut self, p: DrainPolicy) -> Self {
         self.drain_policy = p;
+        self
+    }
+
+    /// How long a new process started by an upgrade (SIGHUP) may take to report ready
+    /// before it is killed and this one keeps serving (default [`DEFAULT_UPGRADE_TIMEOUT`]).
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.upgrade_timeout = d;
         self
     }
 
@@ -376,11 +404,15 @@ impl Server {
             metrics: metrics.clone(),
             tracker: TaskTracker::new(),
         };
+        let handoff = Handoff::of(&http, admin.as_ref())
+            .map_err(|e| tracing::warn!(error = %e, "cannot keep the sockets for upgrades"))
+            .ok();
         let admin_task = admin.map(|l| {
             let a = Admin::new(sd.clone(), metrics.clone(), config.checks.clone());
             tokio::spawn(a.serve(l))
         });
         let stop_accepting = CancellationToken::new();
+        let handed_over = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let accept_task = {
             let (shared, sd, svc) = (shared.clone(), sd.clone(), svc.clone());
             let stack = stack.clone();
@@ -389,6 +421,7 @@ impl Server {
                 http,
                 limit,
                 stop_accepting.clone(),
+                handed_over.clone(),
                 move |stream, peer, permit| {
                     spawn_connection(
                         &shared,
@@ -404,15 +437,19 @@ impl Server {
         };
         log_budget(&config);
         lifecycle.set_phase(Phase::Serving);
-        let Drained { report, hooks } = drain(
-            &mut lifecycle,
-            config,
-            &shared,
+        activation::notify_ready();
+        let listeners = Listeners {
             stop_accepting,
+            handed_over,
             accept_task,
-            &in_flight,
-        )
-        .await;
+            admin_task,
+            handoff,
+        };
+        let Drained {
+            report,
+            hooks,
+            admin_task,
+        } = drain(&mut lifecycle, config, &shared, listeners, &in_flight).await;
         let report = finish(&lifecycle, hooks, report).await;
         metrics.set_drain_duration(report.drain);
         if let Some(t) = admin_task {
@@ -425,24 +462,119 @@ impl Server {
 struct Drained {
     report: ShutdownReport,
     hooks: Hooks,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Wait for the signal, then run the drain: delay, close the listener, wait for the
-/// connections up to the deadline. Returns with the before-drain hooks done.
+/// Why serving stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// A graceful signal (or the trigger went away).
+    Graceful(&'static str),
+    /// SIGQUIT: forced at once.
+    Forced,
+    /// A new process took over the listeners.
+    #[cfg_attr(not(feature = "fd-handoff"), allow(dead_code))]
+    Handover(u32),
+}
+
+/// Serve until a stop signal; SIGHUP starts an upgrade, which either hands over (the new
+/// process is ready) or rolls back (logged) and keeps serving.
+async fn wait_for_stop(
+    lifecycle: &mut Lifecycle,
+    handoff: Option<&Handoff>,
+    upgrade_timeout: Duration,
+) -> Stop {
+    loop {
+        match lifecycle.next_signal().await {
+            None => return Stop::Graceful("trigger closed"),
+            Some(Signal::Forced) => return Stop::Forced,
+            Some(Signal::Upgrade) => {
+                if let Some(stop) = try_upgrade(lifecycle, handoff, upgrade_timeout).await {
+                    return stop;
+                }
+            }
+            Some(_) => return Stop::Graceful("signal"),
+        }
+    }
+}
+
+/// Run one upgrade, refusing further SIGHUPs meanwhile. `Some` when serving must stop.
+#[cfg(feature = "fd-handoff")]
+async fn try_upgrade(
+    lifecycle: &mut Lifecycle,
+    handoff: Option<&Handoff>,
+    timeout: Duration,
+) -> Option<Stop> {
+    let Some(handoff) = handoff else {
+        tracing::warn!("upgrade refused: the listening sockets could not be kept for a handover");
+        return None;
+    };
+    let upgrade = upgrade::start_successor(handoff, timeout);
+    tokio::pin!(upgrade);
+    loop {
+        tokio::select! {
+            outcome = &mut upgrade => return match outcome {
+                Ok(pid) => {
+                    tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one drains");
+                    Some(Stop::Handover(pid))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade failed; rolled back, this process keeps serving");
+                    None
+                }
+            },
+            sig = lifecycle.next_signal() => match sig {
+                Some(Signal::Upgrade) => tracing::warn!("upgrade refused: an upgrade is already in progress"),
+                Some(Signal::Forced) => return Some(Stop::Forced),
+                Some(_) => return Some(Stop::Graceful("signal during upgrade")),
+                None => return Some(Stop::Graceful("trigger closed")),
+            },
+        }
+    }
+}
+
+#[cfg(not(feature = "fd-handoff"))]
+async fn try_upgrade(_: &mut Lifecycle, _: Option<&Handoff>, _: Duration) -> Option<Stop> {
+    tracing::warn!("upgrade refused: lameduck was built without the fd-handoff feature");
+    None
+}
+
+/// The next signal that ends a drain early; upgrades are ignored while draining.
+async fn next_stop_signal(lifecycle: &mut Lifecycle) {
+    loop {
+        match lifecycle.next_signal().await {
+            Some(Signal::Upgrade) => tracing::warn!("upgrade refused: this process is draining"),
+            _ => return,
+        }
+    }
+}
+
+/// Wait for the stop, then run the drain: delay, close (or hand over) the listener, wait
+/// for the connections up to the deadline. Returns with the before-drain hooks done.
 async fn drain(
     lifecycle: &mut Lifecycle,
     config: Builder,
     shared: &Shared,
-    stop_accepting: CancellationToken,
-    accept_task: tokio::task::JoinHandle<()>,
+    listeners: Listeners,
     in_flight: &InFlight,
 ) -> Drained {
-    let first = lifecycle.next_signal().await;
+    let Listeners {
+        stop_accepting,
+        handed_over,
+        accept_task,
+        admin_task,
+        handoff,
+    } = listeners;
+    let stop = wait_for_stop(lifecycle, handoff.as_ref(), config.upgrade_timeout).await;
+    // Only a handover keeps the sockets open beyond this process: close the duplicates
+    // now, or they would keep a closed listener's socket alive (connects would hang).
+    #[allow(clippy::drop_non_drop)] // without `fd-handoff` the stub owns nothing
+    drop(handoff);
     let mut report = ShutdownReport {
-        reason: match first {
-            Some(Signal::Forced) => "forced".into(),
-            Some(_) => "signal".into(),
-            None => "trigger closed".into(),
+        reason: match stop {
+            Stop::Forced => "forced".into(),
+            Stop::Graceful(why) => why.into(),
+            Stop::Handover(pid) => format!("upgrade to pid {pid}"),
         },
         ..ShutdownReport::default()
     };
@@ -455,12 +587,19 @@ async fn drain(
         let mut before = before;
         before.run_phase(HookPhase::BeforeDrain).await
     });
-    let mut forced = first == Some(Signal::Forced);
-    // A zero delay must not wait for the timer wheel's next tick (about 1 ms).
-    if !forced && !config.drain_delay.is_zero() {
+    let mut forced = stop == Stop::Forced;
+    if let Stop::Handover(_) = stop {
+        // The new process accepts from the same sockets already: no delay, no closing
+        // dance, and its admin listener answers the probes from now on.
+        handed_over.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &admin_task {
+            t.abort();
+        }
+    } else if !forced && !config.drain_delay.is_zero() {
+        // A zero delay must not wait for the timer wheel's next tick (about 1 ms).
         tokio::select! {
             _ = tokio::time::sleep(config.drain_delay) => {}
-            _ = lifecycle.next_signal() => forced = true,
+            _ = next_stop_signal(lifecycle) => forced = true,
         }
     }
     stop_accepting.cancel();
@@ -470,7 +609,7 @@ async fn drain(
         tokio::select! {
             _ = shared.tracker.wait() => {}
             _ = tokio::time::sleep_until(deadline) => { forced = true; report.reason.push_str(", deadline passed"); }
-            _ = lifecycle.next_signal() => { forced = true; report.reason.push_str(", second signal"); }
+            _ = next_stop_signal(lifecycle) => { forced = true; report.reason.push_str(", second signal"); }
         }
     }
     if forced {
@@ -482,7 +621,20 @@ async fn drain(
     }
     report.drain = t0.elapsed();
     report.hooks = before_task.await.unwrap_or_default();
-    Drained { report, hooks }
+    Drained {
+        report,
+        hooks,
+        admin_task,
+    }
+}
+
+/// The accept side, as `drain` needs it.
+struct Listeners {
+    stop_accepting: CancellationToken,
+    handed_over: Arc<std::sync::atomic::AtomicBool>,
+    accept_task: tokio::task::JoinHandle<()>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+    handoff: Option<Handoff>,
 }
 
 /// After the drain: after-drain hooks (skipped when forced), final hooks, the report.

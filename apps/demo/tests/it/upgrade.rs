@@ -1,0 +1,180 @@
+//! Zero-downtime upgrades on SIGHUP under load: the new process inherits the listening
+//! sockets, becomes ready, and only then does the old one drain. No request of any class
+//! fails.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lameduck_testkit::{connect_h1, poll_until, ClientError, Spawned, H1};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{start, SOON};
+
+const UPGRADES: usize = 10;
+const CLIENTS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// HTTP/1.1 keep-alive; a new connection only after `Connection: close`.
+    KeepAlive,
+    /// A new connection for every request.
+    ConnectionPerRequest,
+}
+
+#[derive(Default)]
+struct Counters {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// One strict client: no retries; a request that was not sent (the connection was already
+/// closed) goes again on a new connection, as any client does.
+async fn client(addr: SocketAddr, mode: Mode, c: Arc<Counters>) {
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut conn: Option<H1> = None;
+    for _ in 0..200_000 {
+        if c.stop.load(Ordering::Relaxed) || Instant::now() > end {
+            return;
+        }
+        if conn.is_none() || mode == Mode::ConnectionPerRequest {
+            match connect_h1(addr).await {
+                Ok(h) => conn = Some(h),
+                Err(e) => {
+                    eprintln!("connect failed: {e}");
+                    c.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        let Some(h) = conn.as_mut() else { return };
+        match h.get("/ping").await {
+            Ok(res) if res.status() == 200 => {
+                c.ok.fetch_add(1, Ordering::Relaxed);
+                if res
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v == "close")
+                {
+                    conn = None;
+                }
+            }
+            Err(ClientError::NotSent(_)) => conn = None,
+            other => {
+                eprintln!("request failed: {:?}", other.map(|r| r.status()));
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// `false` once `pid` has exited (gone, or a zombie nobody reaped yet).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn new_pids(s: &Spawned) -> Vec<u32> {
+    s.logs()
+        .iter()
+        .filter(|l| l.contains("the new process is ready"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["new_pid"].as_u64())
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// Kills whatever process is newest if the test fails midway.
+struct Newest(Arc<AtomicUsize>);
+
+impl Drop for Newest {
+    fn drop(&mut self) {
+        let pid = self.0.load(Ordering::Relaxed) as i32;
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+async fn upgrades_under_load(mode: Mode) {
+    let mut s = start(&["--log-format", "json"]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let counters = Arc::new(Counters::default());
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| tokio::spawn(client(s.http, mode, counters.clone())))
+        .collect();
+    let mut pid = s.pid();
+    let mut pids = vec![pid];
+    for i in 1..=UPGRADES {
+        let before = counters.ok.load(Ordering::Relaxed);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
+        let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "upgrade {i} never completed; logs:\n{}",
+                    s.logs().join("\n")
+                )
+            });
+        newest.store(next as usize, Ordering::Relaxed);
+        let deadline = Instant::now() + SOON;
+        loop {
+            let exited = if i == 1 { s.has_exited() } else { !alive(pid) };
+            if exited {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "old process {pid} did not exit after upgrade {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pid = next;
+        pids.push(pid);
+        let progressed = poll_until(SOON, || async {
+            (counters.ok.load(Ordering::Relaxed) >= before + 100).then_some(())
+        })
+        .await;
+        assert!(progressed.is_some(), "no traffic served after upgrade {i}");
+    }
+    counters.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let failed = counters.failed.load(Ordering::Relaxed);
+    let ok = counters.ok.load(Ordering::Relaxed);
+    eprintln!("{mode:?}: {ok} requests ok, {failed} failed, pids {pids:?}");
+    assert_eq!(failed, 0, "requests failed across {UPGRADES} upgrades");
+    let mut unique = pids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        UPGRADES + 1,
+        "every upgrade gave a new pid: {pids:?}"
+    );
+    // The final process exits 0 on SIGTERM.
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let report = s
+        .wait_for_log(&["shutdown report", "\"reason\":\"signal\""], SOON)
+        .await
+        .expect("the final process drains on SIGTERM");
+    assert!(report.contains("\"exit_code\":0"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_lose_no_request_on_keep_alive_connections() {
+    upgrades_under_load(Mode::KeepAlive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_lose_no_request_with_a_connection_per_request() {
+    upgrades_under_load(Mode::ConnectionPerRequest).await;
+}
