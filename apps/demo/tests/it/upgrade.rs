@@ -178,3 +178,47 @@ async fn sighup_upgrades_lose_no_request_on_keep_alive_connections() {
 async fn sighup_upgrades_lose_no_request_with_a_connection_per_request() {
     upgrades_under_load(Mode::ConnectionPerRequest).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_then_the_new_main_pid_then_stopping() {
+    let dir = std::env::temp_dir().join(format!("ld-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    let recv = || async {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(SOON, sock.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let s = lameduck_testkit::Spawned::start_env(
+        crate::BIN,
+        &["--log-format", "json"],
+        &[("NOTIFY_SOCKET", path.to_str().expect("path"))],
+    )
+    .expect("start");
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    assert_eq!(recv().await, "READY=1\n");
+    let _ = kill(Pid::from_raw(s.pid() as i32), Signal::SIGHUP);
+    let msg = recv().await;
+    let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
+        .await
+        .expect("upgraded");
+    newest.store(new_pid as usize, Ordering::Relaxed);
+    assert_eq!(
+        msg,
+        format!("MAINPID={new_pid}\nREADY=1\n"),
+        "the new process claims the service"
+    );
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+    assert_eq!(
+        recv().await,
+        "STOPPING=1\n",
+        "only the real stop is announced"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -41,14 +41,54 @@ fn meant_for_us() -> bool {
     is("LISTEN_PID", std::process::id()) || is(PARENT_ENV, std::os::unix::process::parent_id())
 }
 
-/// Tell the parent that started this process in an upgrade that it is ready: write
-/// `READY=1` to the descriptor named in `LAMEDUCK_READY_FD` and close it. Does nothing when
-/// this process was not started by an upgrade. Call once, when serving.
-#[allow(unsafe_code)]
+/// Report readiness, once, when serving: to systemd (`READY=1` over `NOTIFY_SOCKET`, with
+/// `MAINPID=` when this process replaces its parent in an upgrade, so that systemd follows
+/// the new process instead of taking the old one's exit for the service's death), and to
+/// the parent that started this process in an upgrade (`READY=1` on the descriptor named in
+/// `LAMEDUCK_READY_FD`).
 pub fn notify_ready() {
-    if !is_parent_upgrade() {
-        return;
+    let upgraded = is_parent_upgrade();
+    let state = if upgraded {
+        format!("MAINPID={}\nREADY=1\n", std::process::id())
+    } else {
+        "READY=1\n".to_string()
+    };
+    notify_systemd(&state);
+    if upgraded {
+        notify_parent();
     }
+}
+
+/// Tell systemd the service is stopping (`STOPPING=1`), when it asked to be told.
+pub fn notify_stopping() {
+    notify_systemd("STOPPING=1\n");
+}
+
+/// Send `state` to systemd's notification socket, if `NOTIFY_SOCKET` names one
+/// (`sd_notify(3)`; a leading `@` is an abstract socket).
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+#[allow(unsafe_code)]
+fn notify_parent() {
     let Some(fd) = std::env::var(READY_FD_ENV)
         .ok()
         .and_then(|v| v.parse::<RawFd>().ok())

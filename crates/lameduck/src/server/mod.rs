@@ -578,6 +578,10 @@ async fn drain(
         },
         ..ShutdownReport::default()
     };
+    if !matches!(stop, Stop::Handover(_)) {
+        // After a handover systemd follows the new process; only a real stop is announced.
+        activation::notify_stopping();
+    }
     let t0 = Instant::now();
     lifecycle.begin_drain(config.drain_delay + config.shutdown_timeout);
     let deadline = tokio::time::Instant::from_std(lifecycle.shutdown().deadline().unwrap_or(t0));
