@@ -1,0 +1,225 @@
+//! The load: workers, each with its own connection, classifying every request strictly.
+//!
+//! No request is retried. A request that could not be *sent* because the connection was
+//! already closed (hyper hands the request back) goes out on a new connection: it was never
+//! sent, so this is not a retry.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::outcome::Outcome;
+
+/// How requests travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// HTTP/1.1, one keep-alive connection per worker (a new one after `Connection: close`).
+    KeepAlive,
+    /// HTTP/1.1, a new connection for every request.
+    ConnPerRequest,
+    /// HTTP/2 with prior knowledge, one connection per worker.
+    H2,
+}
+
+/// What to send; `{seq}`, `{worker}` and `{run}` in the path, header values and body are
+/// replaced per request (for example a fresh `Idempotency-Key: {run}-{worker}-{seq}`).
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// `Host` / `:authority`.
+    pub authority: String,
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Extra headers.
+    pub headers: Vec<(HeaderName, String)>,
+    /// Body (empty for none).
+    pub body: String,
+    /// A per-run token for `{run}`.
+    pub run: String,
+}
+
+impl Template {
+    fn fill(&self, text: &str, worker: usize, seq: u64) -> String {
+        if !text.contains('{') {
+            return text.to_string();
+        }
+        text.replace("{seq}", &seq.to_string())
+            .replace("{worker}", &worker.to_string())
+            .replace("{run}", &self.run)
+    }
+
+    fn request(&self, mode: Mode, worker: usize, seq: u64) -> Request<Full<Bytes>> {
+        let path = self.fill(&self.path, worker, seq);
+        let uri = match mode {
+            Mode::H2 => format!("http://{}{}", self.authority, path),
+            _ => path,
+        };
+        let mut req = Request::builder().method(self.method.clone()).uri(uri);
+        if mode != Mode::H2 {
+            req = req.header(http::header::HOST, &self.authority);
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(&self.fill(value, worker, seq)) {
+                req = req.header(name, v);
+            }
+        }
+        let body = Bytes::from(self.fill(&self.body, worker, seq));
+        req.body(Full::new(body))
+            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// One worker's connection and whether it has served a request yet.
+pub(crate) struct Conn {
+    sender: Sender,
+    reused: bool,
+}
+
+async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Outcome> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await {
+        Err(_) => return Err(Outcome::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(Outcome::Refused)
+        }
+        Ok(Err(_)) => return Err(Outcome::ResetFresh),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(stream);
+    let sender = match mode {
+        Mode::H2 => {
+            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|_| Outcome::ResetFresh)?;
+            tokio::spawn(conn);
+            Sender::H2(send)
+        }
+        _ => {
+            let (send, conn) = http1::handshake(io)
+                .await
+                .map_err(|_| Outcome::ResetFresh)?;
+            tokio::spawn(conn);
+            Sender::H1(send)
+        }
+    };
+    Ok(Conn {
+        sender,
+        reused: false,
+    })
+}
+
+/// Send one request on `conn` (opening one if needed); returns the outcome.
+pub(crate) async fn one(
+    conn: &mut Option<Conn>,
+    t: &Template,
+    mode: Mode,
+    worker: usize,
+    seq: u64,
+    timeout: Duration,
+) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let mut req = t.request(mode, worker, seq);
+    // At most two attempts to *send*: the second only when the first connection handed the
+    // request back unsent.
+    for _ in 0..2 {
+        if conn.is_none() || mode == Mode::ConnPerRequest {
+            match connect(t, mode, timeout).await {
+                Ok(c) => *conn = Some(c),
+                Err(o) => return o,
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            return Outcome::ResetFresh;
+        };
+        let reused = c.reused;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, send(&mut c.sender, req)).await {
+            Err(_) => {
+                *conn = None;
+                return Outcome::Timeout;
+            }
+            Ok(Sent::Response(status, close)) => {
+                c.reused = true;
+                if close {
+                    *conn = None;
+                }
+                return if (200..300).contains(&status) {
+                    Outcome::Ok
+                } else {
+                    Outcome::Status(status)
+                };
+            }
+            Ok(Sent::Unsent(back)) => {
+                *conn = None;
+                req = *back;
+            }
+            Ok(Sent::Failed) => {
+                *conn = None;
+                return if reused {
+                    Outcome::ResetReused
+                } else {
+                    Outcome::ResetFresh
+                };
+            }
+        }
+    }
+    Outcome::ResetFresh
+}
+
+enum Sent {
+    /// Status, and whether the connection must not be reused.
+    Response(u16, bool),
+    /// The connection was closed before the request left: here it is again.
+    Unsent(Box<Request<Full<Bytes>>>),
+    /// The request was sent (or may have been) and no response came.
+    Failed,
+}
+
+async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
+    let res = match sender {
+        Sender::H1(s) => {
+            if s.ready().await.is_err() {
+                return Sent::Unsent(Box::new(req));
+            }
+            s.try_send_request(req).await
+        }
+        Sender::H2(s) => {
+            if s.ready().await.is_err() {
+                return Sent::Unsent(Box::new(req));
+            }
+            s.try_send_request(req).await
+        }
+    };
+    match res {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let close = res
+                .headers()
+                .get(http::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            match res.into_body().collect().await {
+                Ok(_) => Sent::Response(status, close),
+                Err(_) => Sent::Failed,
+            }
+        }
+        Err(mut e) => match e.take_message() {
+            Some(back) => Sent::Unsent(Box::new(back)),
+            None => Sent::Failed,
+        },
+    }
+}

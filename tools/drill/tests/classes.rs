@@ -1,0 +1,146 @@
+//! Each outcome class, produced by a purpose-built misbehaving server, is counted as that
+//! class and nothing else.
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use lameduck_drill::{run, Args, Report};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+async fn drill(url: &str, extra: &[&str]) -> Report {
+    let mut argv = vec!["lameduck-drill", url, "--quiet", "--duration", "10s"];
+    for (flag, default) in [("--requests", "6"), ("--concurrency", "2")] {
+        if !extra.contains(&flag) {
+            argv.extend_from_slice(&[flag, default]);
+        }
+    }
+    argv.extend_from_slice(extra);
+    run(Args::try_parse_from(argv).expect("flags"))
+        .await
+        .expect("drill")
+}
+
+/// Read one request head (up to the blank line).
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => buf.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// A server running `on_conn` for every connection.
+async fn server<F, Fut>(on_conn: F) -> String
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let on_conn = std::sync::Arc::new(on_conn);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(on_conn(s));
+        }
+    });
+    format!("http://{addr}/x")
+}
+
+fn only(r: &Report, class: &str) {
+    assert_eq!(
+        r.outcomes.keys().collect::<Vec<_>>(),
+        [class],
+        "{:?}",
+        r.outcomes
+    );
+    assert_eq!(r.outcomes[class], 6);
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[tokio::test]
+async fn a_healthy_server_gives_only_ok() {
+    let url = server(|mut s| async move {
+        while read_head(&mut s).await {
+            if s.write_all(OK).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let r = drill(&url, &[]).await;
+    only(&r, "ok");
+    assert_eq!(r.errors, 0);
+}
+
+#[tokio::test]
+async fn a_closed_port_gives_refused() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let r = drill(&format!("http://{addr}/x"), &[]).await;
+    only(&r, "refused");
+}
+
+#[tokio::test]
+async fn a_reset_on_a_new_connection_gives_reset_fresh() {
+    let url = server(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.set_zero_linger();
+        }
+    })
+    .await;
+    let r = drill(&url, &[]).await;
+    only(&r, "reset_fresh");
+}
+
+#[tokio::test]
+async fn a_reset_after_a_kept_alive_response_gives_reset_reused() {
+    // Each connection answers its first request, keeps the connection, then resets on the
+    // second; the workers' fresh connections after that are answered again.
+    let url = server(|mut s| async move {
+        if read_head(&mut s).await && s.write_all(OK).await.is_ok() && read_head(&mut s).await {
+            let _ = s.set_zero_linger();
+        }
+    })
+    .await;
+    // One worker, so the sequence is fixed: ok, reset on reuse, ok on a new connection, ...
+    let r = drill(&url, &["--requests", "4", "--concurrency", "1"]).await;
+    assert_eq!(r.outcomes.get("ok"), Some(&2), "{:?}", r.outcomes);
+    assert_eq!(r.outcomes.get("reset_reused"), Some(&2), "{:?}", r.outcomes);
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_gives_timeout() {
+    let url = server(|mut s| async move {
+        if read_head(&mut s).await {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    })
+    .await;
+    let r = drill(&url, &["--timeout", "200ms"]).await;
+    only(&r, "timeout");
+}
+
+#[tokio::test]
+async fn a_503_is_counted_by_its_status() {
+    let url = server(|mut s| async move {
+        while read_head(&mut s).await {
+            let res = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+            if s.write_all(res).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let r = drill(&url, &[]).await;
+    only(&r, "status_503");
+    assert_eq!(r.errors, 6);
+}
