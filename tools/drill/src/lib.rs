@@ -323,6 +323,18 @@ async fn apply_fault(args: &Args) -> (String, String) {
 /// # Errors
 /// Bad flags (URL, header, method).
 pub async fn run(args: Args) -> anyhow::Result<Report> {
+    run_until(args, std::future::pending()).await
+}
+
+/// Run the drill until its duration or request cap, or until `stop` completes (for callers
+/// that drive their own faults, such as tests).
+///
+/// # Errors
+/// Bad flags (URL, header, method).
+pub async fn run_until(
+    args: Args,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Report> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -338,6 +350,13 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         errors: AtomicU64::new(0),
         stop: AtomicBool::new(false),
     });
+    let stopper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            stop.await;
+            shared.stop.store(true, Ordering::Relaxed);
+        })
+    };
     let workers: Vec<_> = (0..args.concurrency)
         .map(|i| tokio::spawn(worker(i, t.clone(), args.clone(), shared.clone(), end)))
         .collect();
@@ -383,6 +402,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         let _ = w.await;
     }
     shared.stop.store(true, Ordering::Relaxed);
+    stopper.abort();
     if let Some(p) = progress {
         p.abort();
     }

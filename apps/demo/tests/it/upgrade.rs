@@ -3,73 +3,46 @@
 //! fails.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lameduck_testkit::{connect_h1, poll_until, ClientError, Spawned, H1};
+use clap::Parser as _;
+use lameduck_testkit::{poll_until, Spawned};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::{start, SOON};
 
-const UPGRADES: usize = 10;
-const CLIENTS: usize = 8;
+const UPGRADES: usize = 20;
+const CONCURRENCY: &str = "8";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// HTTP/1.1 keep-alive; a new connection only after `Connection: close`.
-    KeepAlive,
-    /// A new connection for every request.
-    ConnectionPerRequest,
-}
-
-#[derive(Default)]
-struct Counters {
-    ok: AtomicUsize,
-    failed: AtomicUsize,
-    stop: AtomicBool,
-}
-
-/// One strict client: no retries; a request that was not sent (the connection was already
-/// closed) goes again on a new connection, as any client does.
-async fn client(addr: SocketAddr, mode: Mode, c: Arc<Counters>) {
-    let end = Instant::now() + Duration::from_secs(60);
-    let mut conn: Option<H1> = None;
-    for _ in 0..200_000 {
-        if c.stop.load(Ordering::Relaxed) || Instant::now() > end {
-            return;
-        }
-        if conn.is_none() || mode == Mode::ConnectionPerRequest {
-            match connect_h1(addr).await {
-                Ok(h) => conn = Some(h),
-                Err(e) => {
-                    eprintln!("connect failed: {e}");
-                    c.failed.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-        }
-        let Some(h) = conn.as_mut() else { return };
-        match h.get("/ping").await {
-            Ok(res) if res.status() == 200 => {
-                c.ok.fetch_add(1, Ordering::Relaxed);
-                if res
-                    .headers()
-                    .get("connection")
-                    .is_some_and(|v| v == "close")
-                {
-                    conn = None;
-                }
-            }
-            Err(ClientError::NotSent(_)) => conn = None,
-            other => {
-                eprintln!("request failed: {:?}", other.map(|r| r.status()));
-                c.failed.fetch_add(1, Ordering::Relaxed);
-                conn = None;
-            }
-        }
-    }
+/// Start `lameduck-drill` (the library) against `addr` until `stop` fires.
+fn drill(
+    addr: SocketAddr,
+    mode: &str,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<lameduck_drill::Report> {
+    let url = format!("http://{addr}/ping");
+    let args = lameduck_drill::Args::try_parse_from([
+        "lameduck-drill",
+        url.as_str(),
+        "--mode",
+        mode,
+        "--concurrency",
+        CONCURRENCY,
+        "--duration",
+        "120s",
+        "--quiet",
+    ])
+    .expect("drill flags");
+    tokio::spawn(async move {
+        lameduck_drill::run_until(args, async move {
+            let _ = stop.await;
+        })
+        .await
+        .expect("drill")
+    })
 }
 
 /// `false` once `pid` has exited (gone, or a zombie nobody reaped yet).
@@ -102,18 +75,15 @@ impl Drop for Newest {
     }
 }
 
-async fn upgrades_under_load(mode: Mode) {
+async fn upgrades_under_load(mode: &str) {
     let mut s = start(&["--log-format", "json"]);
     let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
     let _cleanup = Newest(newest.clone());
-    let counters = Arc::new(Counters::default());
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(client(s.http, mode, counters.clone())))
-        .collect();
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let load = drill(s.http, mode, stopped);
     let mut pid = s.pid();
     let mut pids = vec![pid];
     for i in 1..=UPGRADES {
-        let before = counters.ok.load(Ordering::Relaxed);
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
         let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
             .await
@@ -138,20 +108,25 @@ async fn upgrades_under_load(mode: Mode) {
         }
         pid = next;
         pids.push(pid);
-        let progressed = poll_until(SOON, || async {
-            (counters.ok.load(Ordering::Relaxed) >= before + 100).then_some(())
-        })
-        .await;
-        assert!(progressed.is_some(), "no traffic served after upgrade {i}");
     }
-    counters.stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("client");
-    }
-    let failed = counters.failed.load(Ordering::Relaxed);
-    let ok = counters.ok.load(Ordering::Relaxed);
-    eprintln!("{mode:?}: {ok} requests ok, {failed} failed, pids {pids:?}");
-    assert_eq!(failed, 0, "requests failed across {UPGRADES} upgrades");
+    // Let the last process serve a moment before the drill stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop.send(());
+    let report = load.await.expect("drill task");
+    eprintln!(
+        "{mode}: {} requests, outcomes {:?}, pids {pids:?}",
+        report.requests, report.outcomes
+    );
+    assert!(
+        report.requests > 1000,
+        "the drill ran ({} requests)",
+        report.requests
+    );
+    assert_eq!(
+        report.errors, 0,
+        "failed requests across {UPGRADES} upgrades: {:?}",
+        report.outcomes
+    );
     let mut unique = pids.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -170,13 +145,18 @@ async fn upgrades_under_load(mode: Mode) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_lose_no_request_over_http2() {
+    upgrades_under_load("h2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_lose_no_request_on_keep_alive_connections() {
-    upgrades_under_load(Mode::KeepAlive).await;
+    upgrades_under_load("keep-alive").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_lose_no_request_with_a_connection_per_request() {
-    upgrades_under_load(Mode::ConnectionPerRequest).await;
+    upgrades_under_load("conn-per-request").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
