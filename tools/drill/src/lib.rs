@@ -13,6 +13,7 @@
 
 mod load;
 pub mod outcome;
+pub mod svg;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,6 +97,9 @@ pub struct Args {
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write an SVG chart here (throughput, failures and latency over time, faults marked).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// Exit 1 unless every request succeeded.
     #[arg(long)]
     pub expect_zero_errors: bool,
@@ -490,7 +494,7 @@ pub fn main_impl() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let (json, expect) = (args.json.clone(), args.expect_zero_errors);
+    let (json, svg_path, expect) = (args.json.clone(), args.svg.clone(), args.expect_zero_errors);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -514,6 +518,12 @@ pub fn main_impl() -> ExitCode {
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         if let Err(e) = std::fs::write(&path, text) {
+            eprintln!("lameduck-drill: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(path) = svg_path {
+        if let Err(e) = std::fs::write(&path, svg::chart(&report)) {
             eprintln!("lameduck-drill: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }
