@@ -377,6 +377,10 @@ pub async fn run_until(
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
+                if Instant::now() >= end {
+                    // Earlier faults ran long; the load is over.
+                    break;
+                }
                 let t_ms = start.elapsed().as_millis() as u64;
                 let (what, result) = apply_fault(&args).await;
                 eprintln!("fault at {t_ms} ms: {what}: {result}");

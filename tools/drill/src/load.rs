@@ -1,8 +1,9 @@
 //! The load: workers, each with its own connection, classifying every request strictly.
 //!
 //! No request is retried. A request that could not be *sent* because the connection was
-//! already closed (hyper hands the request back) goes out on a new connection: it was never
-//! sent, so this is not a retry.
+//! already closed (hyper hands the request back), or that HTTP/2 refused with
+//! `REFUSED_STREAM` (which guarantees it was not processed), goes out on a new connection:
+//! it was never served, so this is not a retry.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -135,7 +136,7 @@ pub(crate) async fn one(
     let deadline = Instant::now() + timeout;
     let mut req = t.request(mode, worker, seq);
     // At most two attempts to *send*: the second only when the first connection handed the
-    // request back unsent.
+    // request back unsent, or HTTP/2 refused the stream unprocessed.
     for _ in 0..2 {
         if conn.is_none() || mode == Mode::ConnPerRequest {
             match connect(t, mode, timeout).await {
@@ -168,6 +169,11 @@ pub(crate) async fn one(
                 *conn = None;
                 req = *back;
             }
+            Ok(Sent::Refused) => {
+                // Rebuild the same request (same seq) for a new connection.
+                *conn = None;
+                req = t.request(mode, worker, seq);
+            }
             Ok(Sent::Failed) => {
                 *conn = None;
                 return if reused {
@@ -186,8 +192,21 @@ enum Sent {
     Response(u16, bool),
     /// The connection was closed before the request left: here it is again.
     Unsent(Box<Request<Full<Bytes>>>),
+    /// HTTP/2 refused the stream unprocessed; the request is gone but was never served.
+    Refused,
     /// The request was sent (or may have been) and no response came.
     Failed,
+}
+
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
@@ -219,6 +238,9 @@ async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
         }
         Err(mut e) => match e.take_message() {
             Some(back) => Sent::Unsent(Box::new(back)),
+            // REFUSED_STREAM guarantees the server did not process the stream (RFC 9113,
+            // 8.7): it was never served, so the request goes out again on a new connection.
+            None if refused_stream(e.error()) => Sent::Refused,
             None => Sent::Failed,
         },
     }

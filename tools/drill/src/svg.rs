@@ -15,7 +15,10 @@ const BOTTOM_H: f64 = 140.0;
 const H: f64 = 490.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A "nice" axis maximum at or above `v`.
@@ -39,25 +42,74 @@ pub fn chart(r: &Report) -> String {
     let plot_w = W - LEFT - RIGHT;
     let x = |t_ms: f64| LEFT + plot_w * (t_ms / span_ms);
     let bar_w = (plot_w / r.timeline.len().max(1) as f64).max(1.0);
-    let max_rate = nice(r.timeline.iter().map(|s| (s.ok + s.errors) as f64 * per_sec).fold(0.0, f64::max));
-    let max_lat = nice(r.timeline.iter().filter_map(|s| s.p99_ms).fold(0.0, f64::max));
+    let max_rate = nice(
+        r.timeline
+            .iter()
+            .map(|s| (s.ok + s.errors) as f64 * per_sec)
+            .fold(0.0, f64::max),
+    );
+    let max_lat = nice(
+        r.timeline
+            .iter()
+            .filter_map(|s| s.p99_ms)
+            .fold(0.0, f64::max),
+    );
     let mut svg = String::new();
-    let _ = writeln!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="system-ui, sans-serif" font-size="12">"#);
-    let _ = writeln!(svg, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
-    let verdict = if r.errors == 0 { "0 failed".to_string() } else { format!("{} failed", r.errors) };
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="system-ui, sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+    );
+    let verdict = if r.errors == 0 {
+        "0 failed".to_string()
+    } else {
+        format!("{} failed", r.errors)
+    };
     let color = if r.errors == 0 { "#1a7f37" } else { "#cf222e" };
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="24" font-size="16" font-weight="600">{} — {} requests, <tspan fill="{color}">{verdict}</tspan></text>"#, esc(&r.url), r.requests);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="24" font-size="16" font-weight="600">{} — {} requests, <tspan fill="{color}">{verdict}</tspan></text>"#,
+        esc(&r.url),
+        r.requests
+    );
     let classes: Vec<String> = r.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let _ = writeln!(svg, r##"<text x="{LEFT}" y="42" fill="#57606a">{:?}, {} workers · {}</text>"##, r.mode, r.concurrency, esc(&classes.join(" · ")));
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="42" fill="#57606a">{:?}, {} workers · {}</text>"##,
+        r.mode,
+        r.concurrency,
+        esc(&classes.join(" · "))
+    );
     // Axes and grid.
-    for (y0, h, max, unit) in [(TOP_Y, TOP_H, max_rate, "req/s"), (BOTTOM_Y, BOTTOM_H, max_lat, "ms")] {
+    for (y0, h, max, unit) in [
+        (TOP_Y, TOP_H, max_rate, "req/s"),
+        (BOTTOM_Y, BOTTOM_H, max_lat, "ms"),
+    ] {
         for i in 0..=4 {
             let v = max * f64::from(i) / 4.0;
             let y = y0 + h - h * f64::from(i) / 4.0;
-            let _ = writeln!(svg, r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#d0d7de" stroke-width="1"/>"##, W - RIGHT);
-            let _ = writeln!(svg, r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#57606a">{}</text>"##, LEFT - 6.0, y + 4.0, fmt_num(v));
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#d0d7de" stroke-width="1"/>"##,
+                W - RIGHT
+            );
+            let _ = writeln!(
+                svg,
+                r##"<text x="{}" y="{:.1}" text-anchor="end" fill="#57606a">{}</text>"##,
+                LEFT - 6.0,
+                y + 4.0,
+                fmt_num(v)
+            );
         }
-        let _ = writeln!(svg, r##"<text x="12" y="{:.1}" fill="#57606a" transform="rotate(-90 12 {:.1})" text-anchor="middle">{unit}</text>"##, y0 + h / 2.0, y0 + h / 2.0);
+        let _ = writeln!(
+            svg,
+            r##"<text x="12" y="{:.1}" fill="#57606a" transform="rotate(-90 12 {:.1})" text-anchor="middle">{unit}</text>"##,
+            y0 + h / 2.0,
+            y0 + h / 2.0
+        );
     }
     // Throughput bars: successes green, failures red on top.
     for s in &r.timeline {
@@ -66,10 +118,18 @@ pub fn chart(r: &Report) -> String {
         let err_h = TOP_H * (s.errors as f64 * per_sec) / max_rate;
         let base = TOP_Y + TOP_H;
         if ok_h > 0.0 {
-            let _ = writeln!(svg, r##"<rect x="{bx:.1}" y="{:.1}" width="{bar_w:.1}" height="{ok_h:.1}" fill="#2da44e"/>"##, base - ok_h);
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{bx:.1}" y="{:.1}" width="{bar_w:.1}" height="{ok_h:.1}" fill="#2da44e"/>"##,
+                base - ok_h
+            );
         }
         if err_h > 0.0 {
-            let _ = writeln!(svg, r##"<rect x="{bx:.1}" y="{:.1}" width="{bar_w:.1}" height="{err_h:.1}" fill="#cf222e"/>"##, base - ok_h - err_h);
+            let _ = writeln!(
+                svg,
+                r##"<rect x="{bx:.1}" y="{:.1}" width="{bar_w:.1}" height="{err_h:.1}" fill="#cf222e"/>"##,
+                base - ok_h - err_h
+            );
         }
     }
     // Latency lines.
@@ -79,30 +139,62 @@ pub fn chart(r: &Report) -> String {
             .iter()
             .filter_map(|s| {
                 let v = if pick == 0 { s.p50_ms } else { s.p99_ms }?;
-                Some(format!("{:.1},{:.1}", x(s.t_ms as f64) + bar_w / 2.0, BOTTOM_Y + BOTTOM_H - BOTTOM_H * (v / max_lat).min(1.0)))
+                Some(format!(
+                    "{:.1},{:.1}",
+                    x(s.t_ms as f64) + bar_w / 2.0,
+                    BOTTOM_Y + BOTTOM_H - BOTTOM_H * (v / max_lat).min(1.0)
+                ))
             })
             .collect();
         if !pts.is_empty() {
-            let _ = writeln!(svg, r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#, pts.join(" "));
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"/>"#,
+                pts.join(" ")
+            );
         }
         let lx = W - RIGHT - 90.0 + 45.0 * pick as f64;
-        let _ = writeln!(svg, r#"<text x="{lx}" y="{}" fill="{color}" font-weight="600">{label}</text>"#, BOTTOM_Y - 8.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{lx}" y="{}" fill="{color}" font-weight="600">{label}</text>"#,
+            BOTTOM_Y - 8.0
+        );
     }
     // Faults.
     for f in &r.faults {
         let fx = x(f.t_ms as f64);
-        let _ = writeln!(svg, r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{TOP_Y}" y2="{}" stroke="#8250df" stroke-width="1.5" stroke-dasharray="4 3"/>"##, BOTTOM_Y + BOTTOM_H);
-        let _ = writeln!(svg, r##"<text x="{:.1}" y="{}" fill="#8250df" font-size="11">{}</text>"##, fx + 3.0, TOP_Y + 12.0, esc(f.what.split(',').next().unwrap_or("")));
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{fx:.1}" x2="{fx:.1}" y1="{TOP_Y}" y2="{}" stroke="#8250df" stroke-width="1.5" stroke-dasharray="4 3"/>"##,
+            BOTTOM_Y + BOTTOM_H
+        );
+        let _ = writeln!(
+            svg,
+            r##"<text x="{:.1}" y="{}" fill="#8250df" font-size="11">{}</text>"##,
+            fx + 3.0,
+            TOP_Y + 12.0,
+            esc(f.what.split(',').next().unwrap_or(""))
+        );
     }
     // Time axis.
     let secs = span_ms / 1000.0;
     let step = nice(secs / 8.0);
     let mut t = 0.0;
     while t <= secs + 1e-9 {
-        let _ = writeln!(svg, r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#57606a">{}s</text>"##, x(t * 1000.0), BOTTOM_Y + BOTTOM_H + 18.0, fmt_num(t));
+        let _ = writeln!(
+            svg,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle" fill="#57606a">{}s</text>"##,
+            x(t * 1000.0),
+            BOTTOM_Y + BOTTOM_H + 18.0,
+            fmt_num(t)
+        );
         t += step;
     }
-    let _ = writeln!(svg, r##"<text x="{LEFT}" y="{}" fill="#57606a">successes (green) and failures (red) per second · latency of successes · dashed: faults</text>"##, H - 8.0);
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="{}" fill="#57606a">successes (green) and failures (red) per second · latency of successes · dashed: faults</text>"##,
+        H - 8.0
+    );
     svg.push_str("</svg>\n");
     svg
 }
@@ -110,7 +202,11 @@ pub fn chart(r: &Report) -> String {
 fn fmt_num(v: f64) -> String {
     if v >= 1000.0 {
         let k = v / 1000.0;
-        if k.fract() == 0.0 { format!("{k:.0}k") } else { format!("{k:.1}k") }
+        if k.fract() == 0.0 {
+            format!("{k:.0}k")
+        } else {
+            format!("{k:.1}k")
+        }
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
