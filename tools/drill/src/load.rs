@@ -192,17 +192,20 @@ enum Sent {
     Response(u16, bool),
     /// The connection was closed before the request left: here it is again.
     Unsent(Box<Request<Full<Bytes>>>),
-    /// HTTP/2 refused the stream unprocessed; the request is gone but was never served.
+    /// HTTP/2 reported the stream unprocessed; the request is gone but was never served.
     Refused,
     /// The request was sent (or may have been) and no response came.
     Failed,
 }
 
-fn refused_stream(e: &hyper::Error) -> bool {
+/// `true` when HTTP/2 says the stream was not processed: `REFUSED_STREAM`, or the peer's
+/// GOAWAY (h2 fails only the streams above the GOAWAY's last stream id).
+fn unprocessed(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
         }
         source = err.source();
     }
@@ -238,9 +241,10 @@ async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
         }
         Err(mut e) => match e.take_message() {
             Some(back) => Sent::Unsent(Box::new(back)),
-            // REFUSED_STREAM guarantees the server did not process the stream (RFC 9113,
-            // 8.7): it was never served, so the request goes out again on a new connection.
-            None if refused_stream(e.error()) => Sent::Refused,
+            // REFUSED_STREAM, or a GOAWAY whose last stream id is below this stream,
+            // guarantees the server did not process it (RFC 9113, 6.8 and 8.7): it was never
+            // served, so the request goes out again on a new connection.
+            None if unprocessed(e.error()) => Sent::Refused,
             None => Sent::Failed,
         },
     }
