@@ -202,3 +202,44 @@ async fn systemd_hears_ready_then_the_new_main_pid_then_stopping() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_process_inherits_only_the_listeners() {
+    let s = start(&["--log-format", "json"]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let at_start = fd_count(s.pid());
+    // Client connections to the old process: descriptors a careless exec would leak.
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut c = lameduck_testkit::connect_h1(s.http).await.expect("connect");
+        assert_eq!(c.get("/ping").await.expect("ping").status(), 200);
+        conns.push(c);
+    }
+    assert!(
+        fd_count(s.pid()) >= at_start + 5,
+        "the old process holds the connections"
+    );
+    let _ = kill(Pid::from_raw(s.pid() as i32), Signal::SIGHUP);
+    let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
+        .await
+        .expect("upgraded");
+    newest.store(new_pid as usize, Ordering::Relaxed);
+    assert_eq!(
+        fd_count(new_pid),
+        at_start,
+        "the new process has the descriptors of a fresh start, no more: {:?}",
+        std::fs::read_dir(format!("/proc/{new_pid}/fd")).map(|d| d
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .collect::<Vec<_>>())
+    );
+    drop(conns);
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+}
