@@ -5,6 +5,8 @@
 //! - `GET /readyz`: 200 while serving and every [`ReadinessCheck`] passes; 503 from the
 //!   moment draining starts or while a check fails, with the reason in the body.
 //! - `GET /metrics`: Prometheus text format ([`Metrics::render`]).
+//! - `GET /upgrade`: the outcome of the last SIGHUP upgrade (the new pid, or why it rolled
+//!   back), or `no upgrade yet`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -71,6 +73,23 @@ pub struct Admin {
     shutdown: Shutdown,
     metrics: Metrics,
     checks: Arc<[ReadinessCheck]>,
+    upgrade: UpgradeStatus,
+}
+
+/// The outcome of the last upgrade, shared between the server and `/upgrade`.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeStatus(Arc<std::sync::Mutex<Option<String>>>);
+
+impl UpgradeStatus {
+    /// Record an outcome (one line).
+    pub fn set(&self, outcome: String) {
+        *crate::lifecycle::lock(&self.0) = Some(outcome);
+    }
+
+    /// The last outcome, if any.
+    pub fn get(&self) -> Option<String> {
+        crate::lifecycle::lock(&self.0).clone()
+    }
 }
 
 impl Admin {
@@ -80,7 +99,14 @@ impl Admin {
             shutdown,
             metrics,
             checks: checks.into(),
+            upgrade: UpgradeStatus::default(),
         }
+    }
+
+    /// Show `status` at `/upgrade`.
+    pub fn with_upgrade_status(mut self, status: UpgradeStatus) -> Self {
+        self.upgrade = status;
+        self
     }
 
     /// `Ok` when the process should receive traffic, else the reasons it should not.
@@ -122,6 +148,13 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
+            "/upgrade" => {
+                let outcome = self
+                    .upgrade
+                    .get()
+                    .unwrap_or_else(|| "no upgrade yet".into());
+                text(StatusCode::OK, format!("{outcome}\n"))
+            }
             "/metrics" => {
                 let mut res = text(StatusCode::OK, self.metrics.render());
                 res.headers_mut().insert(

@@ -73,6 +73,14 @@ async fn a_new_process_that_fails_at_start_up_rolls_back_and_the_old_one_keeps_s
         .await
         .expect("the failed upgrade is logged");
     assert!(line.contains("exited before it was ready"), "{line}");
+    let shown = lameduck_testkit::get(s.admin, "/upgrade")
+        .await
+        .expect("admin /upgrade");
+    let shown = String::from_utf8_lossy(shown.body()).into_owned();
+    assert!(
+        shown.starts_with("rolled back: ") && shown.contains("exited before it was ready"),
+        "{shown}"
+    );
     assert!(!s.has_exited(), "the old process keeps serving");
     let before = ok.load(Ordering::Relaxed);
     assert!(

@@ -407,8 +407,10 @@ impl Server {
         let handoff = Handoff::of(&http, admin.as_ref())
             .map_err(|e| tracing::warn!(error = %e, "cannot keep the sockets for upgrades"))
             .ok();
+        let upgrade_status = crate::admin::UpgradeStatus::default();
         let admin_task = admin.map(|l| {
-            let a = Admin::new(sd.clone(), metrics.clone(), config.checks.clone());
+            let a = Admin::new(sd.clone(), metrics.clone(), config.checks.clone())
+                .with_upgrade_status(upgrade_status.clone());
             tokio::spawn(a.serve(l))
         });
         let stop_accepting = CancellationToken::new();
@@ -444,6 +446,7 @@ impl Server {
             accept_task,
             admin_task,
             handoff,
+            upgrade_status,
         };
         let Drained {
             report,
@@ -483,13 +486,14 @@ async fn wait_for_stop(
     lifecycle: &mut Lifecycle,
     handoff: Option<&Handoff>,
     upgrade_timeout: Duration,
+    status: &crate::admin::UpgradeStatus,
 ) -> Stop {
     loop {
         match lifecycle.next_signal().await {
             None => return Stop::Graceful("trigger closed"),
             Some(Signal::Forced) => return Stop::Forced,
             Some(Signal::Upgrade) => {
-                if let Some(stop) = try_upgrade(lifecycle, handoff, upgrade_timeout).await {
+                if let Some(stop) = try_upgrade(lifecycle, handoff, upgrade_timeout, status).await {
                     return stop;
                 }
             }
@@ -504,9 +508,11 @@ async fn try_upgrade(
     lifecycle: &mut Lifecycle,
     handoff: Option<&Handoff>,
     timeout: Duration,
+    status: &crate::admin::UpgradeStatus,
 ) -> Option<Stop> {
     let Some(handoff) = handoff else {
         tracing::warn!("upgrade refused: the listening sockets could not be kept for a handover");
+        status.set("refused: the listening sockets could not be kept for a handover".into());
         return None;
     };
     let upgrade = upgrade::start_successor(handoff, timeout);
@@ -516,10 +522,12 @@ async fn try_upgrade(
             outcome = &mut upgrade => return match outcome {
                 Ok(pid) => {
                     tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one drains");
+                    status.set(format!("handed over to pid {pid}; this process ({}) drains", std::process::id()));
                     Some(Stop::Handover(pid))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "upgrade failed; rolled back, this process keeps serving");
+                    status.set(format!("rolled back: {e}"));
                     None
                 }
             },
@@ -534,8 +542,14 @@ async fn try_upgrade(
 }
 
 #[cfg(not(feature = "fd-handoff"))]
-async fn try_upgrade(_: &mut Lifecycle, _: Option<&Handoff>, _: Duration) -> Option<Stop> {
+async fn try_upgrade(
+    _: &mut Lifecycle,
+    _: Option<&Handoff>,
+    _: Duration,
+    status: &crate::admin::UpgradeStatus,
+) -> Option<Stop> {
     tracing::warn!("upgrade refused: lameduck was built without the fd-handoff feature");
+    status.set("refused: built without the fd-handoff feature".into());
     None
 }
 
@@ -564,8 +578,15 @@ async fn drain(
         accept_task,
         admin_task,
         handoff,
+        upgrade_status,
     } = listeners;
-    let stop = wait_for_stop(lifecycle, handoff.as_ref(), config.upgrade_timeout).await;
+    let stop = wait_for_stop(
+        lifecycle,
+        handoff.as_ref(),
+        config.upgrade_timeout,
+        &upgrade_status,
+    )
+    .await;
     // Only a handover keeps the sockets open beyond this process: close the duplicates
     // now, or they would keep a closed listener's socket alive (connects would hang).
     #[allow(clippy::drop_non_drop)] // without `fd-handoff` the stub owns nothing
@@ -639,6 +660,7 @@ struct Listeners {
     accept_task: tokio::task::JoinHandle<()>,
     admin_task: Option<tokio::task::JoinHandle<()>>,
     handoff: Option<Handoff>,
+    upgrade_status: crate::admin::UpgradeStatus,
 }
 
 /// After the drain: after-drain hooks (skipped when forced), final hooks, the report.
