@@ -53,8 +53,19 @@ impl Spawned {
 
     /// [`Spawned::start`] with extra environment variables.
     pub fn start_env(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Self, SpawnError> {
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let mut all = vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_cmd(bin, &all, env)
+    }
+
+    /// Run `program` with exactly `args` (a wrapper such as `unshare` or
+    /// `systemd-socket-activate` in front of the binary) and wait for the `listening` line.
+    pub fn start_cmd(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, SpawnError> {
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -243,3 +243,89 @@ async fn the_new_process_inherits_only_the_listeners() {
     drop(conns);
     let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
 }
+
+/// The children of `pid` (for a process started through a wrapper).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_pid_1_a_sighup_is_refused_and_sigterm_still_drains() {
+    // A new PID namespace makes the demo PID 1, as in a container (util-linux unshare, root).
+    let s = Spawned::start_cmd(
+        "unshare",
+        &[
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            crate::BIN,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        &[],
+    )
+    .expect("unshare (util-linux, needs root)");
+    let demo = poll_until(SOON, || async { children(s.pid()).first().copied() })
+        .await
+        .expect("the demo runs under unshare");
+    s.wait_for_log(&["running as PID 1"], SOON)
+        .await
+        .expect("the demo knows it is PID 1");
+    let _ = kill(Pid::from_raw(demo as i32), Signal::SIGHUP);
+    let refused = s
+        .wait_for_log(&["upgrade failed"], SOON)
+        .await
+        .expect("the SIGHUP is refused");
+    assert!(
+        refused.contains("PID 1") && refused.contains("rolling update"),
+        "{refused}"
+    );
+    assert_eq!(
+        lameduck_testkit::get(s.http, "/ping")
+            .await
+            .expect("still serving")
+            .status(),
+        200
+    );
+    // An orphan in the namespace is reparented to the demo, which must reap it.
+    let status = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &demo.to_string(),
+            "-p",
+            "-m",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2 & exit 0",
+        ])
+        .status()
+        .expect("nsenter (util-linux)");
+    assert!(status.success());
+    let adopted = poll_until(SOON, || async {
+        (!children(demo).is_empty()).then_some(())
+    })
+    .await;
+    assert!(adopted.is_some(), "the orphan was reparented to the demo");
+    let reaped = poll_until(SOON, || async { children(demo).is_empty().then_some(()) }).await;
+    assert!(
+        reaped.is_some(),
+        "the orphan was reaped, not left a zombie: {:?}",
+        children(demo)
+    );
+    let _ = kill(Pid::from_raw(demo as i32), Signal::SIGTERM);
+    let report = s
+        .wait_for_log(&["shutdown report"], SOON)
+        .await
+        .expect("PID 1 drains on SIGTERM");
+    assert!(report.contains("\"exit_code\":0"), "{report}");
+}

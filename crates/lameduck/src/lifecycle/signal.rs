@@ -67,6 +67,9 @@ pub fn install_os_signals(trigger: &Trigger) -> std::io::Result<()> {
         (SignalKind::quit(), Signal::Forced, "SIGQUIT"),
         (SignalKind::hangup(), Signal::Upgrade, "SIGHUP"),
     ];
+    if std::process::id() == 1 {
+        spawn_reaper()?;
+    }
     for (kind, what, name) in kinds {
         let mut stream = signal(kind)?;
         let trigger = trigger.clone();
@@ -79,5 +82,28 @@ pub fn install_os_signals(trigger: &Trigger) -> std::io::Result<()> {
             }
         });
     }
+    Ok(())
+}
+
+/// As PID 1 (a container's init), reap every orphan the kernel reparents to this process;
+/// nobody else will, and zombies would pile up.
+fn spawn_reaper() -> std::io::Result<()> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut children = signal(SignalKind::child())?;
+    tokio::spawn(async move {
+        while children.recv().await.is_some() {
+            // Several exits can share one SIGCHLD: reap until none is left.
+            while let Ok(status) =
+                waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG))
+            {
+                if status == WaitStatus::StillAlive {
+                    break;
+                }
+                tracing::debug!(?status, "reaped an orphan (this process is PID 1)");
+            }
+        }
+    });
+    tracing::info!("running as PID 1: orphaned processes are reaped");
     Ok(())
 }
