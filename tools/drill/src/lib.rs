@@ -44,8 +44,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
     about = "Load and fault drills with strict outcome classes"
 )]
 pub struct Args {
-    /// Target URL (http://host:port/path).
-    pub url: String,
+    /// Target URL(s) (http://host:port/path); workers are spread over them in turn.
+    #[arg(required = true, num_args = 1..)]
+    pub urls: Vec<String>,
     /// Request method.
     #[arg(long, default_value = "GET")]
     pub method: String,
@@ -137,7 +138,7 @@ pub struct Slot {
 /// The drill's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Target URL.
+    /// Target URL(s), comma-separated.
     pub url: String,
     /// Mode.
     pub mode: Mode,
@@ -163,17 +164,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Parse flags into a request template.
+/// Parse flags into one request template per URL.
 ///
 /// # Errors
 /// A URL that is not `http://host:port/...`, a bad method or header.
-pub fn template(args: &Args) -> anyhow::Result<Template> {
-    let uri: http::Uri = args
-        .url
-        .parse()
-        .with_context(|| format!("invalid URL {}", args.url))?;
+pub fn templates(args: &Args) -> anyhow::Result<Vec<Template>> {
+    args.urls.iter().map(|url| template(args, url)).collect()
+}
+
+fn template(args: &Args, url: &str) -> anyhow::Result<Template> {
+    let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
     if uri.scheme_str() != Some("http") {
-        bail!("only http:// URLs are supported, got {}", args.url);
+        bail!("only http:// URLs are supported, got {url}");
     }
     let authority = uri.authority().context("URL has no host")?.to_string();
     let port = uri.port_u16().unwrap_or(80);
@@ -245,6 +247,7 @@ impl Shared {
 }
 
 async fn worker(id: usize, t: Arc<Template>, args: Arc<Args>, shared: Arc<Shared>, end: Instant) {
+    // `t` is this worker's target: worker i drives URL i mod n.
     let mut conn = None;
     let pace = (args.rate > 0)
         .then(|| Duration::from_secs_f64(args.concurrency as f64 / args.rate as f64));
@@ -342,7 +345,7 @@ pub async fn run_until(
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let t = Arc::new(template(&args)?);
+    let targets: Vec<Arc<Template>> = templates(&args)?.into_iter().map(Arc::new).collect();
     let args = Arc::new(args);
     let start = Instant::now();
     let end = start + args.duration.min(MAX_DURATION);
@@ -362,7 +365,15 @@ pub async fn run_until(
         })
     };
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|i| tokio::spawn(worker(i, t.clone(), args.clone(), shared.clone(), end)))
+        .map(|i| {
+            tokio::spawn(worker(
+                i,
+                targets[i % targets.len()].clone(),
+                args.clone(),
+                shared.clone(),
+                end,
+            ))
+        })
         .collect();
     let faults = {
         let args = args.clone();
@@ -442,7 +453,7 @@ fn report(args: &Args, shared: &Shared, faults: Vec<FaultEvent>, elapsed: Durati
         }
     }
     Report {
-        url: args.url.clone(),
+        url: args.urls.join(", "),
         mode: args.mode,
         concurrency: args.concurrency,
         elapsed_ms: elapsed.as_millis() as u64,

@@ -144,3 +144,49 @@ async fn a_503_is_counted_by_its_status() {
     only(&r, "status_503");
     assert_eq!(r.errors, 6);
 }
+
+#[tokio::test]
+async fn workers_are_spread_over_several_urls() {
+    let hits = std::sync::Arc::new([
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ]);
+    let mut urls = Vec::new();
+    for i in 0..2 {
+        let hits = hits.clone();
+        urls.push(
+            server(move |mut s| {
+                let hits = hits.clone();
+                async move {
+                    while read_head(&mut s).await {
+                        hits[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if s.write_all(OK).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await,
+        );
+    }
+    let argv = [
+        "lameduck-drill",
+        &urls[0],
+        &urls[1],
+        "--quiet",
+        "--concurrency",
+        "2",
+        "--requests",
+        "20",
+    ];
+    let r = run(Args::try_parse_from(argv).expect("flags"))
+        .await
+        .expect("drill");
+    assert_eq!(r.outcomes.get("ok"), Some(&20));
+    for h in hits.iter() {
+        assert!(
+            h.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "both URLs got traffic"
+        );
+    }
+}
