@@ -32,13 +32,12 @@ pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
 /// `true` when the `LISTEN_FDS` variables are meant for this process: `LISTEN_PID` is its
 /// pid (systemd), or `LAMEDUCK_LISTEN_PPID` is its parent's (a lameduck upgrade).
 fn meant_for_us() -> bool {
-    let is = |k: &str, want: u32| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.trim().parse::<u32>().ok())
-            == Some(want)
-    };
-    is("LISTEN_PID", std::process::id()) || is(PARENT_ENV, std::os::unix::process::parent_id())
+    env_pid("LISTEN_PID") == Some(std::process::id()) || is_parent_upgrade()
+}
+
+/// A pid from the environment variable `key`.
+fn env_pid(key: &str) -> Option<u32> {
+    std::env::var(key).ok()?.trim().parse().ok()
 }
 
 /// Report readiness, once, when serving: to systemd (`READY=1` over `NOTIFY_SOCKET`, with
@@ -111,10 +110,7 @@ fn notify_parent() {
 }
 
 fn is_parent_upgrade() -> bool {
-    std::env::var(PARENT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        == Some(std::os::unix::process::parent_id())
+    env_pid(PARENT_ENV) == Some(std::os::unix::process::parent_id())
 }
 
 /// Listening sockets inherited from the parent.
