@@ -36,6 +36,7 @@ use tower::{Layer, Service};
 
 use crate::lifecycle::{Phase, Shutdown};
 use crate::middleware::in_flight::InFlight;
+use crate::middleware::request_context::RequestContext;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -319,10 +320,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ctx = req.extensions().get::<RequestContext>().cloned();
         ResponseFuture {
             inner: self.inner.call(req),
             started: Instant::now(),
             metrics: self.metrics.clone(),
+            ctx,
         }
     }
 }
@@ -335,6 +338,7 @@ pin_project! {
         inner: F,
         started: Instant,
         metrics: Metrics,
+        ctx: Option<RequestContext>,
     }
 }
 
@@ -347,7 +351,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx))?;
-        let route = route_of(&res);
+        let route = this
+            .ctx
+            .as_ref()
+            .and_then(RequestContext::route)
+            .unwrap_or_else(|| route_of(&res));
         this.metrics
             .observe(route, res.status().as_u16(), this.started.elapsed());
         Poll::Ready(Ok(res))

@@ -27,7 +27,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
@@ -44,19 +44,42 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A request's id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(HeaderValue);
+#[derive(Clone)]
+pub struct RequestId(Repr);
+
+/// Generated ids live inline (no allocation, and copying them is a memcpy); ids sent by a
+/// client keep the header value they came in.
+#[derive(Clone)]
+enum Repr {
+    Generated { len: u8, buf: [u8; GENERATED_LEN] },
+    Header(HeaderValue),
+}
+
+/// Prefix (12 hex digits), '-', counter (up to 16 hex digits).
+const GENERATED_LEN: usize = 12 + 1 + 16;
 
 impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         // Only ids of visible ASCII are ever constructed.
-        self.0.to_str().unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Generated { len, buf } => &buf[..usize::from(*len)],
+            Repr::Header(v) => v.as_bytes(),
+        }
     }
 
     /// The id as a header value.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
+    pub fn to_header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Repr::Header(v) => v.clone(),
+            // Hex digits and '-' are always a valid header value.
+            Repr::Generated { .. } => HeaderValue::from_bytes(self.as_bytes())
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        }
     }
 
     /// Accept a client-sent id if it is 1..=128 visible ASCII characters.
@@ -65,11 +88,11 @@ impl RequestId {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_REQUEST_ID_LEN
             && bytes.iter().all(|b| b.is_ascii_graphic());
-        ok.then(|| Self(value.clone()))
+        ok.then(|| Self(Repr::Header(value.clone())))
     }
 
     /// A new id: a per-process prefix (from the start time and pid) and a counter, such as
-    /// `6743a1b2c3d4-1f`. One allocation, no formatting machinery: this runs per request.
+    /// `6743a1b2c3d4-1f`. No allocation, no formatting machinery: this runs per request.
     pub fn generate() -> Self {
         static PREFIX: OnceLock<[u8; 12]> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -83,16 +106,30 @@ impl RequestId {
             write_hex(seed, &mut out);
             out
         });
-        let mut buf = [0u8; 12 + 1 + 16];
+        let mut buf = [0u8; GENERATED_LEN];
         buf[..12].copy_from_slice(prefix);
         buf[12] = b'-';
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let digits = (16 - n.leading_zeros() as usize / 4).max(1);
         write_hex(n, &mut buf[13..13 + digits]);
-        // Hex digits and '-' are always a valid header value.
-        let value = HeaderValue::from_bytes(&buf[..13 + digits])
-            .unwrap_or_else(|_| HeaderValue::from_static("-"));
-        Self(value)
+        Self(Repr::Generated {
+            len: (13 + digits) as u8,
+            buf,
+        })
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for RequestId {}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequestId").field(&self.as_str()).finish()
     }
 }
 
@@ -113,36 +150,77 @@ impl std::fmt::Display for RequestId {
 
 /// What a handler knows about its request and the process lifecycle.
 ///
-/// Stored in the request extensions by [`RequestContextLayer`]; with the `axum` feature it
-/// is also an extractor (a request without the layer is answered 500).
+/// Stored in the request extensions by [`RequestContextLayer`] (and by lameduck's
+/// [`Server`](crate::server::Server)); with the `axum` feature it is also an extractor (a
+/// request without the layer is answered 500). Cloning is cheap: clones share one context.
 #[derive(Debug, Clone)]
-pub struct RequestContext {
+pub struct RequestContext(Arc<ContextInner>);
+
+#[derive(Debug)]
+struct ContextInner {
     id: RequestId,
     peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
+    route: OnceLock<Route>,
+}
+
+/// The route template a request matched, once the router knows it.
+#[derive(Debug)]
+enum Route {
+    #[cfg(feature = "axum")]
+    Axum(axum::extract::MatchedPath),
 }
 
 impl RequestContext {
+    /// A context for one request.
+    pub fn new(id: RequestId, peer: Option<std::net::SocketAddr>, shutdown: Shutdown) -> Self {
+        Self(Arc::new(ContextInner {
+            id,
+            peer,
+            shutdown,
+            route: OnceLock::new(),
+        }))
+    }
+
     /// The request id (also sent back in `x-request-id`).
     pub fn request_id(&self) -> &RequestId {
-        &self.id
+        &self.0.id
     }
 
     /// The client's address (the TCP peer) when lameduck's [`Server`](crate::server::Server)
     /// serves the request; `None` under the standalone layer.
     pub fn peer(&self) -> Option<std::net::SocketAddr> {
-        self.peer
+        self.0.peer
     }
 
     /// The lifecycle: `stop_soon()`, `is_draining()`, `deadline()`.
     pub fn shutdown(&self) -> &Shutdown {
-        &self.shutdown
+        &self.0.shutdown
     }
 
     /// The instant after which the server will cut this request off; `None` while the
     /// server is not draining.
     pub fn deadline(&self) -> Option<Instant> {
-        self.shutdown.deadline()
+        self.0.shutdown.deadline()
+    }
+
+    /// The route template the request matched (such as `/orders/{id}`), once
+    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) has seen it; `None`
+    /// before routing, for unmatched requests, and without that layer.
+    pub fn route(&self) -> Option<&str> {
+        match self.0.route.get()? {
+            #[cfg(feature = "axum")]
+            Route::Axum(path) => Some(path.as_str()),
+            #[cfg(not(feature = "axum"))]
+            _ => None,
+        }
+    }
+
+    /// Record the matched route; the first one recorded stays. Returns `false` if a route
+    /// was already recorded.
+    #[cfg(feature = "axum")]
+    pub(crate) fn set_matched_path(&self, path: axum::extract::MatchedPath) -> bool {
+        self.0.route.set(Route::Axum(path)).is_ok()
     }
 }
 
@@ -161,28 +239,28 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
     }
 }
 
-/// Give `req` its id (the client's, if valid, else a new one) and a [`RequestContext`].
+/// Give `req` its id (the client's, if valid, else a new one) and a [`RequestContext`],
+/// which is returned too.
 pub(crate) fn attach<B>(
     req: &mut Request<B>,
     shutdown: &Shutdown,
     peer: Option<std::net::SocketAddr>,
-) -> RequestId {
+) -> RequestContext {
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
-    req.extensions_mut().insert(RequestContext {
-        id: id.clone(),
-        peer,
-        shutdown: shutdown.clone(),
-    });
-    id
+    let ctx = RequestContext::new(id, peer, shutdown.clone());
+    req.extensions_mut().insert(ctx.clone());
+    ctx
 }
 
 /// Return the request id on the response, unless the application set one.
-pub(crate) fn set_response_id<B>(res: &mut Response<B>, id: RequestId) {
-    res.headers_mut().entry(&X_REQUEST_ID).or_insert(id.0);
+pub(crate) fn set_response_id<B>(res: &mut Response<B>, id: &RequestId) {
+    res.headers_mut()
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(|| id.to_header_value());
 }
 
 /// Adds a [`RequestContext`] to every request. See the [module docs](self).
@@ -229,10 +307,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = attach(&mut req, &self.shutdown, None);
+        let ctx = attach(&mut req, &self.shutdown, None);
         ResponseFuture {
             inner: self.inner.call(req),
-            id: Some(id),
+            ctx: Some(ctx),
         }
     }
 }
@@ -243,7 +321,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        id: Option<RequestId>,
+        ctx: Option<RequestContext>,
     }
 }
 
@@ -256,8 +334,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
-            set_response_id(&mut res, id);
+        if let Some(ctx) = this.ctx.take() {
+            set_response_id(&mut res, ctx.request_id());
         }
         Poll::Ready(Ok(res))
     }

@@ -1,5 +1,7 @@
-//! Route labels for axum: copies the matched route template into the response extensions,
-//! where [`MetricsLayer`](crate::middleware::metrics::MetricsLayer) and access logs read it.
+//! Route labels for axum: records the matched route template where
+//! [`MetricsLayer`](crate::middleware::metrics::MetricsLayer) and access logs read it: in
+//! the request's [`RequestContext`] when there is one (see [`RequestContext::route`]),
+//! else in the response extensions.
 //!
 //! Apply it with `Router::layer` (not around the router): axum only knows the matched
 //! route inside its routing.
@@ -21,7 +23,10 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-/// Copies [`MatchedPath`] from the request to the response extensions.
+use crate::middleware::request_context::RequestContext;
+
+/// Records [`MatchedPath`] in the [`RequestContext`], or copies it to the response
+/// extensions when the request has no context.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteLabelLayer;
 
@@ -59,7 +64,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = req.extensions().get::<MatchedPath>().cloned();
+        let mut path = req.extensions().get::<MatchedPath>().cloned();
+        if let Some(ctx) = req.extensions().get::<RequestContext>() {
+            if let Some(p) = path.take() {
+                ctx.set_matched_path(p);
+            }
+        }
         ResponseFuture {
             inner: self.inner.call(req),
             path,
@@ -90,5 +100,48 @@ where
             res.extensions_mut().insert(path);
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Lifecycle;
+    use crate::middleware::metrics::{Metrics, MetricsLayer};
+    use crate::middleware::request_context::RequestContextLayer;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn hit(app: axum::Router, path: &str) {
+        let req = Request::builder().uri(path).body(axum::body::Body::empty());
+        let res = app.oneshot(req.unwrap()).await.unwrap();
+        assert!(res.status().is_success() || res.status() == 404);
+    }
+
+    #[tokio::test]
+    async fn the_template_reaches_metrics_with_and_without_a_request_context() {
+        let lc = Lifecycle::new();
+        for with_context in [true, false] {
+            let metrics = Metrics::new();
+            let routes = axum::Router::new()
+                .route("/orders/{id}", get(|| async { "order" }))
+                .layer(RouteLabelLayer::new());
+            let app = if with_context {
+                routes
+                    .layer(MetricsLayer::new(metrics.clone()))
+                    .layer(RequestContextLayer::new(lc.shutdown()))
+            } else {
+                routes.layer(MetricsLayer::new(metrics.clone()))
+            };
+            hit(app.clone(), "/orders/1").await;
+            hit(app, "/orders/2").await;
+            let text = metrics.render();
+            assert!(
+                text.contains(
+                    r#"lameduck_http_requests_total{route="/orders/{id}",status="200"} 2"#
+                ),
+                "context {with_context}: {text}"
+            );
+        }
     }
 }

@@ -356,8 +356,12 @@ impl Server {
     /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer)).
     #[cfg(feature = "axum")]
     pub async fn serve_router(self, router: axum::Router) -> ShutdownReport {
-        self.serve(router.layer(crate::middleware::route::RouteLabelLayer::new()))
-            .await
+        // `with_state` turns every handler into a route once, here, instead of on every
+        // request (as `axum::serve` does through `into_make_service`).
+        let app = router
+            .layer(crate::middleware::route::RouteLabelLayer::new())
+            .with_state(());
+        self.serve(app).await
     }
 
     /// Serve `app` behind lameduck's middleware until the lifecycle ends; returns the

@@ -35,7 +35,7 @@ use crate::middleware::catch_panic::{internal_error, log_panic};
 use crate::middleware::drain::{mark_connection_close, DrainAdmissionLayer};
 use crate::middleware::in_flight::{InFlight, InFlightGuard};
 use crate::middleware::metrics::{route_of, Metrics};
-use crate::middleware::request_context::{attach, set_response_id, RequestId};
+use crate::middleware::request_context::{attach, set_response_id, RequestContext};
 
 /// What every connection's service shares.
 #[derive(Debug)]
@@ -79,11 +79,11 @@ where
         let started = Instant::now();
         let version = req.version();
         let conn = self.state.begin(version);
-        let id = attach(&mut req, &self.stack.shutdown, Some(self.peer));
+        let ctx = attach(&mut req, &self.stack.shutdown, Some(self.peer));
         let flight = self
             .stack
             .in_flight
-            .begin_with(&req, Some(id.clone()), started);
+            .begin_with(&req, Some(ctx.request_id().clone()), started);
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
         } else if declared_length(&req).is_some_and(|n| n > self.stack.body_limit as u64) {
@@ -106,7 +106,7 @@ where
                 _flight: flight,
                 _conn: conn,
             }),
-            id: Some(id),
+            ctx,
             version,
             started,
             stack: self.stack.clone(),
@@ -154,7 +154,7 @@ pin_project! {
         inner: Option<Oneshot<S, Request<RequestBody>>>,
         early: Early,
         guards: Option<Guards>,
-        id: Option<RequestId>,
+        ctx: RequestContext,
         version: Version,
         started: Instant,
         stack: Arc<Stack>,
@@ -194,11 +194,9 @@ where
         if this.stack.shutdown.is_draining() {
             mark_connection_close(*this.version, &mut res);
         }
-        if let Some(id) = this.id.take() {
-            set_response_id(&mut res, id);
-        }
+        set_response_id(&mut res, this.ctx.request_id());
         this.stack.metrics.observe(
-            route_of(&res),
+            this.ctx.route().unwrap_or_else(|| route_of(&res)),
             res.status().as_u16(),
             this.started.elapsed(),
         );

@@ -122,11 +122,42 @@ async fn invalid_limits_are_refused_with_a_clear_error() {
 async fn lameduck_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::AsyncReadExt;
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .await
         .expect("write");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
     text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
+}
+
+#[tokio::test]
+async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
+    let app = Router::new().route(
+        "/items/{id}",
+        get(|ctx: RequestContext| async move { ctx.route().unwrap_or("none").to_string() }),
+    );
+    let server = quick()
+        .admin("127.0.0.1:0".parse().unwrap())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let admin = server.admin_addr().expect("admin").expect("admin addr");
+    let trigger = server.trigger();
+    let task = tokio::spawn(server.serve_router(app));
+    assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
+    assert_eq!(lameduck_get(addr, "/items/8").await, "/items/{id}");
+    let _ = lameduck_get(addr, "/nowhere").await;
+    let metrics = lameduck_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains(r#"lameduck_http_requests_total{route="/items/{id}",status="200"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("/items/7"), "{metrics}");
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
