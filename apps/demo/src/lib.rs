@@ -56,10 +56,20 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
-    /// Log format on stdout.
+    /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// Write logs to this file (appended; flushed and fsync'd at exit) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<std::path::PathBuf>,
+    /// Log one access line per request (method, route, status, latency, bytes, client,
+    /// request id).
+    #[arg(long)]
+    pub access_log: bool,
 }
+
+/// How long the final hook may take to write and fsync the log file.
+pub const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,20 +98,43 @@ pub fn main_impl() -> ExitCode {
         LogFormat::Json => cli::LogFormat::Json,
         LogFormat::Text => cli::LogFormat::Text,
     };
-    cli::init_logs(format, "info");
-    cli::block_on_main("lameduck-demo", run(args))
+    let log_file = match &args.log_file {
+        None => {
+            cli::init_logs(format, "info");
+            None
+        }
+        Some(path) => match cli::init_logs_to_file(format, "info", path) {
+            Ok(f) => Some(f),
+            Err(e) => return cli::fail("lameduck-demo", format_args!("log file: {e}")),
+        },
+    };
+    let flusher = log_file.as_ref().map(cli::LogFile::flusher);
+    let code = cli::block_on_main("lameduck-demo", run(args, flusher));
+    // Dropping the file writes and fsyncs the last lines, the shutdown report included.
+    drop(log_file);
+    code
 }
 
 /// Run the demo service until it has shut down; returns the exit code.
 ///
 /// # Errors
 /// Start-up failures: signal handlers, binding.
-pub async fn run(args: Args) -> anyhow::Result<u8> {
+pub async fn run(args: Args, log_flusher: Option<cli::LogFlusher>) -> anyhow::Result<u8> {
     // Signal handlers first: a SIGTERM during start-up still drains and runs hooks.
     let lifecycle = Lifecycle::new()
         .with_os_signals()
         .context("failed to install signal handlers")?;
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(flusher) = log_flusher {
+        builder = builder.hook(
+            lameduck::hooks::HookPhase::Final,
+            "flush-log-file",
+            LOG_FLUSH_TIMEOUT,
+            move || async move { flusher.flush(LOG_FLUSH_TIMEOUT).await.map_err(Into::into) },
+        );
+    }
+    let server = builder
+        .access_log(args.access_log)
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+pub use crate::logfile::{LogFile, LogFlusher, LogWriter};
 use crate::server::Server;
 
 /// How long the runtime may take to stop its blocking tasks after `main`'s future is done.
@@ -35,15 +36,45 @@ pub enum LogFormat {
 
 /// Install a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`.
 pub fn init_logs(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(default_filter))
         .with_writer(std::io::stdout);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Install a `tracing` subscriber writing to a [`LogFile`] at `path` (appended to, created
+/// if missing); `RUST_LOG` overrides `default_filter`.
+///
+/// Keep the returned [`LogFile`] until `main` returns: dropping it writes and `fsync`s the
+/// last lines. Register [`LogFlusher::flush`] (from [`LogFile::flusher`]) as a
+/// [`Final`](crate::hooks::HookPhase::Final) hook to have everything on disk before the
+/// process reports its shutdown too.
+///
+/// # Errors
+/// The file cannot be opened.
+pub fn init_logs_to_file(
+    format: LogFormat,
+    default_filter: &str,
+    path: &std::path::Path,
+) -> std::io::Result<LogFile> {
+    let file = LogFile::open(path)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter(default_filter))
+        .with_ansi(false)
+        .with_writer(file.writer());
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(file)
+}
+
+fn filter(default_filter: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))
 }
 
 /// Run `fut` on a multi-threaded runtime and turn its outcome into the exit code: its own

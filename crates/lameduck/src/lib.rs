@@ -29,7 +29,9 @@
 //!   catch-panic, each a tower layer usable alone;
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`;
 //! - [`hooks`]: ordered shutdown hooks with timeouts;
-//! - [`exit`]: the exit-code table.
+//! - [`exit`]: the exit-code table;
+//! - `cli` and `logfile` (feature `cli`): helpers for service binaries, and a log file
+//!   that is flushed and `fsync`'d at exit.
 
 pub mod admin;
 pub mod body;
@@ -39,6 +41,8 @@ mod error;
 pub mod exit;
 pub mod hooks;
 pub mod lifecycle;
+#[cfg(feature = "cli")]
+pub mod logfile;
 pub mod middleware;
 pub mod server;
 

@@ -4,6 +4,7 @@ mod activation;
 mod bad_input;
 mod drain;
 mod keepalive;
+mod logs;
 mod signals;
 mod streams;
 mod upgrade;

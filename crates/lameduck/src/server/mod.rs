@@ -38,6 +38,8 @@ mod accept;
 pub mod activation;
 mod conn;
 mod service;
+
+pub use service::ACCESS_LOG_TARGET;
 #[cfg(feature = "fd-handoff")]
 pub mod upgrade;
 
@@ -120,6 +122,7 @@ pub struct Builder {
     max_header_bytes: usize,
     max_connections: usize,
     body_limit: usize,
+    access_log: bool,
     drain_policy: DrainPolicy,
     upgrade_timeout: Duration,
     admin: Option<SocketAddr>,
@@ -138,6 +141,7 @@ impl Default for Builder {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
+            access_log: false,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             admin: None,
@@ -198,6 +202,17 @@ impl Builder {
     /// Largest request body in bytes (default [`DEFAULT_BODY_LIMIT`]); larger get 413.
     pub fn body_limit(mut self, n: usize) -> Self {
         self.body_limit = n;
+        self
+    }
+
+    /// Log one line per request at `info` on the target
+    /// [`ACCESS_LOG_TARGET`] (`lameduck::access`) when its response is over: method, route
+    /// template (never the raw path), status, latency, response bytes, whether the body was
+    /// sent in full, client address and request id. Off by default: a line per request
+    /// costs throughput (see docs/benchmarks.md); pair it with a non-blocking writer such
+    /// as [`LogFile`](crate::logfile::LogFile) (feature `cli`).
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
         self
     }
 
@@ -397,6 +412,7 @@ impl Server {
             in_flight: in_flight.clone(),
             drain: DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy),
             body_limit: config.body_limit,
+            access_log: config.access_log,
         });
         let shared = Shared {
             builder: Arc::new(connection_builder(&config)),

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -29,12 +29,11 @@ use tower::{Service, ServiceExt};
 
 use super::conn::{ActiveGuard, ConnState};
 use super::RequestBody;
-use crate::body::GuardedBody;
 use crate::lifecycle::Shutdown;
 use crate::middleware::catch_panic::{internal_error, log_panic};
 use crate::middleware::drain::{mark_connection_close, DrainAdmissionLayer};
 use crate::middleware::in_flight::{InFlight, InFlightGuard};
-use crate::middleware::metrics::{route_of, Metrics};
+use crate::middleware::metrics::{route_of, Metrics, UNMATCHED_ROUTE};
 use crate::middleware::request_context::{attach, set_response_id, RequestContext};
 
 /// What every connection's service shares.
@@ -45,6 +44,8 @@ pub(crate) struct Stack {
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
     pub(crate) body_limit: usize,
+    /// Log one access line per request (target `lameduck::access`).
+    pub(crate) access_log: bool,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -53,10 +54,108 @@ pub(crate) struct Stack {
 pub(crate) struct Guards {
     _flight: InFlightGuard,
     _conn: ActiveGuard,
+    access: Option<Access>,
 }
 
-/// The response body the server writes.
-pub(crate) type ServerBody<B> = GuardedBody<Either<B, Full<Bytes>>, Guards>;
+/// The access-log target: filter it with `RUST_LOG=lameduck::access=off` (or `=info`).
+pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
+
+/// One request's access-log line, written when its response is over (sent in full, or
+/// abandoned by the client or the server).
+#[derive(Debug)]
+pub(crate) struct Access {
+    method: Method,
+    status: u16,
+    started: Instant,
+    bytes: u64,
+    complete: bool,
+    peer: std::net::SocketAddr,
+    ctx: RequestContext,
+    /// The route label when the context has none (a non-axum label, or unmatched).
+    route: Option<Box<str>>,
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        let route = self
+            .ctx
+            .route()
+            .or(self.route.as_deref())
+            .unwrap_or(UNMATCHED_ROUTE);
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            method = self.method.as_str(),
+            route,
+            status = self.status,
+            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            bytes = self.bytes,
+            complete = self.complete,
+            client = %self.peer,
+            request_id = self.ctx.request_id().as_str(),
+            "request"
+        );
+    }
+}
+
+pin_project! {
+    /// The response body the server writes: the application's (or lameduck's own) body,
+    /// holding the request's [`Guards`] until it is over and counting its bytes for the
+    /// access log.
+    #[derive(Debug)]
+    pub(crate) struct ServerBody<B> {
+        #[pin]
+        inner: Either<B, Full<Bytes>>,
+        guards: Option<Guards>,
+    }
+}
+
+impl<B> http_body::Body for ServerBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<super::BoxError>,
+{
+    type Data = Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(mut g) = this.guards.take() {
+                    if let Some(a) = g.access.as_mut() {
+                        a.complete = true;
+                    }
+                }
+            }
+            Some(Ok(f)) => {
+                if let Some(Guards {
+                    access: Some(a), ..
+                }) = this.guards.as_mut()
+                {
+                    if let Some(data) = f.data_ref() {
+                        a.bytes += data.len() as u64;
+                    }
+                    // hyper stops polling a body that says it is done.
+                    a.complete = this.inner.is_end_stream();
+                }
+            }
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The hyper service of one connection.
 #[derive(Debug, Clone)]
@@ -70,6 +169,8 @@ pub(crate) struct ConnService<S> {
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<super::BoxError>,
 {
     type Response = Response<ServerBody<B>>;
     type Error = Infallible;
@@ -84,6 +185,11 @@ where
             .stack
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
+        let req_method = if self.stack.access_log {
+            req.method().clone()
+        } else {
+            Method::GET
+        };
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
         } else if declared_length(&req).is_some_and(|n| n > self.stack.body_limit as u64) {
@@ -99,12 +205,23 @@ where
                 }
             }
         };
+        let access = self.stack.access_log.then(|| Access {
+            method: req_method,
+            status: 0,
+            started,
+            bytes: 0,
+            complete: false,
+            peer: self.peer,
+            ctx: ctx.clone(),
+            route: None,
+        });
         ServerFuture {
             inner,
             early,
             guards: Some(Guards {
                 _flight: flight,
                 _conn: conn,
+                access,
             }),
             ctx,
             version,
@@ -164,6 +281,8 @@ pin_project! {
 impl<S, B> Future for ServerFuture<S>
 where
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<super::BoxError>,
 {
     type Output = Result<Response<ServerBody<B>>, Infallible>;
 
@@ -195,12 +314,32 @@ where
             mark_connection_close(*this.version, &mut res);
         }
         set_response_id(&mut res, this.ctx.request_id());
+        let status = res.status().as_u16();
+        let ctx_route = this.ctx.route();
         this.stack.metrics.observe(
-            this.ctx.route().unwrap_or_else(|| route_of(&res)),
-            res.status().as_u16(),
+            ctx_route.unwrap_or_else(|| route_of(&res)),
+            status,
             this.started.elapsed(),
         );
-        let guards = this.guards.take();
-        Poll::Ready(Ok(res.map(|b| GuardedBody::new(b, guards))))
+        let mut guards = this.guards.take();
+        if let Some(Guards {
+            access: Some(a), ..
+        }) = guards.as_mut()
+        {
+            a.status = status;
+            if ctx_route.is_none() {
+                a.route = Some(route_of(&res).into());
+            }
+        }
+        Poll::Ready(Ok(res.map(|inner| {
+            if let Some(Guards {
+                access: Some(a), ..
+            }) = guards.as_mut()
+            {
+                // An empty body is never polled.
+                a.complete = http_body::Body::is_end_stream(&inner);
+            }
+            ServerBody { inner, guards }
+        })))
     }
 }

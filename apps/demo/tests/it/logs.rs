@@ -1,0 +1,94 @@
+//! The access log and the log file: every answered request has its line on disk after
+//! SIGTERM, and so does the shutdown report.
+
+use std::collections::HashSet;
+
+use lameduck_testkit::connect_h1;
+use nix::sys::signal::Signal;
+
+use crate::{start, SOON};
+
+const CONNS: usize = 8;
+const PER_CONN: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_request_and_the_report_are_in_the_log_file_after_sigterm() {
+    let dir = std::env::temp_dir().join(format!("lameduck-demo-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("demo.log");
+    let _ = std::fs::remove_file(&path);
+    let path_arg = path.to_str().expect("utf-8 path");
+    let mut s = start(&["--access-log", "--log-file", path_arg]);
+    let addr = s.http;
+    let tasks: Vec<_> = (0..CONNS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = connect_h1(addr).await.expect("connect");
+                let mut ids = Vec::new();
+                for _ in 0..PER_CONN {
+                    let res = c.get("/ping").await.expect("ping");
+                    assert_eq!(res.status(), 200);
+                    let id = res.headers()["x-request-id"].to_str().expect("id");
+                    ids.push(id.to_string());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut answered = HashSet::new();
+    for t in tasks {
+        answered.extend(t.await.expect("task"));
+    }
+    // Right after the burst: nothing has had time to reach the disk on its own.
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+
+    let text = std::fs::read_to_string(&path).expect("log file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut logged = HashSet::new();
+    for l in &lines {
+        if l["target"] == "lameduck::access" {
+            assert_eq!(l["route"], "/ping", "{l}");
+            assert_eq!(l["status"], 200, "{l}");
+            assert_eq!(l["method"], "GET", "{l}");
+            assert_eq!(l["bytes"], 4, "{l}");
+            assert_eq!(l["complete"], true, "{l}");
+            assert!(l["latency_ms"].as_f64().is_some(), "{l}");
+            assert!(l["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")));
+            logged.insert(l["request_id"].as_str().expect("id").to_string());
+        }
+    }
+    assert_eq!(answered.len(), CONNS * PER_CONN);
+    let missing: Vec<_> = answered.difference(&logged).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered requests have no access line",
+        missing.len()
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "shutdown report"),
+        "no shutdown report in the file"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_log_file_is_a_one_line_start_up_error() {
+    let out = std::process::Command::new(crate::BIN)
+        .args([
+            "--log-file",
+            "/nonexistent-dir/demo.log",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent-dir/demo.log"), "{err}");
+}
