@@ -1,17 +1,23 @@
 //! `ld-bench`: measures each server side by side, interleaved, repeated.
 //!
 //! ```text
-//! ld-bench [--runs N] [--wrk-secs S] NAME=COMMAND... [NAME=COMMAND...]
+//! ld-bench [--runs N] [--wrk-secs S] NAME=COMMAND... [+NAME=COMMAND...]
 //! ```
-//! Each COMMAND must print `listening http=ADDR` and serve `/ping` and `/work?ms=N`.
+//! Each COMMAND must print `listening http=ADDR` and serve `/ping` and `/work?ms=N`. A spec
+//! starting with `+` is measured for throughput and latency only (the logging variants).
+//! `{log}` in a command is replaced by a fresh file path, removed after each run.
 //! Measurements (all traffic to 127.0.0.1, every loop bounded):
 //! - `idle_exit`: SIGTERM to process exit, idle server;
 //! - `after_last`: process exit minus the last in-flight response (16 x /work?ms=300);
 //! - `ka_race`: failed requests of 64 idle pooled keep-alive connections reused 50 ms after
 //!   SIGTERM;
+//! - `idle_exit_1000`: SIGTERM to exit with 1,000 idle keep-alive connections open;
+//! - `rss`: resident memory idle, and with 10,000 idle keep-alive connections (each after
+//!   one request);
 //! - `rps`, `p50`, `p99`: wrk -t1 -c64 on core 1, server pinned to core 0.
 //!
-//! Prints one markdown table row per server with min/median/max of each measurement.
+//! Prints markdown tables with min/median/max of each measurement, then the targets of
+//! docs/benchmarks.md, each with the measured value and whether it is met.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -25,6 +31,10 @@ use nix::unistd::Pid;
 
 const POOL: usize = 64;
 const IN_FLIGHT: usize = 16;
+const IDLE_CONNS: usize = 1_000;
+const RSS_CONNS: usize = 10_000;
+/// Connections opened at once while filling up to RSS_CONNS (the listen backlog is 1024).
+const CONNECT_BATCH: usize = 500;
 
 struct Server {
     child: Child,
@@ -33,6 +43,10 @@ struct Server {
 }
 
 fn spawn(cmd: &str, pin_core: Option<usize>) -> Server {
+    let log = log_path();
+    let _ = std::fs::remove_file(&log);
+    let cmd = cmd.replace("{log}", &log.to_string_lossy());
+    let cmd = cmd.as_str();
     let mut words: Vec<String> = cmd.split_whitespace().map(String::from).collect();
     if let Some(core) = pin_core {
         words.splice(0..0, ["taskset".to_string(), "-c".into(), core.to_string()]);
@@ -72,10 +86,35 @@ fn spawn(cmd: &str, pin_core: Option<usize>) -> Server {
     Server { child, http, exited: erx }
 }
 
+fn log_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ld-bench-{}.log", std::process::id()))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = std::fs::remove_file(log_path());
+    }
+}
+
 impl Server {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Resident set size in MiB, from /proc.
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+
     fn term(&self) -> Instant {
         let t = Instant::now();
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = kill(self.pid(), Signal::SIGTERM);
         t
     }
 
@@ -137,6 +176,54 @@ async fn ka_race(cmd: &str) -> f64 {
     failed as f64
 }
 
+/// `n` keep-alive connections, each idle after one request.
+async fn idle_pool(addr: SocketAddr, n: usize) -> Vec<lameduck_testkit::H1> {
+    let mut pool = Vec::with_capacity(n);
+    while pool.len() < n {
+        let batch = CONNECT_BATCH.min(n - pool.len());
+        let tasks: Vec<_> = (0..batch)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut c = connect_h1(addr).await.expect("connect");
+                    c.get("/ping").await.expect("one request");
+                    c
+                })
+            })
+            .collect();
+        for t in tasks {
+            pool.push(t.await.expect("task"));
+        }
+    }
+    pool
+}
+
+async fn idle_exit_1000(cmd: &str) -> f64 {
+    let s = spawn(cmd, None);
+    let pool = idle_pool(s.http, IDLE_CONNS).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t0 = s.term();
+    let exit = s.wait_exit();
+    drop(pool);
+    ms(exit - t0)
+}
+
+/// RSS idle, and with RSS_CONNS idle keep-alive connections, in MiB.
+async fn rss(cmd: &str) -> (f64, f64) {
+    let s = spawn(cmd, None);
+    let mut c = connect_h1(s.http).await.expect("connect");
+    c.get("/ping").await.expect("ping");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = s.rss_mib();
+    let pool = idle_pool(s.http, RSS_CONNS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let loaded = s.rss_mib();
+    s.term();
+    s.wait_exit();
+    drop(pool);
+    (idle, loaded)
+}
+
 fn wrk(cmd: &str, secs: u64) -> (f64, f64, f64) {
     let s = spawn(cmd, Some(0));
     let url = format!("http://{}/ping", s.http);
@@ -186,46 +273,130 @@ fn stats(v: &mut [f64]) -> String {
 async fn main() {
     let mut runs = 5usize;
     let mut wrk_secs = 5u64;
-    let mut servers: Vec<(String, String)> = Vec::new();
+    let mut servers: Vec<(String, String, bool)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--wrk-secs" => wrk_secs = args.next().and_then(|v| v.parse().ok()).expect("--wrk-secs S"),
             spec => {
+                let (full, spec) = match spec.strip_prefix('+') {
+                    Some(rest) => (false, rest),
+                    None => (true, spec),
+                };
                 let (name, cmd) = spec.split_once('=').expect("NAME=COMMAND");
-                servers.push((name.into(), cmd.into()));
+                servers.push((name.into(), cmd.into(), full));
             }
         }
     }
+    raise_fd_limit();
     let n = servers.len();
-    let mut res: Vec<[Vec<f64>; 6]> = (0..n).map(|_| Default::default()).collect();
+    // idle exit, after last, ka race, exit with 1000 idle, rss idle, rss 10k, rps, p50, p99
+    let mut res: Vec<[Vec<f64>; 9]> = (0..n).map(|_| Default::default()).collect();
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
         // Interleave: every server once per run, so drift hits all alike.
-        for (i, (name, cmd)) in servers.iter().enumerate() {
+        for (i, (name, cmd, full)) in servers.iter().enumerate() {
             eprintln!("  {name}");
-            res[i][0].push(idle_exit(cmd).await);
-            res[i][1].push(after_last(cmd).await);
-            res[i][2].push(ka_race(cmd).await);
+            if *full {
+                res[i][0].push(idle_exit(cmd).await);
+                res[i][1].push(after_last(cmd).await);
+                res[i][2].push(ka_race(cmd).await);
+                res[i][3].push(idle_exit_1000(cmd).await);
+                let (idle, loaded) = rss(cmd).await;
+                res[i][4].push(idle);
+                res[i][5].push(loaded);
+            }
             let (rps, p50, p99) = wrk(cmd, wrk_secs);
-            res[i][3].push(rps);
-            res[i][4].push(p50);
-            res[i][5].push(p99);
+            res[i][6].push(rps);
+            res[i][7].push(p50);
+            res[i][8].push(p99);
         }
     }
-    println!("| server | SIGTERM to exit, idle (ms) | exit after last response (ms) | keep-alive race: failed of {POOL} | /ping req/s | p50 (ms) | p99 (ms) |");
-    println!("|---|---|---|---|---|---|---|");
-    for (i, (name, _)) in servers.iter().enumerate() {
+    let med: Vec<[f64; 9]> = res.iter_mut().map(|r| std::array::from_fn(|k| median(&mut r[k]))).collect();
+    println!("### Shutdown and memory\n");
+    println!("| server | SIGTERM to exit, idle (ms) | exit after last response (ms) | keep-alive race: failed of {POOL} | SIGTERM to exit, {IDLE_CONNS} idle keep-alive (ms) | RSS idle (MiB) | RSS, {RSS_CONNS} idle keep-alive (MiB) | per connection (KiB) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (name, _, full)) in servers.iter().enumerate() {
+        if !full {
+            continue;
+        }
         let r = &mut res[i];
-        let cols: Vec<String> = r.iter_mut().map(|v| stats(v)).collect();
-        println!("| {name} | {} |", cols.join(" | "));
+        let cols: Vec<String> = r[..6].iter_mut().map(|v| stats(v)).collect();
+        let per_conn = (med[i][5] - med[i][4]) * 1024.0 / RSS_CONNS as f64;
+        println!("| {name} | {} | {per_conn:.1} |", cols.join(" | "));
     }
-    let medians: Vec<f64> = res.iter().map(|r| r[3][r[3].len() / 2]).collect();
-    if let Some(base) = medians.first().copied() {
-        println!();
-        for (i, (name, _)) in servers.iter().enumerate() {
-            println!("- {name}: median /ping throughput {:.2} of {}", medians[i] / base, servers[0].0);
-        }
+    println!("\n### /ping throughput and latency\n");
+    println!("| server | req/s | of bare hyper (medians) | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|---|---|");
+    let base = med.first().map_or(f64::NAN, |m| m[6]);
+    for (i, (name, _, _)) in servers.iter().enumerate() {
+        let r = &mut res[i];
+        println!("| {name} | {} | {:.2} | {} | {} |", stats(&mut r[6]), med[i][6] / base, stats(&mut r[7]), stats(&mut r[8]));
+    }
+    targets(&servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), &med);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The targets of the benchmarks issue, from the medians; a target whose servers were not
+/// measured is left out.
+fn targets(names: &[String], med: &[[f64; 9]]) {
+    let find = |n: &str| names.iter().position(|x| x == n).map(|i| med[i]);
+    let (hyper, demo) = (find("bare hyper"), find("lameduck-demo"));
+    let (demo_log, axum_log) = (find("lameduck-demo + JSON access log"), find("plain axum + TraceLayer"));
+    let (gin, gin_log) = (find("Go/Gin seed pattern"), find("Go/Gin + access log"));
+    let mut rows: Vec<(String, String, bool)> = Vec::new();
+    let mut row = |t: &str, v: String, ok: bool| rows.push((t.into(), v, ok));
+    if let (Some(h), Some(d)) = (hyper, demo) {
+        row("lameduck-demo /ping throughput >= 0.90 of bare hyper", format!("{:.2}", d[6] / h[6]), d[6] >= 0.90 * h[6]);
+        row("p99 at the same load <= 1.2x bare hyper's", format!("{:.2}x ({:.2} vs {:.2} ms)", d[8] / h[8], d[8], h[8]), d[8] <= 1.2 * h[8]);
+        row("idle SIGTERM-to-exit within 1 ms of bare hyper's", format!("{:+.2} ms", d[0] - h[0]), d[0] - h[0] <= 1.0);
+        row("exit < 5 ms after the last in-flight response", format!("{:.2} ms", d[1]), d[1] < 5.0);
+        row("keep-alive race: 0 failed", format!("{:.0} of {POOL} (bare hyper {:.0})", d[2], h[2]), d[2] == 0.0);
+        row(
+            "RSS with 10,000 idle keep-alive connections < 64 MiB",
+            format!(
+                "{:.1} MiB; {:.1} KiB per connection (bare hyper {:.1})",
+                d[5],
+                (d[5] - d[4]) * 1024.0 / RSS_CONNS as f64,
+                (h[5] - h[4]) * 1024.0 / RSS_CONNS as f64
+            ),
+            d[5] < 64.0,
+        );
+    }
+    if let (Some(h), Some(dl)) = (hyper, demo_log) {
+        row("with JSON access log to a file + metrics: >= 0.75 of bare hyper", format!("{:.2}", dl[6] / h[6]), dl[6] >= 0.75 * h[6]);
+    }
+    if let (Some(dl), Some(al)) = (demo_log, axum_log) {
+        row("... and ahead of plain axum + TraceLayer logging the same fields", format!("{:.2}x", dl[6] / al[6]), dl[6] > al[6]);
+    }
+    if let (Some(d), Some(g)) = (demo, gin) {
+        row(">= 1.4x Gin, default stacks", format!("{:.2}x", d[6] / g[6]), d[6] >= 1.4 * g[6]);
+    }
+    if let (Some(dl), Some(gl)) = (demo_log, gin_log) {
+        row(">= 1.4x Gin, both logging each request to a file", format!("{:.2}x", dl[6] / gl[6]), dl[6] >= 1.4 * gl[6]);
+    }
+    println!("\n### Targets\n");
+    println!("| target | measured (medians) | met |");
+    println!("|---|---|---|");
+    for (t, v, ok) in rows {
+        println!("| {t} | {v} | {} |", if ok { "yes" } else { "**no**" });
+    }
+}
+
+/// 10,000 connections need more than the usual 1,024 descriptors, here and in the servers
+/// (which inherit the limit).
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = (4 * RSS_CONNS as u64).min(hard);
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
     }
 }

@@ -246,10 +246,23 @@ fn write_loop(shared: &Shared, mut file: File) {
 
 impl Write for LogWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.append(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Lines reach the disk through LogFile::flush; a per-line flush would defeat the
+        // batching.
+        Ok(())
+    }
+}
+
+impl LogWriter {
+    fn append(&self, data: &[u8]) {
         let mut st = self.shared.lock();
         if st.closing {
             // The file is closed (the process is exiting): nothing will write this.
-            return Ok(data.len());
+            return;
         }
         while st.buf.len() >= MAX_BUFFER_BYTES && !st.closing {
             self.shared.work.notify_all();
@@ -266,13 +279,12 @@ impl Write for LogWriter {
         if wake {
             self.shared.work.notify_one();
         }
-        Ok(data.len())
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        // Lines reach the disk through LogFile::flush; a per-line flush would defeat the
-        // batching.
-        Ok(())
+impl crate::server::AccessSink for LogWriter {
+    fn write_line(&self, line: &[u8]) {
+        self.append(line);
     }
 }
 

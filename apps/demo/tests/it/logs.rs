@@ -92,3 +92,20 @@ async fn an_unwritable_log_file_is_a_one_line_start_up_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent-dir/demo.log"), "{err}");
 }
+
+#[tokio::test]
+async fn without_a_log_file_access_lines_are_tracing_events_on_stdout() {
+    let s = start(&["--access-log"]);
+    let res = lameduck_testkit::get(s.http, "/ping").await.expect("ping");
+    let id = res.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let line = s
+        .wait_for_log(&["lameduck::access", &id], SOON)
+        .await
+        .expect("access line on stdout");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["route"], "/ping", "{line}");
+    assert_eq!(v["status"], 200, "{line}");
+}

@@ -1,8 +1,13 @@
 //! Plain axum: `axum::serve(...).with_graceful_shutdown(...)` on SIGTERM/SIGINT, as axum's
 //! graceful-shutdown example teaches (with a 30 s timeout around it).
-//! Routes as lameduck-demo: `/ping`, `/work?ms=N`. Flag: `--listen ADDR`.
+//! Routes as lameduck-demo: `/ping`, `/work?ms=N`. Flags: `--listen ADDR`, and
+//! `--access-log PATH` for the access-log comparison: tower-http's `TraceLayer` (with its
+//! request-id layers) logging the fields lameduck's access log has (method, route, status,
+//! latency, client, request id) as JSON lines through `tracing-appender`'s non-blocking
+//! writer, the way their docs teach it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Query;
@@ -27,16 +32,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening http={}", listener.local_addr()?);
     let app = Router::new().route("/ping", get(|| async { "pong" })).route("/work", get(work));
+    let log_path = std::env::args().skip_while(|a| a != "--access-log").nth(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let stop = async move {
+        let _ = rx.await;
+    };
+    let mut _log_guard = None;
+    let server = match log_path {
+        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }),
+        Some(path) => {
+            let (app, guard) = traced(app, &path)?;
+            _log_guard = Some(guard);
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await })
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -47,4 +59,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => eprintln!("timed out"),
     }
     Ok(())
+}
+
+fn traced(app: Router, path: &str) -> Result<(Router, tracing_appender::non_blocking::WorkerGuard), Box<dyn std::error::Error>> {
+    use axum::extract::{ConnectInfo, MatchedPath};
+    use axum::http::{HeaderName, Request, Response};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
+
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(file);
+    tracing_subscriber::fmt().json().flatten_event(true).with_writer(writer).init();
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request<_>| {
+            let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
+            let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, client = ?client, request_id = id)
+        })
+        .on_request(())
+        .on_response(|res: &Response<_>, latency: Duration, _span: &tracing::Span| {
+            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "request");
+        });
+    let app = app
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+    Ok((app, guard))
 }

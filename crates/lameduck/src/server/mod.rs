@@ -35,11 +35,12 @@
 //! 5. after-drain hooks, then final hooks, then the report.
 
 mod accept;
+mod access;
 pub mod activation;
 mod conn;
 mod service;
 
-pub use service::ACCESS_LOG_TARGET;
+pub use access::{AccessLog, AccessSink, ACCESS_LOG_TARGET};
 #[cfg(feature = "fd-handoff")]
 pub mod upgrade;
 
@@ -122,7 +123,7 @@ pub struct Builder {
     max_header_bytes: usize,
     max_connections: usize,
     body_limit: usize,
-    access_log: bool,
+    access_log: AccessLog,
     drain_policy: DrainPolicy,
     upgrade_timeout: Duration,
     admin: Option<SocketAddr>,
@@ -141,7 +142,7 @@ impl Default for Builder {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
-            access_log: false,
+            access_log: AccessLog::Off,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             admin: None,
@@ -205,14 +206,15 @@ impl Builder {
         self
     }
 
-    /// Log one line per request at `info` on the target
-    /// [`ACCESS_LOG_TARGET`] (`lameduck::access`) when its response is over: method, route
-    /// template (never the raw path), status, latency, response bytes, whether the body was
-    /// sent in full, client address and request id. Off by default: a line per request
-    /// costs throughput (see docs/benchmarks.md); pair it with a non-blocking writer such
-    /// as [`LogFile`](crate::logfile::LogFile) (feature `cli`).
-    pub fn access_log(mut self, on: bool) -> Self {
-        self.access_log = on;
+    /// The access log (default [`AccessLog::Off`]): one line per request when its response
+    /// is over, with method, route template (never the raw path), status, latency,
+    /// response bytes, whether the body was sent in full, client address and request id.
+    /// [`AccessLog::Tracing`] emits `tracing` events on [`ACCESS_LOG_TARGET`];
+    /// [`AccessLog::Json`] formats the line itself and is several times cheaper (see
+    /// docs/benchmarks.md); a [`LogWriter`](crate::logfile::LogWriter) (feature `cli`) is a
+    /// sink that never blocks on the disk.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = log;
         self
     }
 
@@ -412,7 +414,7 @@ impl Server {
             in_flight: in_flight.clone(),
             drain: DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy),
             body_limit: config.body_limit,
-            access_log: config.access_log,
+            access_log: config.access_log.clone(),
         });
         let shared = Shared {
             builder: Arc::new(connection_builder(&config)),

@@ -27,13 +27,14 @@ use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::access::{Access, AccessLog};
 use super::conn::{ActiveGuard, ConnState};
 use super::RequestBody;
 use crate::lifecycle::Shutdown;
 use crate::middleware::catch_panic::{internal_error, log_panic};
 use crate::middleware::drain::{mark_connection_close, DrainAdmissionLayer};
 use crate::middleware::in_flight::{InFlight, InFlightGuard};
-use crate::middleware::metrics::{route_of, Metrics, UNMATCHED_ROUTE};
+use crate::middleware::metrics::{route_of, Metrics};
 use crate::middleware::request_context::{attach, set_response_id, RequestContext};
 
 /// What every connection's service shares.
@@ -44,8 +45,8 @@ pub(crate) struct Stack {
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
     pub(crate) body_limit: usize,
-    /// Log one access line per request (target `lameduck::access`).
-    pub(crate) access_log: bool,
+    /// Where access-log lines go.
+    pub(crate) access_log: AccessLog,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -55,46 +56,6 @@ pub(crate) struct Guards {
     _flight: InFlightGuard,
     _conn: ActiveGuard,
     access: Option<Access>,
-}
-
-/// The access-log target: filter it with `RUST_LOG=lameduck::access=off` (or `=info`).
-pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
-
-/// One request's access-log line, written when its response is over (sent in full, or
-/// abandoned by the client or the server).
-#[derive(Debug)]
-pub(crate) struct Access {
-    method: Method,
-    status: u16,
-    started: Instant,
-    bytes: u64,
-    complete: bool,
-    peer: std::net::SocketAddr,
-    ctx: RequestContext,
-    /// The route label when the context has none (a non-axum label, or unmatched).
-    route: Option<Box<str>>,
-}
-
-impl Drop for Access {
-    fn drop(&mut self) {
-        let route = self
-            .ctx
-            .route()
-            .or(self.route.as_deref())
-            .unwrap_or(UNMATCHED_ROUTE);
-        tracing::info!(
-            target: ACCESS_LOG_TARGET,
-            method = self.method.as_str(),
-            route,
-            status = self.status,
-            latency_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            bytes = self.bytes,
-            complete = self.complete,
-            client = %self.peer,
-            request_id = self.ctx.request_id().as_str(),
-            "request"
-        );
-    }
 }
 
 pin_project! {
@@ -185,7 +146,7 @@ where
             .stack
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
-        let req_method = if self.stack.access_log {
+        let req_method = if self.stack.access_log.is_on() {
             req.method().clone()
         } else {
             Method::GET
@@ -205,7 +166,7 @@ where
                 }
             }
         };
-        let access = self.stack.access_log.then(|| Access {
+        let access = self.stack.access_log.is_on().then(|| Access {
             method: req_method,
             status: 0,
             started,
@@ -214,6 +175,7 @@ where
             peer: self.peer,
             ctx: ctx.clone(),
             route: None,
+            sink: self.stack.access_log.clone(),
         });
         ServerFuture {
             inner,

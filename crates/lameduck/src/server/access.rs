@@ -1,0 +1,277 @@
+//! The access log: one line per request, written when its response is over.
+//!
+//! Two outputs, the same fields:
+//! - [`AccessLog::Tracing`]: an `info` event on the target [`ACCESS_LOG_TARGET`], so it goes
+//!   wherever the application's `tracing` subscriber sends events (filters, OpenTelemetry);
+//!   formatting it is the subscriber's work, which for `tracing-subscriber`'s JSON format
+//!   is about 20,000 instructions per line;
+//! - [`AccessLog::Json`]: lameduck formats the JSON line itself (a few hundred
+//!   instructions) and hands it to an [`AccessSink`], such as
+//!   [`LogWriter`](crate::logfile::LogWriter). Same keys as the `tracing` JSON line.
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::Method;
+
+use crate::middleware::metrics::UNMATCHED_ROUTE;
+use crate::middleware::request_context::RequestContext;
+
+/// The access-log target: filter it with `RUST_LOG=lameduck::access=off` (or `=info`).
+pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
+
+/// Where access-log lines go (see the [module docs](self)).
+#[derive(Clone, Default)]
+pub enum AccessLog {
+    /// No access log (the default).
+    #[default]
+    Off,
+    /// A `tracing` event per request.
+    Tracing,
+    /// A JSON line per request, formatted by lameduck, written to the sink.
+    Json(Arc<dyn AccessSink>),
+}
+
+impl fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Off => "Off",
+            Self::Tracing => "Tracing",
+            Self::Json(_) => "Json(..)",
+        })
+    }
+}
+
+impl AccessLog {
+    pub(crate) fn is_on(&self) -> bool {
+        !matches!(self, Self::Off)
+    }
+}
+
+/// Receives finished access-log lines (each a complete JSON object ending in `\n`).
+pub trait AccessSink: Send + Sync + 'static {
+    /// Take one line. Called on the thread that finished the response: do not block long.
+    fn write_line(&self, line: &[u8]);
+}
+
+/// One request's access-log record, written when it is dropped (its response is over).
+#[derive(Debug)]
+pub(crate) struct Access {
+    pub(crate) method: Method,
+    pub(crate) status: u16,
+    pub(crate) started: Instant,
+    pub(crate) bytes: u64,
+    pub(crate) complete: bool,
+    pub(crate) peer: SocketAddr,
+    pub(crate) ctx: RequestContext,
+    /// The route label when the context has none (a non-axum label, or unmatched).
+    pub(crate) route: Option<Box<str>>,
+    pub(crate) sink: AccessLog,
+}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        let route = self
+            .ctx
+            .route()
+            .or(self.route.as_deref())
+            .unwrap_or(UNMATCHED_ROUTE);
+        let latency = self.started.elapsed();
+        match &self.sink {
+            AccessLog::Off => {}
+            AccessLog::Tracing => tracing::info!(
+                target: ACCESS_LOG_TARGET,
+                method = self.method.as_str(),
+                route,
+                status = self.status,
+                latency_ms = latency.as_secs_f64() * 1e3,
+                bytes = self.bytes,
+                complete = self.complete,
+                client = %self.peer,
+                request_id = self.ctx.request_id().as_str(),
+                "request"
+            ),
+            AccessLog::Json(sink) => {
+                let line = json_line(self, route, latency, SystemTime::now());
+                sink.write_line(&line);
+            }
+        }
+    }
+}
+
+fn json_line(a: &Access, route: &str, latency: Duration, now: SystemTime) -> Vec<u8> {
+    // Hand-written formatting: `write!` through `io::Write` cost several thousand
+    // instructions per line.
+    let mut out = Vec::with_capacity(320);
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    write_rfc3339(&mut out, now);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+    json_str(&mut out, a.method.as_str());
+    out.extend_from_slice(b",\"route\":");
+    json_str(&mut out, route);
+    out.extend_from_slice(b",\"status\":");
+    push_u64(&mut out, u64::from(a.status));
+    out.extend_from_slice(b",\"latency_ms\":");
+    let micros = latency.as_micros() as u64;
+    push_u64(&mut out, micros / 1000);
+    out.push(b'.');
+    push_padded(&mut out, micros % 1000, 3);
+    out.extend_from_slice(b",\"bytes\":");
+    push_u64(&mut out, a.bytes);
+    out.extend_from_slice(if a.complete {
+        b",\"complete\":true,\"client\":\""
+    } else {
+        b",\"complete\":false,\"client\":\""
+    });
+    match a.peer {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(&mut out, u64::from(*o));
+            }
+            out.push(b':');
+            push_u64(&mut out, u64::from(v4.port()));
+        }
+        // Writing to a Vec cannot fail.
+        v6 => drop(write!(out, "{v6}")),
+    }
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_str(&mut out, a.ctx.request_id().as_str());
+    out.extend_from_slice(b",\"target\":\"lameduck::access\"}\n");
+    out
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// `n` with leading zeros to `width` digits (`n` must fit).
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut n = n;
+    for b in buf[..width].iter_mut().rev() {
+        *b = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&buf[..width]);
+}
+
+/// A JSON string literal (route templates and methods are the application's, so escape).
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                c if (c as u32) < 0x20 => drop(write!(out, "\\u{:04x}", c as u32)),
+                c => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as `tracing-subscriber` writes it.
+fn write_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    push_padded(out, y.max(0) as u64, 4);
+    out.push(b'-');
+    push_padded(out, u64::from(m), 2);
+    out.push(b'-');
+    push_padded(out, u64::from(day), 2);
+    out.push(b'T');
+    push_padded(out, rem / 3600, 2);
+    out.push(b':');
+    push_padded(out, rem % 3600 / 60, 2);
+    out.push(b':');
+    push_padded(out, rem % 60, 2);
+    out.push(b'.');
+    push_padded(out, u64::from(d.subsec_micros()), 6);
+    out.push(b'Z');
+}
+
+/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Lifecycle;
+    use crate::middleware::request_context::RequestId;
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
+        let mut out = Vec::new();
+        write_rfc3339(
+            &mut out,
+            UNIX_EPOCH + Duration::from_micros(1_796_083_200_123_456),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-12-01T00:00:00.123456Z"
+        );
+    }
+
+    #[test]
+    fn the_line_is_valid_json_with_escaped_strings() {
+        let ctx = RequestContext::new(RequestId::generate(), None, Lifecycle::new().shutdown());
+        let a = Access {
+            method: Method::POST,
+            status: 201,
+            started: Instant::now(),
+            bytes: 17,
+            complete: true,
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            ctx,
+            route: None,
+            sink: AccessLog::Off,
+        };
+        let line = json_line(&a, "/a\"b\\c\n", Duration::from_micros(1500), UNIX_EPOCH);
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.ends_with("}\n"));
+        assert!(text.contains(r#""route":"/a\"b\\c\u000a""#), "{text}");
+        assert!(text.contains(r#""status":201,"latency_ms":1.500,"bytes":17,"complete":true,"client":"127.0.0.1:4000""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"timestamp":"1970-01-01T00:00:00.000000Z","level":"INFO""#),
+            "{text}"
+        );
+    }
+}
