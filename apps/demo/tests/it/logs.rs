@@ -109,3 +109,80 @@ async fn without_a_log_file_access_lines_are_tracing_events_on_stdout() {
     assert_eq!(v["route"], "/ping", "{line}");
     assert_eq!(v["status"], 200, "{line}");
 }
+
+/// The trace id of a `traceparent` value.
+fn trace_id_of(traceparent: &str) -> &str {
+    traceparent.split('-').nth(1).expect("trace id field")
+}
+
+#[tokio::test]
+async fn a_callers_trace_is_continued_and_logged_and_a_new_one_is_started_otherwise() {
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let s = start(&["--access-log"]);
+    let mut c = connect_h1(s.http).await.expect("connect");
+
+    let res = c
+        .get_with(
+            "/ping",
+            &[("traceparent", CALLER), ("tracestate", "congo=t61rcWkgMzE")],
+        )
+        .await
+        .expect("ping");
+    let tp = res.headers()["traceparent"]
+        .to_str()
+        .expect("traceparent")
+        .to_string();
+    assert_eq!(trace_id_of(&tp), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(tp, CALLER, "the server's span is a child with its own id");
+    assert_eq!(res.headers()["tracestate"], "congo=t61rcWkgMzE");
+    let id = res.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let line = s
+        .wait_for_log(&["lameduck::access", &id], SOON)
+        .await
+        .expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+
+    let res = c.get("/ping").await.expect("ping");
+    let tp = res.headers()["traceparent"]
+        .to_str()
+        .expect("traceparent")
+        .to_string();
+    let trace = trace_id_of(&tp).to_string();
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32));
+    let id = res.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let line = s
+        .wait_for_log(&["lameduck::access", &id], SOON)
+        .await
+        .expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["trace_id"], trace.as_str(), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_logs_its_progress_every_second() {
+    let mut s = start(&[]);
+    let addr = s.http;
+    let slow = tokio::spawn(async move { lameduck_testkit::get(addr, "/work?ms=2500").await });
+    crate::wait_in_flight(&s, 1).await;
+    s.signal(Signal::SIGTERM);
+    let line = s
+        .wait_for_log(&["drain progress", "\"in_flight\":1"], SOON)
+        .await
+        .expect("a progress line while the request runs");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    assert!(
+        v["left_ms"].as_u64().is_some_and(|ms| ms > 25_000),
+        "{line}"
+    );
+    assert!(v["connections"].as_i64().is_some_and(|n| n >= 1), "{line}");
+    assert_eq!(slow.await.expect("task").expect("response").status(), 200);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}

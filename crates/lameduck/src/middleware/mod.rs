@@ -27,3 +27,4 @@ pub mod metrics;
 pub mod request_context;
 #[cfg(feature = "axum")]
 pub mod route;
+pub mod trace_context;

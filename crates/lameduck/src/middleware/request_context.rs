@@ -2,8 +2,10 @@
 //! reachable from every handler.
 //!
 //! The layer takes the request id from the `x-request-id` header when it is a valid id (1
-//! to 128 visible ASCII characters), generates one otherwise, stores a [`RequestContext`]
-//! in the request extensions and returns the id on the response.
+//! to 128 visible ASCII characters), generates one otherwise, takes the W3C trace context
+//! from `traceparent`/`tracestate` (or starts a trace; see
+//! [`trace_context`](crate::middleware::trace_context)), stores a [`RequestContext`] in the
+//! request extensions and returns the id and the `traceparent` on the response.
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -36,6 +38,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::lifecycle::Shutdown;
+use crate::middleware::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The header that carries the request id, in and out.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -159,6 +162,7 @@ pub struct RequestContext(Arc<ContextInner>);
 #[derive(Debug)]
 struct ContextInner {
     id: RequestId,
+    trace: TraceContext,
     peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
     route: OnceLock<Route>,
@@ -173,9 +177,15 @@ enum Route {
 
 impl RequestContext {
     /// A context for one request.
-    pub fn new(id: RequestId, peer: Option<std::net::SocketAddr>, shutdown: Shutdown) -> Self {
+    pub fn new(
+        id: RequestId,
+        trace: TraceContext,
+        peer: Option<std::net::SocketAddr>,
+        shutdown: Shutdown,
+    ) -> Self {
         Self(Arc::new(ContextInner {
             id,
+            trace,
             peer,
             shutdown,
             route: OnceLock::new(),
@@ -185,6 +195,13 @@ impl RequestContext {
     /// The request id (also sent back in `x-request-id`).
     pub fn request_id(&self) -> &RequestId {
         &self.0.id
+    }
+
+    /// The request's W3C trace context: the caller's trace (from `traceparent`) or a new
+    /// one; the response carries its `traceparent`, and
+    /// [`TraceContext::inject`] passes it on to outgoing calls.
+    pub fn trace(&self) -> &TraceContext {
+        &self.0.trace
     }
 
     /// The client's address (the TCP peer) when lameduck's [`Server`](crate::server::Server)
@@ -216,11 +233,43 @@ impl RequestContext {
         }
     }
 
+    /// The context of the request being served on this thread: set by lameduck's
+    /// [`Server`](crate::server::Server) while it polls the request's handler, so it is
+    /// there for code the handler calls (such as
+    /// [`PropagateTraceLayer`](crate::middleware::trace_context::PropagateTraceLayer)), and
+    /// `None` elsewhere, including in tasks the handler spawns (pass the context on).
+    pub fn current() -> Option<RequestContext> {
+        CURRENT.with(|c| c.borrow().clone())
+    }
+
+    /// Make this the [`current`](Self::current) context until the guard is dropped.
+    pub(crate) fn enter(&self) -> CurrentGuard {
+        let previous = CURRENT.with(|c| c.replace(Some(self.clone())));
+        CurrentGuard { previous }
+    }
+
     /// Record the matched route; the first one recorded stays. Returns `false` if a route
     /// was already recorded.
     #[cfg(feature = "axum")]
     pub(crate) fn set_matched_path(&self, path: axum::extract::MatchedPath) -> bool {
         self.0.route.set(Route::Axum(path)).is_ok()
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<RequestContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Restores the previous [`RequestContext::current`] when dropped.
+#[derive(Debug)]
+pub(crate) struct CurrentGuard {
+    previous: Option<RequestContext>,
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
     }
 }
 
@@ -251,16 +300,26 @@ pub(crate) fn attach<B>(
         .get(&X_REQUEST_ID)
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
-    let ctx = RequestContext::new(id, peer, shutdown.clone());
+    let trace = TraceContext::from_headers(req.headers());
+    let ctx = RequestContext::new(id, trace, peer, shutdown.clone());
     req.extensions_mut().insert(ctx.clone());
     ctx
 }
 
-/// Return the request id on the response, unless the application set one.
-pub(crate) fn set_response_id<B>(res: &mut Response<B>, id: &RequestId) {
-    res.headers_mut()
+/// Return the request id and the trace context (`traceparent`, `tracestate`) on the
+/// response, unless the application set them.
+pub(crate) fn set_response_headers<B>(res: &mut Response<B>, ctx: &RequestContext) {
+    let headers = res.headers_mut();
+    headers
         .entry(&X_REQUEST_ID)
-        .or_insert_with(|| id.to_header_value());
+        .or_insert_with(|| ctx.request_id().to_header_value());
+    let trace = ctx.trace();
+    if let http::header::Entry::Vacant(e) = headers.entry(&TRACEPARENT) {
+        e.insert(trace.traceparent());
+        if let Some(state) = trace.tracestate() {
+            headers.entry(&TRACESTATE).or_insert_with(|| state.clone());
+        }
+    }
 }
 
 /// Adds a [`RequestContext`] to every request. See the [module docs](self).
@@ -335,7 +394,7 @@ where
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
         if let Some(ctx) = this.ctx.take() {
-            set_response_id(&mut res, ctx.request_id());
+            set_response_headers(&mut res, &ctx);
         }
         Poll::Ready(Ok(res))
     }

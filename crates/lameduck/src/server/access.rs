@@ -92,6 +92,7 @@ impl Drop for Access {
                 complete = self.complete,
                 client = %self.peer,
                 request_id = self.ctx.request_id().as_str(),
+                trace_id = self.ctx.trace().trace_id_hex().as_str(),
                 "request"
             ),
             AccessLog::Json(sink) => {
@@ -142,7 +143,9 @@ fn json_line(a: &Access, route: &str, latency: Duration, now: SystemTime) -> Vec
     }
     out.extend_from_slice(b"\",\"request_id\":");
     json_str(&mut out, a.ctx.request_id().as_str());
-    out.extend_from_slice(b",\"target\":\"lameduck::access\"}\n");
+    out.extend_from_slice(b",\"trace_id\":\"");
+    out.extend_from_slice(a.ctx.trace().trace_id_hex().as_str().as_bytes());
+    out.extend_from_slice(b"\",\"target\":\"lameduck::access\"}\n");
     out
 }
 
@@ -233,6 +236,7 @@ mod tests {
     use super::*;
     use crate::lifecycle::Lifecycle;
     use crate::middleware::request_context::RequestId;
+    use crate::middleware::trace_context::TraceContext;
 
     #[test]
     fn dates_are_civil() {
@@ -252,7 +256,12 @@ mod tests {
 
     #[test]
     fn the_line_is_valid_json_with_escaped_strings() {
-        let ctx = RequestContext::new(RequestId::generate(), None, Lifecycle::new().shutdown());
+        let ctx = RequestContext::new(
+            RequestId::generate(),
+            TraceContext::new_root(),
+            None,
+            Lifecycle::new().shutdown(),
+        );
         let a = Access {
             method: Method::POST,
             status: 201,

@@ -109,6 +109,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// How long a new process started by an upgrade may take to report ready.
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+/// While draining, a progress line (in flight, connections, time left) is logged this often.
+pub const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -657,6 +659,7 @@ async fn drain(
             _ = shared.tracker.wait() => {}
             _ = tokio::time::sleep_until(deadline) => { forced = true; report.reason.push_str(", deadline passed"); }
             _ = next_stop_signal(lifecycle) => { forced = true; report.reason.push_str(", second signal"); }
+            never = log_drain_progress(in_flight, &shared.metrics, deadline) => match never {},
         }
     }
     if forced {
@@ -672,6 +675,27 @@ async fn drain(
         report,
         hooks,
         admin_task,
+    }
+}
+
+/// While the drain waits: a log line every [`DRAIN_PROGRESS_INTERVAL`] with the requests
+/// still in flight, the open connections and the time left before the deadline.
+async fn log_drain_progress(
+    in_flight: &InFlight,
+    metrics: &crate::middleware::metrics::Metrics,
+    deadline: tokio::time::Instant,
+) -> Infallible {
+    let start = tokio::time::Instant::now() + DRAIN_PROGRESS_INTERVAL;
+    let mut tick = tokio::time::interval_at(start, DRAIN_PROGRESS_INTERVAL);
+    loop {
+        tick.tick().await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tracing::info!(
+            in_flight = in_flight.len(),
+            connections = metrics.connections_open(),
+            left_ms = left.as_millis() as u64,
+            "drain progress"
+        );
     }
 }
 

@@ -35,7 +35,7 @@ use crate::middleware::catch_panic::{internal_error, log_panic};
 use crate::middleware::drain::{mark_connection_close, DrainAdmissionLayer};
 use crate::middleware::in_flight::{InFlight, InFlightGuard};
 use crate::middleware::metrics::{route_of, Metrics};
-use crate::middleware::request_context::{attach, set_response_id, RequestContext};
+use crate::middleware::request_context::{attach, set_response_headers, RequestContext};
 
 /// What every connection's service shares.
 #[derive(Debug)]
@@ -261,7 +261,10 @@ where
                     res
                 }
             },
-            Some(fut) => match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Some(fut) => match catch_unwind(AssertUnwindSafe(|| {
+                let _current = this.ctx.enter();
+                fut.poll(cx)
+            })) {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(Ok(res))) => res.map(Either::Left),
                 Ok(Poll::Ready(Err(never))) => match never {},
@@ -275,7 +278,7 @@ where
         if this.stack.shutdown.is_draining() {
             mark_connection_close(*this.version, &mut res);
         }
-        set_response_id(&mut res, this.ctx.request_id());
+        set_response_headers(&mut res, this.ctx);
         let status = res.status().as_u16();
         let ctx_route = this.ctx.route();
         this.stack.metrics.observe(

@@ -161,3 +161,60 @@ async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
     trigger.drain();
     let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
+
+#[tokio::test]
+async fn outgoing_calls_through_the_propagation_layer_carry_the_requests_trace() {
+    use lameduck::middleware::trace_context::PropagateTraceLayer;
+    use tower::{Layer, ServiceExt};
+
+    // A stand-in for an HTTP client: answers with the traceparent it was sent.
+    let client =
+        PropagateTraceLayer::new().layer(tower::service_fn(|req: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(
+                req.headers()
+                    .get("traceparent")
+                    .map_or("none".to_string(), |v| v.to_str().unwrap().to_string()),
+            )
+        }));
+    let outside = client
+        .clone()
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(outside, "none", "no request, no trace");
+    let app = Router::new().route(
+        "/call",
+        get(move || {
+            let client = client.clone();
+            async move { client.oneshot(http::Request::new(())).await.unwrap() }
+        }),
+    );
+    let (addr, trigger, task) = run(quick(), app).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /call HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+          traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(
+        body.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && body.len() == 55,
+        "{text}"
+    );
+    assert!(
+        !body.contains("00f067aa0ba902b7"),
+        "the server's span, not the caller's"
+    );
+    let response_tp = text
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .expect("traceparent on the response");
+    assert_eq!(response_tp, body, "the same span id as the response names");
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
