@@ -66,6 +66,9 @@ pub struct Args {
     /// request id).
     #[arg(long)]
     pub access_log: bool,
+    /// Run each request's handler in a tracing span carrying its request id and trace id.
+    #[arg(long)]
+    pub request_spans: bool,
 }
 
 /// How long the final hook may take to write and fsync the log file.
@@ -147,6 +150,7 @@ pub async fn run(
     }
     let server = builder
         .access_log(access_log)
+        .request_spans(args.request_spans)
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)

@@ -374,6 +374,13 @@ fn targets(names: &[String], med: &[[f64; 9]]) {
     if let (Some(h), Some(dl)) = (hyper, demo_log) {
         row("with JSON access log to a file + metrics: >= 0.75 of bare hyper", format!("{:.2}", dl[6] / h[6]), dl[6] >= 0.75 * h[6]);
     }
+    if let (Some(d), Some(full)) = (demo, find("lameduck-demo, full observability")) {
+        row(
+            "full observability (JSON access log to a file, metrics, request spans) costs <= 15% of /ping throughput",
+            format!("{:.0}% ({:.0} vs {:.0} req/s)", (1.0 - full[6] / d[6]) * 100.0, full[6], d[6]),
+            full[6] >= 0.85 * d[6],
+        );
+    }
     if let (Some(dl), Some(al)) = (demo_log, axum_log) {
         row("... and ahead of plain axum + TraceLayer logging the same fields", format!("{:.2}x", dl[6] / al[6]), dl[6] > al[6]);
     }

@@ -41,6 +41,7 @@ mod conn;
 mod service;
 
 pub use access::{AccessLog, AccessSink, ACCESS_LOG_TARGET};
+pub use service::REQUEST_SPAN_TARGET;
 #[cfg(feature = "fd-handoff")]
 pub mod upgrade;
 
@@ -126,6 +127,7 @@ pub struct Builder {
     max_connections: usize,
     body_limit: usize,
     access_log: AccessLog,
+    request_spans: bool,
     drain_policy: DrainPolicy,
     upgrade_timeout: Duration,
     admin: Option<SocketAddr>,
@@ -145,6 +147,7 @@ impl Default for Builder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
             access_log: AccessLog::Off,
+            request_spans: false,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             admin: None,
@@ -217,6 +220,16 @@ impl Builder {
     /// sink that never blocks on the disk.
     pub fn access_log(mut self, log: AccessLog) -> Self {
         self.access_log = log;
+        self
+    }
+
+    /// Poll each request's handler inside an `info` span named `request` on the target
+    /// [`REQUEST_SPAN_TARGET`], with the fields `method`, `path`, `request_id` and
+    /// `trace_id`: every event the handler logs then carries them (the JSON formatter
+    /// writes the span's fields with each event). Off by default: creating and formatting a
+    /// span costs throughput on every request whether or not the handler logs.
+    pub fn request_spans(mut self, on: bool) -> Self {
+        self.request_spans = on;
         self
     }
 
@@ -417,6 +430,7 @@ impl Server {
             drain: DrainAdmissionLayer::new(sd.clone()).policy(config.drain_policy),
             body_limit: config.body_limit,
             access_log: config.access_log.clone(),
+            request_spans: config.request_spans,
         });
         let shared = Shared {
             builder: Arc::new(connection_builder(&config)),

@@ -47,6 +47,8 @@ pub(crate) struct Stack {
     pub(crate) body_limit: usize,
     /// Where access-log lines go.
     pub(crate) access_log: AccessLog,
+    /// Run each request's handler inside a `request` span.
+    pub(crate) request_spans: bool,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -57,6 +59,9 @@ pub(crate) struct Guards {
     _conn: ActiveGuard,
     access: Option<Access>,
 }
+
+/// The target of the per-request span (see `Builder::request_spans`).
+pub const REQUEST_SPAN_TARGET: &str = "lameduck::request";
 
 pin_project! {
     /// The response body the server writes: the application's (or lameduck's own) body,
@@ -146,6 +151,18 @@ where
             .stack
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
+        let span = if self.stack.request_spans {
+            tracing::info_span!(
+                target: REQUEST_SPAN_TARGET,
+                "request",
+                method = req.method().as_str(),
+                path = req.uri().path(),
+                request_id = ctx.request_id().as_str(),
+                trace_id = ctx.trace().trace_id_hex().as_str(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let req_method = if self.stack.access_log.is_on() {
             req.method().clone()
         } else {
@@ -189,6 +206,7 @@ where
             version,
             started,
             stack: self.stack.clone(),
+            span,
         }
     }
 }
@@ -237,6 +255,7 @@ pin_project! {
         version: Version,
         started: Instant,
         stack: Arc<Stack>,
+        span: tracing::Span,
     }
 }
 
@@ -263,6 +282,7 @@ where
             },
             Some(fut) => match catch_unwind(AssertUnwindSafe(|| {
                 let _current = this.ctx.enter();
+                let _span = this.span.enter();
                 fut.poll(cx)
             })) {
                 Ok(Poll::Pending) => return Poll::Pending,

@@ -218,3 +218,67 @@ async fn outgoing_calls_through_the_propagation_layer_carry_the_requests_trace()
     trigger.drain();
     let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
+
+/// A writer collecting log output for assertions.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+// One thread: the subscriber set below is the thread's default, and the server's tasks run
+// on this thread too.
+#[tokio::test(flavor = "current_thread")]
+async fn with_request_spans_every_handler_log_line_carries_the_request_and_trace_ids() {
+    let out = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(out.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let app = Router::new().route(
+        "/logs",
+        get(|| async {
+            tracing::info!("handler was here");
+            "ok"
+        }),
+    );
+    let (addr, trigger, task) = run(quick().request_spans(true), app).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /logs HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-request-id: req-42\r\n\
+          traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("handler was here"))
+        .unwrap_or_else(|| panic!("no handler line in {text}"));
+    assert!(line.contains(r#""request_id":"req-42""#), "{line}");
+    assert!(
+        line.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
+        "{line}"
+    );
+}
