@@ -5,6 +5,7 @@ mod bad_input;
 mod drain;
 mod keepalive;
 mod logs;
+mod metrics;
 mod signals;
 mod streams;
 mod upgrade;
