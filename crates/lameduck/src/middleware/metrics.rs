@@ -92,6 +92,15 @@ impl std::hash::Hasher for Fnv {
     }
 }
 
+/// One finished shutdown hook, as `lameduck_hook_duration_seconds` shows it.
+#[derive(Debug, Clone)]
+struct HookSample {
+    name: String,
+    phase: &'static str,
+    status: &'static str,
+    seconds: f64,
+}
+
 type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 type RouteSeries = FnvMap<Arc<str>, FnvMap<u16, Arc<Series>>>;
 
@@ -101,6 +110,9 @@ struct Registry {
     connections_open: AtomicI64,
     connections_total: AtomicU64,
     drain_micros: AtomicU64,
+    rejected: AtomicU64,
+    abandoned: AtomicU64,
+    hooks: std::sync::Mutex<Vec<HookSample>>,
     in_flight: OnceLock<InFlight>,
     shutdown: OnceLock<Shutdown>,
 }
@@ -176,6 +188,33 @@ impl Metrics {
             .store(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// A request was refused by the drain policy (503 during the drain).
+    pub fn request_rejected(&self) {
+        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests still running when the shutdown deadline passed.
+    pub fn requests_abandoned(&self, n: usize) {
+        self.inner.abandoned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Shutdown hooks that have finished (or were skipped or timed out).
+    pub fn hooks_finished(&self, outcomes: &[crate::lifecycle::HookOutcome]) {
+        use crate::lifecycle::HookStatus;
+        let mut hooks = crate::lifecycle::lock(&self.inner.hooks);
+        hooks.extend(outcomes.iter().map(|o| HookSample {
+            name: o.name.clone(),
+            phase: o.phase.as_str(),
+            status: match o.status {
+                HookStatus::Ok => "ok",
+                HookStatus::Failed(_) => "failed",
+                HookStatus::TimedOut => "timed_out",
+                HookStatus::Skipped => "skipped",
+            },
+            seconds: o.duration.as_secs_f64(),
+        }));
+    }
+
     /// The Prometheus text exposition of everything recorded.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -213,6 +252,22 @@ impl Metrics {
             "Duration of the last completed drain (0 before any).",
             drain,
         );
+        let _ = writeln!(out, "# HELP lameduck_http_requests_rejected_total Requests refused by the drain policy.\n# TYPE lameduck_http_requests_rejected_total counter\nlameduck_http_requests_rejected_total {}", r.rejected.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP lameduck_http_requests_abandoned_total Requests still running at the shutdown deadline.\n# TYPE lameduck_http_requests_abandoned_total counter\nlameduck_http_requests_abandoned_total {}", r.abandoned.load(Ordering::Relaxed));
+        let hooks = crate::lifecycle::lock(&r.hooks);
+        if !hooks.is_empty() {
+            let _ = writeln!(out, "# HELP lameduck_hook_duration_seconds How long each shutdown hook ran, with how it ended.\n# TYPE lameduck_hook_duration_seconds gauge");
+            for h in hooks.iter() {
+                let _ = writeln!(
+                    out,
+                    "lameduck_hook_duration_seconds{{hook=\"{}\",phase=\"{}\",status=\"{}\"}} {}",
+                    escape(&h.name),
+                    h.phase,
+                    h.status,
+                    h.seconds
+                );
+            }
+        }
         out
     }
 
@@ -376,6 +431,27 @@ pub(crate) fn route_of<B>(res: &Response<B>) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejected_and_abandoned_requests_are_counted() {
+        let m = Metrics::new();
+        m.request_rejected();
+        m.request_rejected();
+        m.requests_abandoned(3);
+        let text = m.render();
+        assert!(
+            text.contains("lameduck_http_requests_rejected_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lameduck_http_requests_abandoned_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("lameduck_hook_duration_seconds"),
+            "no hooks yet: {text}"
+        );
+    }
 
     #[test]
     fn render_has_cumulative_buckets_sum_and_count() {

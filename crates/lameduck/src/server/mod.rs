@@ -491,8 +491,7 @@ impl Server {
             hooks,
             admin_task,
         } = drain(&mut lifecycle, config, &shared, listeners, &in_flight).await;
-        let report = finish(&lifecycle, hooks, report).await;
-        metrics.set_drain_duration(report.drain);
+        let report = finish(&lifecycle, hooks, report, &metrics).await;
         if let Some(t) = admin_task {
             t.abort();
         }
@@ -679,12 +678,15 @@ async fn drain(
     if forced {
         report.forced = true;
         report.abandoned = in_flight.snapshot();
+        shared.metrics.requests_abandoned(report.abandoned.len());
         report.connections_closed = shared.metrics.connections_open().max(0) as usize;
         lifecycle.force();
         shared.tracker.wait().await;
     }
     report.drain = t0.elapsed();
+    shared.metrics.set_drain_duration(report.drain);
     report.hooks = before_task.await.unwrap_or_default();
+    shared.metrics.hooks_finished(&report.hooks);
     Drained {
         report,
         hooks,
@@ -728,6 +730,7 @@ async fn finish(
     lifecycle: &Lifecycle,
     mut hooks: Hooks,
     mut report: ShutdownReport,
+    metrics: &crate::middleware::metrics::Metrics,
 ) -> ShutdownReport {
     lifecycle.set_phase(Phase::Stopping);
     let after = if report.forced {
@@ -735,8 +738,11 @@ async fn finish(
     } else {
         hooks.run_phase(HookPhase::AfterDrain).await
     };
+    metrics.hooks_finished(&after);
     report.hooks.extend(after);
-    report.hooks.extend(hooks.run_phase(HookPhase::Final).await);
+    let last = hooks.run_phase(HookPhase::Final).await;
+    metrics.hooks_finished(&last);
+    report.hooks.extend(last);
     lifecycle.set_phase(Phase::Exited);
     report.phases = lifecycle.timings();
     report.log();

@@ -271,7 +271,10 @@ where
         let mut this = self.project();
         let mut res = match this.inner.as_mut().as_pin_mut() {
             None => match this.early {
-                Early::Refused => this.stack.drain.refusal(*this.version),
+                Early::Refused => {
+                    this.stack.metrics.request_rejected();
+                    this.stack.drain.refusal(*this.version)
+                }
                 Early::Panicked => internal_error(),
                 Early::TooLarge => {
                     // The unread body is still on the connection: do not reuse it.

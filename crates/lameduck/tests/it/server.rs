@@ -282,3 +282,69 @@ async fn with_request_spans_every_handler_log_line_carries_the_request_and_trace
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn hook_durations_are_on_metrics_while_later_hooks_run() {
+    use lameduck::hooks::HookPhase;
+    let (tx, rx) = tokio::sync::oneshot::channel::<String>();
+    let admin_slot = std::sync::Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
+    let slot = admin_slot.clone();
+    let server = quick()
+        .admin("127.0.0.1:0".parse().unwrap())
+        .hook(HookPhase::BeforeDrain, "deregister", SOON, || async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(())
+        })
+        .hook(HookPhase::AfterDrain, "close-pool", SOON, || async {
+            Err("pool refused to close".into())
+        })
+        .hook(HookPhase::Final, "scrape", SOON, move || async move {
+            let admin = *slot.get().expect("admin address");
+            let _ = tx.send(lameduck_get(admin, "/metrics").await);
+            Ok(())
+        })
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
+        .await
+        .expect("bind");
+    admin_slot
+        .set(server.admin_addr().expect("admin").expect("addr"))
+        .expect("once");
+    let trigger = server.trigger();
+    let task = tokio::spawn(server.serve_router(Router::new()));
+    trigger.drain();
+    let report = tokio::time::timeout(SOON, task)
+        .await
+        .expect("exits")
+        .expect("task");
+    assert_eq!(report.exit_code(), 3, "a hook failed");
+    let metrics = tokio::time::timeout(SOON, rx)
+        .await
+        .expect("scraped")
+        .expect("sent");
+    let line = |hook: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("lameduck_hook_duration_seconds{") && l.contains(hook))
+            .unwrap_or_else(|| panic!("no {hook} sample in {metrics}"))
+            .to_string()
+    };
+    let dereg = line("deregister");
+    assert!(
+        dereg.contains(r#"phase="before_drain",status="ok""#),
+        "{dereg}"
+    );
+    let secs: f64 = dereg.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(secs >= 0.02, "{dereg}");
+    assert!(line("close-pool").contains(r#"status="failed""#));
+    assert!(
+        metrics.contains("lameduck_http_requests_abandoned_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("lameduck_drain_duration_seconds 0\n"),
+        "drain recorded: {metrics}"
+    );
+}
