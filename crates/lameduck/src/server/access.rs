@@ -23,7 +23,15 @@ use crate::middleware::request_context::RequestContext;
 /// The access-log target: filter it with `RUST_LOG=lameduck::access=off` (or `=info`).
 pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
 
-/// Where access-log lines go (see the [module docs](self)).
+/// Where access-log lines go. Two outputs, the same fields (method, route template,
+/// status, latency, response bytes, whether the body was sent in full, client, request id,
+/// trace id):
+/// - [`AccessLog::Tracing`]: an `info` event on the target [`ACCESS_LOG_TARGET`], formatted
+///   by the application's `tracing` subscriber (about 20,000 instructions per line with
+///   `tracing-subscriber`'s JSON format);
+/// - [`AccessLog::Json`]: lameduck formats the JSON line itself (a few hundred
+///   instructions) and hands it to an [`AccessSink`], such as `lameduck::logfile::LogWriter`
+///   (feature `cli`). Same keys as the `tracing` JSON line.
 #[derive(Clone, Default)]
 pub enum AccessLog {
     /// No access log (the default).

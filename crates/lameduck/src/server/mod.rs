@@ -216,7 +216,7 @@ impl Builder {
     /// response bytes, whether the body was sent in full, client address and request id.
     /// [`AccessLog::Tracing`] emits `tracing` events on [`ACCESS_LOG_TARGET`];
     /// [`AccessLog::Json`] formats the line itself and is several times cheaper (see
-    /// docs/benchmarks.md); a [`LogWriter`](crate::logfile::LogWriter) (feature `cli`) is a
+    /// docs/benchmarks.md); `lameduck::logfile::LogWriter` (feature `cli`) is a
     /// sink that never blocks on the disk.
     pub fn access_log(mut self, log: AccessLog) -> Self {
         self.access_log = log;
