@@ -69,6 +69,23 @@ pub struct Args {
     /// Run each request's handler in a tracing span carrying its request id and trace id.
     #[arg(long)]
     pub request_spans: bool,
+    /// Export request spans over OTLP/HTTP to this collector (such as
+    /// `http://127.0.0.1:4318`); implies --request-spans.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Timeout of one span export, and of the final flush at exit.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub otlp_timeout: Duration,
+}
+
+/// What `run` needs of the log set-up: the log file's flusher (for a final hook) and writer
+/// (for the access log), and the span exporter's flusher.
+#[derive(Debug, Default)]
+pub struct LogHandles {
+    /// The log file's flusher and writer, when logging to a file.
+    pub file: Option<(cli::LogFlusher, cli::LogWriter)>,
+    /// The OTLP exporter, when exporting spans.
+    pub otlp: Option<lameduck::otel::OtlpFlusher>,
 }
 
 /// How long the final hook may take to write and fsync the log file.
@@ -101,20 +118,30 @@ pub fn main_impl() -> ExitCode {
         LogFormat::Json => cli::LogFormat::Json,
         LogFormat::Text => cli::LogFormat::Text,
     };
-    let log_file = match &args.log_file {
-        None => {
-            cli::init_logs(format, "info");
-            None
-        }
-        Some(path) => match cli::init_logs_to_file(format, "info", path) {
-            Ok(f) => Some(f),
-            Err(e) => return cli::fail("lameduck-demo", format_args!("log file: {e}")),
-        },
+    let options = cli::LogOptions {
+        format,
+        default_filter: "info",
+        file: args.log_file.as_deref(),
+        otlp: args
+            .otlp_endpoint
+            .clone()
+            .map(|endpoint| lameduck::otel::OtlpConfig {
+                endpoint,
+                service_name: "lameduck-demo".into(),
+                timeout: args.otlp_timeout,
+            }),
     };
-    let logs = log_file.as_ref().map(|f| (f.flusher(), f.writer()));
-    let code = cli::block_on_main("lameduck-demo", run(args, logs));
+    let logs = match cli::init_logs_with(options) {
+        Ok(logs) => logs,
+        Err(e) => return cli::fail("lameduck-demo", format_args!("logs: {e}")),
+    };
+    let handles = LogHandles {
+        file: logs.file.as_ref().map(|f| (f.flusher(), f.writer())),
+        otlp: logs.otlp.clone(),
+    };
+    let code = cli::block_on_main("lameduck-demo", run(args, handles));
     // Dropping the file writes and fsyncs the last lines, the shutdown report included.
-    drop(log_file);
+    drop(logs);
     code
 }
 
@@ -122,13 +149,11 @@ pub fn main_impl() -> ExitCode {
 ///
 /// # Errors
 /// Start-up failures: signal handlers, binding.
-///
-/// `log_file` is the log file's flusher (for a final hook) and writer (for the access log),
-/// when logging to a file.
-pub async fn run(
-    args: Args,
-    log_file: Option<(cli::LogFlusher, cli::LogWriter)>,
-) -> anyhow::Result<u8> {
+pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
+    let LogHandles {
+        file: log_file,
+        otlp,
+    } = logs;
     // Signal handlers first: a SIGTERM during start-up still drains and runs hooks.
     let lifecycle = Lifecycle::new()
         .with_os_signals()
@@ -140,6 +165,8 @@ pub async fn run(
         (Some((_, writer)), true) => server::AccessLog::Json(std::sync::Arc::new(writer.clone())),
         (None, true) => server::AccessLog::Tracing,
     };
+    // Final hooks run last-registered first: spans are exported before the log file's
+    // last flush, so a failed export is logged to it.
     if let Some((flusher, _)) = log_file {
         builder = builder.hook(
             lameduck::hooks::HookPhase::Final,
@@ -148,9 +175,18 @@ pub async fn run(
             move || async move { flusher.flush(LOG_FLUSH_TIMEOUT).await.map_err(Into::into) },
         );
     }
+    if let Some(otlp) = otlp {
+        let timeout = args.otlp_timeout;
+        builder = builder.hook(
+            lameduck::hooks::HookPhase::Final,
+            "export-spans",
+            timeout,
+            move || async move { otlp.flush(timeout).await.map_err(Into::into) },
+        );
+    }
     let server = builder
         .access_log(access_log)
-        .request_spans(args.request_spans)
+        .request_spans(args.request_spans || args.otlp_endpoint.is_some())
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)

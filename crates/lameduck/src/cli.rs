@@ -80,6 +80,88 @@ pub fn init_logs_to_file(
     Ok(file)
 }
 
+/// What [`init_logs_with`] sets up.
+#[derive(Debug, Clone)]
+pub struct LogOptions<'a> {
+    /// Line format.
+    pub format: LogFormat,
+    /// The filter when `RUST_LOG` is not set.
+    pub default_filter: &'a str,
+    /// Write to this [`LogFile`] instead of stdout.
+    pub file: Option<&'a std::path::Path>,
+    /// Export spans over OTLP (feature `otel`).
+    #[cfg(feature = "otel")]
+    pub otlp: Option<crate::otel::OtlpConfig>,
+}
+
+/// What [`init_logs_with`] started: keep it until `main` returns (dropping the file writes
+/// and `fsync`s its last lines), and flush both from a final hook.
+#[derive(Debug, Default)]
+pub struct Logs {
+    /// The log file, when logging to one.
+    pub file: Option<LogFile>,
+    /// The span exporter, when exporting.
+    #[cfg(feature = "otel")]
+    pub otlp: Option<crate::otel::OtlpFlusher>,
+}
+
+/// Install the `tracing` subscriber `options` describe: the log output (stdout or a
+/// [`LogFile`]) and, with the `otel` feature, an OTLP span exporter.
+///
+/// # Errors
+/// The log file cannot be opened, or the exporter cannot be built.
+pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    type Base = tracing_subscriber::layer::Layered<
+        tracing_subscriber::EnvFilter,
+        tracing_subscriber::Registry,
+    >;
+    type Boxed = Box<dyn tracing_subscriber::Layer<Base> + Send + Sync>;
+
+    let mut logs = Logs::default();
+    let mut layers: Vec<Boxed> = Vec::new();
+    let fmt = tracing_subscriber::fmt::layer();
+    let output: Boxed = match (options.file, options.format) {
+        (None, LogFormat::Json) => fmt
+            .json()
+            .flatten_event(true)
+            .fmt_fields(FastJsonFields)
+            .with_writer(std::io::stdout)
+            .boxed(),
+        (None, LogFormat::Text) => fmt.with_writer(std::io::stdout).boxed(),
+        (Some(path), format) => {
+            let file = LogFile::open(path)?;
+            let writer = file.writer();
+            logs.file = Some(file);
+            match format {
+                LogFormat::Json => fmt
+                    .json()
+                    .flatten_event(true)
+                    .fmt_fields(FastJsonFields)
+                    .with_ansi(false)
+                    .with_writer(writer)
+                    .boxed(),
+                LogFormat::Text => fmt.with_ansi(false).with_writer(writer).boxed(),
+            }
+        }
+    };
+    layers.push(output);
+    #[cfg(feature = "otel")]
+    if let Some(config) = &options.otlp {
+        let (layer, flusher) = crate::otel::layer(config).map_err(std::io::Error::other)?;
+        layers.push(layer.boxed());
+        logs.otlp = Some(flusher);
+    }
+    tracing_subscriber::registry()
+        .with(filter(options.default_filter))
+        .with(layers)
+        .try_init()
+        .map_err(std::io::Error::other)?;
+    Ok(logs)
+}
+
 fn filter(default_filter: &str) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))

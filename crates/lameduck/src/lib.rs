@@ -31,7 +31,8 @@
 //! - [`hooks`]: ordered shutdown hooks with timeouts;
 //! - [`exit`]: the exit-code table;
 //! - `cli` and `logfile` (feature `cli`): helpers for service binaries, and a log file
-//!   that is flushed and `fsync`'d at exit.
+//!   that is flushed and `fsync`'d at exit;
+//! - `otel` (feature `otel`): request spans exported over OTLP, flushed at exit.
 
 pub mod admin;
 pub mod body;
@@ -44,6 +45,8 @@ pub mod lifecycle;
 #[cfg(feature = "cli")]
 pub mod logfile;
 pub mod middleware;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod server;
 
 pub use error::Error;

@@ -6,6 +6,7 @@ mod drain;
 mod keepalive;
 mod logs;
 mod metrics;
+mod otel;
 mod signals;
 mod streams;
 mod upgrade;

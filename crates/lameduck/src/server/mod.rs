@@ -227,7 +227,9 @@ impl Builder {
     /// [`REQUEST_SPAN_TARGET`], with the fields `method`, `path`, `request_id` and
     /// `trace_id`: every event the handler logs then carries them (the JSON formatter
     /// writes the span's fields with each event). Off by default: creating and formatting a
-    /// span costs throughput on every request whether or not the handler logs.
+    /// span costs throughput on every request whether or not the handler logs. With the
+    /// `otel` feature and an exporter installed (`lameduck::otel`), these are the spans
+    /// exported, with the trace and span ids of the response's `traceparent`.
     pub fn request_spans(mut self, on: bool) -> Self {
         self.request_spans = on;
         self

@@ -152,14 +152,7 @@ where
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
         let span = if self.stack.request_spans {
-            tracing::info_span!(
-                target: REQUEST_SPAN_TARGET,
-                "request",
-                method = req.method().as_str(),
-                path = req.uri().path(),
-                request_id = ctx.request_id().as_str(),
-                trace_id = ctx.trace().trace_id_hex().as_str(),
-            )
+            request_span(&ctx, &req)
         } else {
             tracing::Span::none()
         };
@@ -209,6 +202,25 @@ where
             span,
         }
     }
+}
+
+/// The request's `request` span: its fields, and with the `otel` feature its trace and span
+/// ids (those of the response's `traceparent`).
+fn request_span<B>(ctx: &RequestContext, req: &Request<B>) -> tracing::Span {
+    let make = || {
+        tracing::info_span!(
+            target: REQUEST_SPAN_TARGET,
+            "request",
+            method = req.method().as_str(),
+            path = req.uri().path(),
+            request_id = ctx.request_id().as_str(),
+            trace_id = ctx.trace().trace_id_hex().as_str(),
+        )
+    };
+    #[cfg(feature = "otel")]
+    return crate::otel::request_span(ctx.trace(), make);
+    #[cfg(not(feature = "otel"))]
+    make()
 }
 
 /// Why a request is answered without (or instead of) the application's response.
