@@ -159,7 +159,7 @@ impl Admin {
                 let mut res = text(StatusCode::OK, self.metrics.render());
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    HeaderValue::from_static(crate::middleware::metrics::CONTENT_TYPE),
                 );
                 res
             }

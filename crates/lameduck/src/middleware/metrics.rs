@@ -22,7 +22,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -32,6 +31,10 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use tower::{Layer, Service};
 
 use crate::lifecycle::{Phase, Shutdown};
@@ -215,120 +218,158 @@ impl Metrics {
         }));
     }
 
-    /// The Prometheus text exposition of everything recorded.
+    /// The exposition of everything recorded, in the OpenMetrics text format (which
+    /// Prometheus reads; serve it as [`CONTENT_TYPE`]), encoded by `prometheus-client`.
     pub fn render(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.clone())));
         let mut out = String::with_capacity(4096);
-        self.render_requests(&mut out);
-        let r = &self.inner;
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry as `prometheus-client` collects it at each scrape. Recording stays
+/// lock-free atomics (a read lock to find a route's series); only the exposition goes
+/// through the crate.
+#[derive(Debug)]
+struct Snapshot(Metrics);
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let r = &self.0.inner;
+        {
+            let map = r
+                .series
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
+                .iter()
+                .flat_map(|(route, by)| by.iter().map(move |(s, v)| (route, *s, v)))
+                .collect();
+            rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            let mut m = enc.encode_descriptor(
+                "lameduck_http_requests",
+                "Requests answered, by route template and status",
+                None,
+                MetricType::Counter,
+            )?;
+            for (route, status, s) in &rows {
+                let labels = [("route", route.to_string()), ("status", status.to_string())];
+                ConstCounter::new(s.count.load(Ordering::Relaxed))
+                    .encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "lameduck_http_request_duration_seconds",
+                "Time to response headers, by route template and status",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (route, status, s) in &rows {
+                let labels = [("route", route.to_string()), ("status", status.to_string())];
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                    .iter()
+                    .zip(&s.buckets)
+                    .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
+                    .collect();
+                let count = s.count.load(Ordering::Relaxed);
+                let below: u64 = buckets.iter().map(|b| b.1).sum();
+                buckets.push((f64::INFINITY, count.saturating_sub(below)));
+                let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
         let in_flight = r.in_flight.get().map_or(0, InFlight::len);
         gauge(
-            &mut out,
+            &mut enc,
             "lameduck_http_requests_in_flight",
-            "Requests being served.",
-            in_flight as f64,
-        );
+            "Requests being served",
+            in_flight as i64,
+        )?;
         gauge(
-            &mut out,
+            &mut enc,
             "lameduck_http_connections_open",
-            "Open client connections.",
-            r.connections_open.load(Ordering::Relaxed) as f64,
-        );
-        let _ = writeln!(out, "# HELP lameduck_http_connections_total Connections accepted.\n# TYPE lameduck_http_connections_total counter\nlameduck_http_connections_total {}", r.connections_total.load(Ordering::Relaxed));
+            "Open client connections",
+            r.connections_open.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_connections",
+            "Connections accepted",
+            &r.connections_total,
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_requests_rejected",
+            "Requests refused by the drain policy",
+            &r.rejected,
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_requests_abandoned",
+            "Requests still running at the shutdown deadline",
+            &r.abandoned,
+        )?;
         if let Some(sd) = r.shutdown.get() {
             let now = sd.phase();
-            let _ = writeln!(out, "# HELP lameduck_phase Current lifecycle phase (1 for the current one).\n# TYPE lameduck_phase gauge");
+            let mut m = enc.encode_descriptor(
+                "lameduck_phase",
+                "Current lifecycle phase (1 for the current one)",
+                None,
+                MetricType::Gauge,
+            )?;
             for p in Phase::ALL {
-                let _ = writeln!(
-                    out,
-                    "lameduck_phase{{phase=\"{p}\"}} {}",
-                    u8::from(p == now)
-                );
+                let labels = [("phase", p.to_string())];
+                ConstGauge::new(i64::from(p == now)).encode(m.encode_family(&labels)?)?;
             }
         }
         let drain = r.drain_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        gauge(
-            &mut out,
+        let m = enc.encode_descriptor(
             "lameduck_drain_duration_seconds",
-            "Duration of the last completed drain (0 before any).",
-            drain,
-        );
-        let _ = writeln!(out, "# HELP lameduck_http_requests_rejected_total Requests refused by the drain policy.\n# TYPE lameduck_http_requests_rejected_total counter\nlameduck_http_requests_rejected_total {}", r.rejected.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP lameduck_http_requests_abandoned_total Requests still running at the shutdown deadline.\n# TYPE lameduck_http_requests_abandoned_total counter\nlameduck_http_requests_abandoned_total {}", r.abandoned.load(Ordering::Relaxed));
+            "Duration of the last completed drain (0 before any)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(drain).encode(m)?;
         let hooks = crate::lifecycle::lock(&r.hooks);
         if !hooks.is_empty() {
-            let _ = writeln!(out, "# HELP lameduck_hook_duration_seconds How long each shutdown hook ran, with how it ended.\n# TYPE lameduck_hook_duration_seconds gauge");
+            let mut m = enc.encode_descriptor(
+                "lameduck_hook_duration_seconds",
+                "How long each shutdown hook ran, with how it ended",
+                None,
+                MetricType::Gauge,
+            )?;
             for h in hooks.iter() {
-                let _ = writeln!(
-                    out,
-                    "lameduck_hook_duration_seconds{{hook=\"{}\",phase=\"{}\",status=\"{}\"}} {}",
-                    escape(&h.name),
-                    h.phase,
-                    h.status,
-                    h.seconds
-                );
+                let labels = [
+                    ("hook", h.name.as_str()),
+                    ("phase", h.phase),
+                    ("status", h.status),
+                ];
+                ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
             }
         }
-        out
-    }
-
-    fn render_requests(&self, out: &mut String) {
-        let map = self
-            .inner
-            .series
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
-            .iter()
-            .flat_map(|(r, by)| by.iter().map(move |(s, v)| (r, *s, v)))
-            .collect();
-        rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        let _ = writeln!(out, "# HELP lameduck_http_requests_total Requests answered, by route and status.\n# TYPE lameduck_http_requests_total counter");
-        for (route, status, s) in &rows {
-            let _ = writeln!(
-                out,
-                "lameduck_http_requests_total{{route=\"{}\",status=\"{status}\"}} {}",
-                escape(route),
-                s.count.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# HELP lameduck_http_request_duration_seconds Time to response headers, by route and status.\n# TYPE lameduck_http_request_duration_seconds histogram");
-        for (route, status, s) in &rows {
-            let labels = format!("route=\"{}\",status=\"{status}\"", escape(route));
-            let mut cumulative = 0;
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += s.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "lameduck_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-            }
-            let count = s.count.load(Ordering::Relaxed);
-            let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "lameduck_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "lameduck_http_request_duration_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "lameduck_http_request_duration_seconds_count{{{labels}}} {count}"
-            );
-        }
+        Ok(())
     }
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-    );
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(m)
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value.load(Ordering::Relaxed)).encode(m)
 }
 
 /// Records every response in a [`Metrics`] registry. See the [module docs](self).
@@ -461,9 +502,11 @@ mod tests {
         m.observe("/a\"b", 500, Duration::from_secs(100));
         let text = m.render();
         assert!(text.contains("lameduck_http_requests_total{route=\"/a\",status=\"200\"} 2"));
-        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\",status=\"200\",le=\"0.001\"} 1"));
-        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\",status=\"200\",le=\"0.025\"} 2"));
-        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{route=\"/a\\\"b\",status=\"500\",le=\"30\"} 0"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/a\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"0.025\",route=\"/a\",status=\"200\"} 2"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"30.0\",route=\"/a\\\"b\",status=\"500\"} 0"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/a\\\"b\",status=\"500\"} 1"));
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics: {text}");
         assert!(text.contains(
             "lameduck_http_request_duration_seconds_count{route=\"/a\\\"b\",status=\"500\"} 1"
         ));
