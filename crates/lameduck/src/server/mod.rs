@@ -224,8 +224,7 @@ impl Builder {
     }
 
     /// Poll each request's handler inside an `info` span named `request` on the target
-    /// [`REQUEST_SPAN_TARGET`], with the fields `method`, `path`, `request_id` and
-    /// `trace_id`: every event the handler logs then carries them (the JSON formatter
+    /// [`REQUEST_SPAN_TARGET`], with the fields `request_id` and `trace_id`: every event the handler logs then carries them (the JSON formatter
     /// writes the span's fields with each event). Off by default: creating and formatting a
     /// span costs throughput on every request whether or not the handler logs. With the
     /// `otel` feature and an exporter installed (`lameduck::otel`), these are the spans

@@ -152,7 +152,7 @@ where
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
         let span = if self.stack.request_spans {
-            request_span(&ctx, &req)
+            request_span(&ctx)
         } else {
             tracing::Span::none()
         };
@@ -204,15 +204,14 @@ where
     }
 }
 
-/// The request's `request` span: its fields, and with the `otel` feature its trace and span
+/// The request's `request` span: the request and trace ids (the access log has the rest),
+/// and with the `otel` feature its trace and span
 /// ids (those of the response's `traceparent`).
-fn request_span<B>(ctx: &RequestContext, req: &Request<B>) -> tracing::Span {
+fn request_span(ctx: &RequestContext) -> tracing::Span {
     let make = || {
         tracing::info_span!(
             target: REQUEST_SPAN_TARGET,
             "request",
-            method = req.method().as_str(),
-            path = req.uri().path(),
             request_id = ctx.request_id().as_str(),
             trace_id = ctx.trace().trace_id_hex().as_str(),
         )
