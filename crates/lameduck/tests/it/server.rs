@@ -348,3 +348,71 @@ async fn hook_durations_are_on_metrics_while_later_hooks_run() {
         "drain recorded: {metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_hyper_util_client_behind_the_propagation_layer_sends_the_requests_trace() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use lameduck::middleware::trace_context::PropagateTraceLayer;
+    use tower::{Layer, ServiceExt};
+
+    // The upstream: answers with the traceparent it received.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let echo = Router::new().route(
+        "/echo",
+        get(|headers: http::HeaderMap| async move {
+            headers
+                .get("traceparent")
+                .map_or("none".to_string(), |v| v.to_str().unwrap().to_string())
+        }),
+    );
+    tokio::spawn(async move { axum::serve(upstream, echo).await });
+
+    let client = PropagateTraceLayer::new()
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>());
+    let app = Router::new().route(
+        "/call",
+        get(move || {
+            let client = client.clone();
+            async move {
+                let req = http::Request::get(format!("http://{upstream_addr}/echo"))
+                    .body(Empty::new())
+                    .unwrap();
+                let res = client.oneshot(req).await.expect("upstream");
+                let body = res.into_body().collect().await.expect("body").to_bytes();
+                String::from_utf8(body.to_vec()).unwrap()
+            }
+        }),
+    );
+    let (addr, trigger, task) = run(quick(), app).await;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /call HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+          traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let response_tp = text
+        .lines()
+        .find_map(|l| l.strip_prefix("traceparent: "))
+        .expect("traceparent on the response");
+    assert!(
+        body.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{text}"
+    );
+    assert_eq!(
+        body, response_tp,
+        "upstream saw this request's span as its parent"
+    );
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
