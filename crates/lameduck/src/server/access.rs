@@ -104,32 +104,43 @@ impl Drop for Access {
                 "request"
             ),
             AccessLog::Json(sink) => {
-                let line = json_line(self, route, latency, SystemTime::now());
-                sink.write_line(&line);
+                // One buffer per thread, reused: no allocation per line.
+                LINE.with(|buf| {
+                    let mut out = buf.take();
+                    out.clear();
+                    json_line(&mut out, self, route, latency, SystemTime::now());
+                    sink.write_line(&out);
+                    buf.set(out);
+                });
             }
         }
     }
 }
 
-fn json_line(a: &Access, route: &str, latency: Duration, now: SystemTime) -> Vec<u8> {
+thread_local! {
+    static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The last second formatted as `YYYY-MM-DDTHH:MM:SS`, and which second it was.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now: SystemTime) {
     // Hand-written formatting: `write!` through `io::Write` cost several thousand
     // instructions per line.
-    let mut out = Vec::with_capacity(320);
     out.extend_from_slice(b"{\"timestamp\":\"");
-    write_rfc3339(&mut out, now);
+    write_rfc3339(out, now);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-    json_str(&mut out, a.method.as_str());
+    json_str(out, a.method.as_str());
     out.extend_from_slice(b",\"route\":");
-    json_str(&mut out, route);
+    json_str(out, route);
     out.extend_from_slice(b",\"status\":");
-    push_u64(&mut out, u64::from(a.status));
+    push_u64(out, u64::from(a.status));
     out.extend_from_slice(b",\"latency_ms\":");
     let micros = latency.as_micros() as u64;
-    push_u64(&mut out, micros / 1000);
+    push_u64(out, micros / 1000);
     out.push(b'.');
-    push_padded(&mut out, micros % 1000, 3);
+    push_padded(out, micros % 1000, 3);
     out.extend_from_slice(b",\"bytes\":");
-    push_u64(&mut out, a.bytes);
+    push_u64(out, a.bytes);
     out.extend_from_slice(if a.complete {
         b",\"complete\":true,\"client\":\""
     } else {
@@ -141,20 +152,19 @@ fn json_line(a: &Access, route: &str, latency: Duration, now: SystemTime) -> Vec
                 if i > 0 {
                     out.push(b'.');
                 }
-                push_u64(&mut out, u64::from(*o));
+                push_u64(out, u64::from(*o));
             }
             out.push(b':');
-            push_u64(&mut out, u64::from(v4.port()));
+            push_u64(out, u64::from(v4.port()));
         }
         // Writing to a Vec cannot fail.
         v6 => drop(write!(out, "{v6}")),
     }
     out.extend_from_slice(b"\",\"request_id\":");
-    json_str(&mut out, a.ctx.request_id().as_str());
+    json_str(out, a.ctx.request_id().as_str());
     out.extend_from_slice(b",\"trace_id\":\"");
     out.extend_from_slice(a.ctx.trace().trace_id_hex().as_str().as_bytes());
     out.extend_from_slice(b"\",\"target\":\"lameduck::access\"}\n");
-    out
 }
 
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -207,19 +217,26 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 fn write_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    push_padded(out, y.max(0) as u64, 4);
-    out.push(b'-');
-    push_padded(out, u64::from(m), 2);
-    out.push(b'-');
-    push_padded(out, u64::from(day), 2);
-    out.push(b'T');
-    push_padded(out, rem / 3600, 2);
-    out.push(b':');
-    push_padded(out, rem % 3600 / 60, 2);
-    out.push(b':');
-    push_padded(out, rem % 60, 2);
+    let (cached, mut text) = SECOND.with(std::cell::Cell::get);
+    if cached != secs {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, day) = civil_from_days(days as i64);
+        let mut v = Vec::with_capacity(19);
+        push_padded(&mut v, y.max(0) as u64, 4);
+        v.push(b'-');
+        push_padded(&mut v, u64::from(m), 2);
+        v.push(b'-');
+        push_padded(&mut v, u64::from(day), 2);
+        v.push(b'T');
+        push_padded(&mut v, rem / 3600, 2);
+        v.push(b':');
+        push_padded(&mut v, rem % 3600 / 60, 2);
+        v.push(b':');
+        push_padded(&mut v, rem % 60, 2);
+        text.copy_from_slice(&v[..19]);
+        SECOND.with(|c| c.set((secs, text)));
+    }
+    out.extend_from_slice(&text);
     out.push(b'.');
     push_padded(out, u64::from(d.subsec_micros()), 6);
     out.push(b'Z');
@@ -281,7 +298,8 @@ mod tests {
             route: None,
             sink: AccessLog::Off,
         };
-        let line = json_line(&a, "/a\"b\\c\n", Duration::from_micros(1500), UNIX_EPOCH);
+        let mut line = Vec::new();
+        json_line(&mut line, &a, "/a\"b\\c\n", Duration::from_micros(1500), UNIX_EPOCH);
         let text = String::from_utf8(line).unwrap();
         assert!(text.ends_with("}\n"));
         assert!(text.contains(r#""route":"/a\"b\\c\u000a""#), "{text}");
