@@ -299,7 +299,13 @@ mod tests {
             sink: AccessLog::Off,
         };
         let mut line = Vec::new();
-        json_line(&mut line, &a, "/a\"b\\c\n", Duration::from_micros(1500), UNIX_EPOCH);
+        json_line(
+            &mut line,
+            &a,
+            "/a\"b\\c\n",
+            Duration::from_micros(1500),
+            UNIX_EPOCH,
+        );
         let text = String::from_utf8(line).unwrap();
         assert!(text.ends_with("}\n"));
         assert!(text.contains(r#""route":"/a\"b\\c\u000a""#), "{text}");
