@@ -35,18 +35,10 @@ pub enum LogFormat {
 }
 
 /// Install a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`.
+/// A subscriber installed before stays (this one is then not installed).
 pub fn init_logs(format: LogFormat, default_filter: &str) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(default_filter))
-        .with_writer(std::io::stdout);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .fmt_fields(FastJsonFields)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Without a file or an exporter, only an already installed subscriber can fail this.
+    let _ = init_logs_with(LogOptions::new(format, default_filter));
 }
 
 /// Install a `tracing` subscriber writing to a [`LogFile`] at `path` (appended to, created
@@ -58,26 +50,19 @@ pub fn init_logs(format: LogFormat, default_filter: &str) {
 /// process reports its shutdown too.
 ///
 /// # Errors
-/// The file cannot be opened.
+/// The file cannot be opened, or a subscriber is already installed.
 pub fn init_logs_to_file(
     format: LogFormat,
     default_filter: &str,
     path: &std::path::Path,
 ) -> std::io::Result<LogFile> {
-    let file = LogFile::open(path)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(default_filter))
-        .with_ansi(false)
-        .with_writer(file.writer());
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .fmt_fields(FastJsonFields)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(file)
+    let options = LogOptions {
+        file: Some(path),
+        ..LogOptions::new(format, default_filter)
+    };
+    let logs = init_logs_with(options)?;
+    logs.file
+        .ok_or_else(|| std::io::Error::other("log file was not opened"))
 }
 
 /// What [`init_logs_with`] sets up.
@@ -92,6 +77,19 @@ pub struct LogOptions<'a> {
     /// Export spans over OTLP (feature `otel`).
     #[cfg(feature = "otel")]
     pub otlp: Option<crate::otel::OtlpConfig>,
+}
+
+impl<'a> LogOptions<'a> {
+    /// Logs on stdout in `format`, `default_filter` unless `RUST_LOG` is set, no export.
+    pub fn new(format: LogFormat, default_filter: &'a str) -> Self {
+        Self {
+            format,
+            default_filter,
+            file: None,
+            #[cfg(feature = "otel")]
+            otlp: None,
+        }
+    }
 }
 
 /// What [`init_logs_with`] started: keep it until `main` returns (dropping the file writes

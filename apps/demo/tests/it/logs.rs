@@ -97,15 +97,7 @@ async fn an_unwritable_log_file_is_a_one_line_start_up_error() {
 async fn without_a_log_file_access_lines_are_tracing_events_on_stdout() {
     let s = start(&["--access-log"]);
     let res = lameduck_testkit::get(s.http, "/ping").await.expect("ping");
-    let id = res.headers()["x-request-id"]
-        .to_str()
-        .expect("id")
-        .to_string();
-    let line = s
-        .wait_for_log(&["lameduck::access", &id], SOON)
-        .await
-        .expect("access line on stdout");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let (line, v) = access_line_of(&s, &res).await;
     assert_eq!(v["route"], "/ping", "{line}");
     assert_eq!(v["status"], 200, "{line}");
 }
@@ -135,15 +127,7 @@ async fn a_callers_trace_is_continued_and_logged_and_a_new_one_is_started_otherw
     assert_eq!(trace_id_of(&tp), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_ne!(tp, CALLER, "the server's span is a child with its own id");
     assert_eq!(res.headers()["tracestate"], "congo=t61rcWkgMzE");
-    let id = res.headers()["x-request-id"]
-        .to_str()
-        .expect("id")
-        .to_string();
-    let line = s
-        .wait_for_log(&["lameduck::access", &id], SOON)
-        .await
-        .expect("line");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let (line, v) = access_line_of(&s, &res).await;
     assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
 
     let res = c.get("/ping").await.expect("ping");
@@ -154,15 +138,7 @@ async fn a_callers_trace_is_continued_and_logged_and_a_new_one_is_started_otherw
     let trace = trace_id_of(&tp).to_string();
     assert_eq!(tp.len(), 55, "{tp}");
     assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32));
-    let id = res.headers()["x-request-id"]
-        .to_str()
-        .expect("id")
-        .to_string();
-    let line = s
-        .wait_for_log(&["lameduck::access", &id], SOON)
-        .await
-        .expect("line");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let (line, v) = access_line_of(&s, &res).await;
     assert_eq!(v["trace_id"], trace.as_str(), "{line}");
 }
 
@@ -185,4 +161,19 @@ async fn the_drain_logs_its_progress_every_second() {
     assert!(v["connections"].as_i64().is_some_and(|n| n >= 1), "{line}");
     assert_eq!(slow.await.expect("task").expect("response").status(), 200);
     assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+/// The access-log line (raw, and parsed) of the request `res` answered, from the demo's
+/// stdout.
+async fn access_line_of<B>(
+    s: &lameduck_testkit::Spawned,
+    res: &http::Response<B>,
+) -> (String, serde_json::Value) {
+    let id = res.headers()["x-request-id"].to_str().expect("id");
+    let line = s
+        .wait_for_log(&["lameduck::access", id], SOON)
+        .await
+        .expect("access line on stdout");
+    let v = serde_json::from_str(&line).expect("json");
+    (line, v)
 }

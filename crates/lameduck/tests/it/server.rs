@@ -190,16 +190,12 @@ async fn outgoing_calls_through_the_propagation_layer_carry_the_requests_trace()
         }),
     );
     let (addr, trigger, task) = run(quick(), app).await;
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
+    let out = raw_request(
+        addr,
         b"GET /call HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
           traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let mut out = Vec::new();
-    use tokio::io::AsyncReadExt;
-    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    .await;
     let text = String::from_utf8_lossy(&out);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(
@@ -389,16 +385,12 @@ async fn a_hyper_util_client_behind_the_propagation_layer_sends_the_requests_tra
         }),
     );
     let (addr, trigger, task) = run(quick(), app).await;
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
+    let out = raw_request(
+        addr,
         b"GET /call HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
           traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let mut out = Vec::new();
-    use tokio::io::AsyncReadExt;
-    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    .await;
     let text = String::from_utf8_lossy(&out);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
     let response_tp = text
@@ -415,4 +407,15 @@ async fn a_hyper_util_client_behind_the_propagation_layer_sends_the_requests_tra
     );
     trigger.drain();
     let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
+
+/// Send `head` (a whole request, `connection: close`) on a new connection; everything the
+/// server answers.
+async fn raw_request(addr: std::net::SocketAddr, head: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    out
 }
