@@ -236,10 +236,19 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for FastJsonFields {
         mut writer: tracing_subscriber::fmt::format::Writer<'w>,
         fields: R,
     ) -> std::fmt::Result {
-        let mut v = JsonObject::default();
+        // Built in a per-thread scratch string, then copied once into the span's string
+        // (which would otherwise grow, and reallocate, piece by piece).
+        let mut v = JsonObject {
+            out: SCRATCH.with(std::cell::Cell::take),
+            any: false,
+        };
+        v.out.clear();
+        v.out.push('{');
         fields.record(&mut v);
         v.out.push('}');
-        writer.write_str(&v.out)
+        let result = writer.write_str(&v.out);
+        SCRATCH.with(|c| c.set(v.out));
+        result
     }
 
     fn add_fields(
@@ -258,6 +267,10 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for FastJsonFields {
         current.fields = v.out;
         Ok(())
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
 }
 
 /// Builds `{"name":value,...` (the caller closes it).
@@ -281,47 +294,25 @@ impl JsonObject {
             self.out.push(',');
         }
         self.any = true;
-        json_string(&mut self.out, field.name());
+        crate::json::push_string(&mut self.out, field.name());
         self.out.push(':');
     }
-}
-
-fn json_string(out: &mut String, s: &str) {
-    use std::fmt::Write as _;
-    out.push('"');
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.push_str(s);
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-    }
-    out.push('"');
 }
 
 impl tracing::field::Visit for JsonObject {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         self.key(field);
-        json_string(&mut self.out, value);
+        crate::json::push_string(&mut self.out, value);
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        use std::fmt::Write as _;
         self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        use std::fmt::Write as _;
         self.key(field);
-        let _ = write!(self.out, "{value}");
+        self.out.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
@@ -341,7 +332,7 @@ impl tracing::field::Visit for JsonObject {
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         self.key(field);
-        json_string(&mut self.out, &format!("{value:?}"));
+        crate::json::push_string(&mut self.out, &format!("{value:?}"));
     }
 }
 

@@ -41,6 +41,7 @@ pub mod cli;
 mod error;
 pub mod exit;
 pub mod hooks;
+mod json;
 pub mod lifecycle;
 #[cfg(feature = "cli")]
 pub mod logfile;

@@ -79,6 +79,7 @@ where
         .build();
     let tracer = provider.tracer("lameduck");
     let layer = tracing_opentelemetry::layer().with_tracer(tracer);
+    LAYER_BUILT.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((layer, OtlpFlusher { provider }))
 }
 
@@ -102,6 +103,10 @@ impl OtlpFlusher {
         }
     }
 }
+
+/// Whether [`layer`] has been called: until then no span is exported, and
+/// [`request_span`] skips the work of giving spans their request's ids.
+static LAYER_BUILT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 thread_local! {
     /// Ids for the span being created on this thread (see [`with_ids`]).
@@ -137,6 +142,9 @@ pub(crate) fn request_span(
     trace: &TraceContext,
     make: impl FnOnce() -> tracing::Span,
 ) -> tracing::Span {
+    if !LAYER_BUILT.load(std::sync::atomic::Ordering::Relaxed) {
+        return make();
+    }
     NEXT_IDS.with(|c| c.set(Some((trace.trace_id(), trace.span_id()))));
     let span = make();
     if let Some(parent) = trace.parent_id() {

@@ -68,7 +68,8 @@ impl RequestId {
         std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    /// The id's bytes (visible ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Generated { len, buf } => &buf[..usize::from(*len)],
             Repr::Header(v) => v.as_bytes(),

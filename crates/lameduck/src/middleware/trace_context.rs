@@ -33,6 +33,9 @@ pub struct TraceContext {
     parent_id: Option<[u8; 8]>,
     flags: u8,
     tracestate: Option<HeaderValue>,
+    /// This span's `traceparent`, written once: the response header, the access log and
+    /// the request span all use it (its bytes 3..35 are the trace id in hex).
+    text: [u8; 55],
 }
 
 impl TraceContext {
@@ -49,13 +52,7 @@ impl TraceContext {
             .get(&TRACESTATE)
             .filter(|v| !v.is_empty() && v.len() <= MAX_TRACESTATE_LEN)
             .cloned();
-        Self {
-            trace_id,
-            span_id: new_span_id(),
-            parent_id: Some(parent),
-            flags,
-            tracestate,
-        }
+        Self::with_ids(trace_id, new_span_id(), Some(parent), flags, tracestate)
     }
 
     /// A new trace, sampled.
@@ -64,12 +61,30 @@ impl TraceContext {
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&a.to_be_bytes());
         trace_id[8..].copy_from_slice(&b.to_be_bytes());
+        Self::with_ids(trace_id, new_span_id(), None, 0x01, None)
+    }
+
+    fn with_ids(
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        parent_id: Option<[u8; 8]>,
+        flags: u8,
+        tracestate: Option<HeaderValue>,
+    ) -> Self {
+        let mut text = [0u8; 55];
+        text[..3].copy_from_slice(b"00-");
+        write_hex(&trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        write_hex(&span_id, &mut text[36..52]);
+        text[52] = b'-';
+        write_hex(&[flags], &mut text[53..55]);
         Self {
             trace_id,
-            span_id: new_span_id(),
-            parent_id: None,
-            flags: 0x01,
-            tracestate: None,
+            span_id,
+            parent_id,
+            flags,
+            tracestate,
+            text,
         }
     }
 
@@ -80,7 +95,24 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> Hex<32> {
-        Hex::new(&self.trace_id)
+        let mut digits = [0u8; 32];
+        digits.copy_from_slice(&self.text[3..35]);
+        Hex(digits)
+    }
+
+    /// The trace id as 32 lowercase hex digits, borrowed (no copy, no formatting).
+    pub fn trace_id_str(&self) -> &str {
+        std::str::from_utf8(&self.text[3..35]).unwrap_or("")
+    }
+
+    /// The trace id's 32 hex digits as bytes.
+    pub(crate) fn trace_id_ascii(&self) -> &[u8] {
+        &self.text[3..35]
+    }
+
+    /// This span's `traceparent` as text (`00-{trace id}-{span id}-{flags}`).
+    pub fn traceparent_str(&self) -> &str {
+        std::str::from_utf8(&self.text).unwrap_or("")
     }
 
     /// This request's span id, 8 bytes.
@@ -106,15 +138,8 @@ impl TraceContext {
     /// `traceparent` naming this request's span: for the response, and for outgoing calls
     /// made on the request's behalf.
     pub fn traceparent(&self) -> HeaderValue {
-        let mut buf = [0u8; 55];
-        buf[..3].copy_from_slice(b"00-");
-        write_hex(&self.trace_id, &mut buf[3..35]);
-        buf[35] = b'-';
-        write_hex(&self.span_id, &mut buf[36..52]);
-        buf[52] = b'-';
-        write_hex(&[self.flags], &mut buf[53..55]);
         // Hex digits and '-' are always a valid header value.
-        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_bytes(&self.text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Put `traceparent` (and `tracestate`) for this span into `headers`, replacing any.
@@ -134,7 +159,7 @@ impl TraceContext {
 impl fmt::Debug for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TraceContext")
-            .field("trace_id", &self.trace_id_hex().as_str())
+            .field("trace_id", &self.trace_id_str())
             .field("span_id", &Hex::<16>::new(&self.span_id).as_str())
             .field("sampled", &self.sampled())
             .finish()

@@ -100,7 +100,7 @@ impl Drop for Access {
                 complete = self.complete,
                 client = %self.peer,
                 request_id = self.ctx.request_id().as_str(),
-                trace_id = self.ctx.trace().trace_id_hex().as_str(),
+                trace_id = self.ctx.trace().trace_id_str(),
                 "request"
             ),
             AccessLog::Json(sink) => {
@@ -121,6 +121,8 @@ thread_local! {
     static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     /// The last second formatted as `YYYY-MM-DDTHH:MM:SS`, and which second it was.
     static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    /// The last client address formatted (see `push_peer`).
+    static PEER_IP: std::cell::RefCell<(Option<std::net::IpAddr>, Vec<u8>)> = const { std::cell::RefCell::new((None, Vec::new())) };
 }
 
 fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now: SystemTime) {
@@ -128,10 +130,11 @@ fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now:
     // instructions per line.
     out.extend_from_slice(b"{\"timestamp\":\"");
     write_rfc3339(out, now);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-    json_str(out, a.method.as_str());
-    out.extend_from_slice(b",\"route\":");
-    json_str(out, route);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":\"");
+    // A method is an HTTP token: never anything JSON must escape.
+    out.extend_from_slice(a.method.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"route\":");
+    crate::json::push_str(out, route.as_bytes());
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(a.status));
     out.extend_from_slice(b",\"latency_ms\":");
@@ -146,39 +149,34 @@ fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now:
     } else {
         b",\"complete\":false,\"client\":\""
     });
-    match a.peer {
-        SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                push_u64(out, u64::from(*o));
-            }
-            out.push(b':');
-            push_u64(out, u64::from(v4.port()));
-        }
-        // Writing to a Vec cannot fail.
-        v6 => drop(write!(out, "{v6}")),
-    }
+    push_peer(out, a.peer);
     out.extend_from_slice(b"\",\"request_id\":");
-    json_str(out, a.ctx.request_id().as_str());
+    crate::json::push_str(out, a.ctx.request_id().as_bytes());
     out.extend_from_slice(b",\"trace_id\":\"");
-    out.extend_from_slice(a.ctx.trace().trace_id_hex().as_str().as_bytes());
+    out.extend_from_slice(a.ctx.trace().trace_id_ascii());
     out.extend_from_slice(b"\",\"target\":\"lameduck::access\"}\n");
 }
 
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// `ip:port` (`[ip]:port` for IPv6). The address part is formatted once per thread and
+/// reused while it repeats, as it does for clients behind one load balancer.
+fn push_peer(out: &mut Vec<u8>, peer: SocketAddr) {
+    PEER_IP.with_borrow_mut(|(ip, text)| {
+        if *ip != Some(peer.ip()) {
+            text.clear();
+            // Writing to a Vec cannot fail.
+            drop(match peer {
+                SocketAddr::V4(v4) => write!(text, "{}:", v4.ip()),
+                SocketAddr::V6(v6) => write!(text, "[{}]:", v6.ip()),
+            });
+            *ip = Some(peer.ip());
         }
-    }
-    out.extend_from_slice(&buf[i..]);
+        out.extend_from_slice(text);
+    });
+    push_u64(out, u64::from(peer.port()));
+}
+
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `n` with leading zeros to `width` digits (`n` must fit).
@@ -190,27 +188,6 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
         n /= 10;
     }
     out.extend_from_slice(&buf[..width]);
-}
-
-/// A JSON string literal (route templates and methods are the application's, so escape).
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
-        out.extend_from_slice(s.as_bytes());
-    } else {
-        for c in s.chars() {
-            match c {
-                '"' => out.extend_from_slice(b"\\\""),
-                '\\' => out.extend_from_slice(b"\\\\"),
-                c if (c as u32) < 0x20 => drop(write!(out, "\\u{:04x}", c as u32)),
-                c => {
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-            }
-        }
-    }
-    out.push(b'"');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as `tracing-subscriber` writes it.
@@ -308,11 +285,54 @@ mod tests {
         );
         let text = String::from_utf8(line).unwrap();
         assert!(text.ends_with("}\n"));
-        assert!(text.contains(r#""route":"/a\"b\\c\u000a""#), "{text}");
+        assert!(text.contains(r#""route":"/a\"b\\c\n""#), "{text}");
         assert!(text.contains(r#""status":201,"latency_ms":1.500,"bytes":17,"complete":true,"client":"127.0.0.1:4000""#), "{text}");
         assert!(
             text.starts_with(r#"{"timestamp":"1970-01-01T00:00:00.000000Z","level":"INFO""#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn client_addresses_stay_right_when_they_change() {
+        let ctx = RequestContext::new(
+            RequestId::generate(),
+            TraceContext::new_root(),
+            None,
+            Lifecycle::new().shutdown(),
+        );
+        let line_for = |peer: &str| {
+            let a = Access {
+                method: Method::GET,
+                status: 200,
+                started: Instant::now(),
+                bytes: 0,
+                complete: true,
+                peer: peer.parse().unwrap(),
+                ctx: ctx.clone(),
+                route: None,
+                sink: AccessLog::Off,
+            };
+            let mut line = Vec::new();
+            json_line(&mut line, &a, "/", Duration::ZERO, UNIX_EPOCH);
+            let text = String::from_utf8(line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v["client"].as_str().unwrap().to_owned()
+        };
+        for peer in [
+            "127.0.0.1:4000",
+            "127.0.0.1:65535",
+            "[::1]:80",
+            "[::1]:81",
+            "10.0.0.255:1",
+            "127.0.0.1:4000",
+        ] {
+            assert_eq!(line_for(peer), peer);
+        }
+        assert_eq!(
+            ctx.trace().trace_id_str().len(),
+            32,
+            "trace id digits come from the cached traceparent"
         );
     }
 }

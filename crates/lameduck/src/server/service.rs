@@ -213,7 +213,7 @@ fn request_span(ctx: &RequestContext) -> tracing::Span {
             target: REQUEST_SPAN_TARGET,
             "request",
             request_id = ctx.request_id().as_str(),
-            trace_id = ctx.trace().trace_id_hex().as_str(),
+            trace_id = ctx.trace().trace_id_str(),
         )
     };
     #[cfg(feature = "otel")]
