@@ -69,6 +69,7 @@ pub(crate) fn push_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// [`push_str`] for a `String`.
+#[cfg(feature = "cli")]
 pub(crate) fn push_string(out: &mut String, s: &str) {
     out.push('"');
     let mut rest = s;
@@ -127,12 +128,16 @@ mod tests {
         push_str(&mut out, input.as_bytes());
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, r#""a\"b\\c\nd\r\t\b\f\u0001é\u001f""#);
-        let mut string = String::new();
-        push_string(&mut string, input);
-        assert_eq!(string, text);
+        #[cfg(feature = "cli")]
+        {
+            let mut string = String::new();
+            push_string(&mut string, input);
+            assert_eq!(string, text);
+        }
         for c in 0u8..0x20 {
-            let mut one = String::new();
-            push_string(&mut one, &char::from(c).to_string());
+            let mut one = Vec::new();
+            push_str(&mut one, &[c]);
+            let one = String::from_utf8(one).unwrap();
             let back: String = serde_json_like_unescape(&one);
             assert_eq!(back, char::from(c).to_string(), "{one}");
         }
