@@ -271,25 +271,70 @@ fn stats(v: &mut [f64]) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    const USAGE: &str = "usage: ld-bench [--runs N] [--wrk-secs S] [--only rss] NAME=COMMAND... \
+        (a +NAME=COMMAND server gets the throughput measurement only; {log} in a command is a temporary file)";
+    let usage = |problem: &str| -> ! {
+        eprintln!("ld-bench: {problem}\n{USAGE}");
+        std::process::exit(2)
+    };
     let mut runs = 5usize;
     let mut wrk_secs = 5u64;
+    let mut rss_only = false;
     let mut servers: Vec<(String, String, bool)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).expect("--runs N"),
-            "--wrk-secs" => wrk_secs = args.next().and_then(|v| v.parse().ok()).expect("--wrk-secs S"),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return;
+            }
+            "--runs" => {
+                runs = match args.next().and_then(|v| v.parse().ok()) {
+                    Some(n) if n > 0 => n,
+                    _ => usage("--runs needs a positive number"),
+                }
+            }
+            "--wrk-secs" => {
+                wrk_secs = match args.next().and_then(|v| v.parse().ok()) {
+                    Some(n) if n > 0 => n,
+                    _ => usage("--wrk-secs needs a positive number of seconds"),
+                }
+            }
+            "--only" => match args.next().as_deref() {
+                Some("rss") => rss_only = true,
+                _ => usage("--only takes: rss"),
+            },
             spec => {
                 let (full, spec) = match spec.strip_prefix('+') {
                     Some(rest) => (false, rest),
                     None => (true, spec),
                 };
-                let (name, cmd) = spec.split_once('=').expect("NAME=COMMAND");
+                let Some((name, cmd)) = spec.split_once('=') else {
+                    usage(&format!("{spec:?} is not NAME=COMMAND"))
+                };
                 servers.push((name.into(), cmd.into(), full));
             }
         }
     }
+    if servers.is_empty() {
+        usage("no server given");
+    }
     raise_fd_limit();
+    if rss_only {
+        println!("| server | RSS idle (MiB) | RSS, {RSS_CONNS} idle keep-alive (MiB) | per connection (KiB) |");
+        println!("|---|---|---|---|");
+        for (name, cmd, _) in &servers {
+            let (mut idle, mut loaded) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let (i, l) = rss(cmd).await;
+                idle.push(i);
+                loaded.push(l);
+            }
+            let per_conn = (median(&mut loaded) - median(&mut idle)) * 1024.0 / RSS_CONNS as f64;
+            println!("| {name} | {} | {} | {per_conn:.1} |", stats(&mut idle), stats(&mut loaded));
+        }
+        return;
+    }
     let n = servers.len();
     // idle exit, after last, ka race, exit with 1000 idle, rss idle, rss 10k, rps, p50, p99
     let mut res: Vec<[Vec<f64>; 9]> = (0..n).map(|_| Default::default()).collect();

@@ -780,7 +780,8 @@ fn spawn_connection<S, B>(
             state: state.clone(),
             stack,
         };
-        let conn = shared.builder.serve_connection_with_upgrades(io, service);
+        // Pinned where it is made: one copy of the connection in this task (see `drive`).
+        let conn = std::pin::pin!(shared.builder.serve_connection_with_upgrades(io, service));
         let ended = conn::drive(conn, |c| c.graceful_shutdown(), &state, &sd, shared.limits).await;
         if ended != Ended::Finished {
             tracing::debug!(%peer, ?ended, "connection closed by the server");
