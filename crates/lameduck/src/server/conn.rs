@@ -355,7 +355,11 @@ mod tests {
         let conn = std::pin::pin!(async {
             let state = [7u8; 4096];
             std::future::pending::<()>().await;
-            Ok::<_, std::io::Error>(state.len()).map(drop)
+            if state[0] == 7 {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("unreachable"))
+            }
         });
         let state = ConnState::new();
         let shutdown = crate::lifecycle::Lifecycle::new().shutdown();
