@@ -64,7 +64,11 @@ fn spawn(cmd: &str, pin_core: Option<usize>) -> Server {
         for line in lines.by_ref() {
             let Ok(line) = line else { return };
             if let Some(addr) = line.strip_prefix("listening http=") {
-                let addr = addr.split_whitespace().next().unwrap_or("").parse::<SocketAddr>();
+                let addr = addr
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .parse::<SocketAddr>();
                 let _ = tx.send(addr.ok());
                 break;
             }
@@ -83,7 +87,11 @@ fn spawn(cmd: &str, pin_core: Option<usize>) -> Server {
         let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
         let _ = etx.send(Instant::now());
     });
-    Server { child, http, exited: erx }
+    Server {
+        child,
+        http,
+        exited: erx,
+    }
 }
 
 fn log_path() -> std::path::PathBuf {
@@ -104,7 +112,8 @@ impl Server {
 
     /// Resident set size in MiB, from /proc.
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -119,7 +128,9 @@ impl Server {
     }
 
     fn wait_exit(&self) -> Instant {
-        self.exited.recv_timeout(Duration::from_secs(60)).expect("server exits within 60 s")
+        self.exited
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server exits within 60 s")
     }
 }
 
@@ -142,7 +153,9 @@ async fn after_last(cmd: &str) -> f64 {
         .map(|_| {
             tokio::spawn(async move {
                 let mut c = connect_h1(addr).await.expect("connect");
-                c.get("/work?ms=300").await.expect("in-flight request completes");
+                c.get("/work?ms=300")
+                    .await
+                    .expect("in-flight request completes");
                 Instant::now()
             })
         })
@@ -167,7 +180,10 @@ async fn ka_race(cmd: &str) -> f64 {
     }
     s.term();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let tasks: Vec<_> = pool.into_iter().map(|mut c| tokio::spawn(async move { c.get("/ping").await.is_err() })).collect();
+    let tasks: Vec<_> = pool
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { c.get("/ping").await.is_err() }))
+        .collect();
     let mut failed = 0;
     for t in tasks {
         failed += usize::from(t.await.expect("task"));
@@ -199,7 +215,9 @@ async fn idle_pool(addr: SocketAddr, n: usize) -> Vec<lameduck_testkit::H1> {
                         };
                         match c.get("/ping").await {
                             Ok(_) => return c,
-                            Err(e) if attempt < 3 => eprintln!("    idle pool: first request failed ({e:?}), retrying"),
+                            Err(e) if attempt < 3 => {
+                                eprintln!("    idle pool: first request failed ({e:?}), retrying")
+                            }
                             Err(e) => panic!("one request: {e:?}"),
                         }
                     }
@@ -244,7 +262,16 @@ fn wrk(cmd: &str, secs: u64) -> (f64, f64, f64) {
     let s = spawn(cmd, Some(0));
     let url = format!("http://{}/ping", s.http);
     let out = Command::new("taskset")
-        .args(["-c", "1", "wrk", "-t1", "-c64", &format!("-d{secs}s"), "--latency", &url])
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            "-c64",
+            &format!("-d{secs}s"),
+            "--latency",
+            &url,
+        ])
         .output()
         .expect("run wrk (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -255,12 +282,16 @@ fn wrk(cmd: &str, secs: u64) -> (f64, f64, f64) {
 }
 
 fn field(text: &str, key: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.trim().strip_prefix(key)).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// wrk prints latency percentiles as `50%  123.00us` (or ms / s).
 fn latency(text: &str, pct: &str) -> f64 {
-    let Some(v) = text.lines().find_map(|l| l.trim().strip_prefix(pct)) else { return f64::NAN };
+    let Some(v) = text.lines().find_map(|l| l.trim().strip_prefix(pct)) else {
+        return f64::NAN;
+    };
     let v = v.trim();
     let (num, scale) = if let Some(n) = v.strip_suffix("us") {
         (n, 1e-3)
@@ -281,7 +312,13 @@ fn ms(d: Duration) -> f64 {
 fn stats(v: &mut [f64]) -> String {
     v.sort_by(|a, b| a.total_cmp(b));
     let med = v[v.len() / 2];
-    let fmt = |x: f64| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") };
+    let fmt = |x: f64| {
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
     format!("{} / {} / {}", fmt(v[0]), fmt(med), fmt(v[v.len() - 1]))
 }
 
@@ -347,7 +384,11 @@ async fn main() {
                 loaded.push(l);
             }
             let per_conn = (median(&mut loaded) - median(&mut idle)) * 1024.0 / RSS_CONNS as f64;
-            println!("| {name} | {} | {} | {per_conn:.1} |", stats(&mut idle), stats(&mut loaded));
+            println!(
+                "| {name} | {} | {} | {per_conn:.1} |",
+                stats(&mut idle),
+                stats(&mut loaded)
+            );
         }
         return;
     }
@@ -374,7 +415,10 @@ async fn main() {
             res[i][8].push(p99);
         }
     }
-    let med: Vec<[f64; 9]> = res.iter_mut().map(|r| std::array::from_fn(|k| median(&mut r[k]))).collect();
+    let med: Vec<[f64; 9]> = res
+        .iter_mut()
+        .map(|r| std::array::from_fn(|k| median(&mut r[k])))
+        .collect();
     println!("### Shutdown and memory\n");
     println!("| server | SIGTERM to exit, idle (ms) | exit after last response (ms) | keep-alive race: failed of {POOL} | SIGTERM to exit, {IDLE_CONNS} idle keep-alive (ms) | RSS idle (MiB) | RSS, {RSS_CONNS} idle keep-alive (MiB) | per connection (KiB) |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -393,9 +437,18 @@ async fn main() {
     let base = med.first().map_or(f64::NAN, |m| m[6]);
     for (i, (name, _, _)) in servers.iter().enumerate() {
         let r = &mut res[i];
-        println!("| {name} | {} | {:.2} | {} | {} |", stats(&mut r[6]), med[i][6] / base, stats(&mut r[7]), stats(&mut r[8]));
+        println!(
+            "| {name} | {} | {:.2} | {} | {} |",
+            stats(&mut r[6]),
+            med[i][6] / base,
+            stats(&mut r[7]),
+            stats(&mut r[8])
+        );
     }
-    targets(&servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), &med);
+    targets(
+        &servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+        &med,
+    );
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -411,16 +464,39 @@ fn median(v: &mut [f64]) -> f64 {
 fn targets(names: &[String], med: &[[f64; 9]]) {
     let find = |n: &str| names.iter().position(|x| x == n).map(|i| med[i]);
     let (hyper, demo) = (find("bare hyper"), find("lameduck-demo"));
-    let (demo_log, axum_log) = (find("lameduck-demo + JSON access log"), find("plain axum + TraceLayer"));
+    let (demo_log, axum_log) = (
+        find("lameduck-demo + JSON access log"),
+        find("plain axum + TraceLayer"),
+    );
     let (gin, gin_log) = (find("Go/Gin seed pattern"), find("Go/Gin + access log"));
     let mut rows: Vec<(String, String, bool)> = Vec::new();
     let mut row = |t: &str, v: String, ok: bool| rows.push((t.into(), v, ok));
     if let (Some(h), Some(d)) = (hyper, demo) {
-        row("lameduck-demo /ping throughput >= 0.90 of bare hyper", format!("{:.2}", d[6] / h[6]), d[6] >= 0.90 * h[6]);
-        row("p99 at the same load <= 1.2x bare hyper's", format!("{:.2}x ({:.2} vs {:.2} ms)", d[8] / h[8], d[8], h[8]), d[8] <= 1.2 * h[8]);
-        row("idle SIGTERM-to-exit within 1 ms of bare hyper's", format!("{:+.2} ms", d[0] - h[0]), d[0] - h[0] <= 1.0);
-        row("exit < 5 ms after the last in-flight response", format!("{:.2} ms", d[1]), d[1] < 5.0);
-        row("keep-alive race: 0 failed", format!("{:.0} of {POOL} (bare hyper {:.0})", d[2], h[2]), d[2] == 0.0);
+        row(
+            "lameduck-demo /ping throughput >= 0.90 of bare hyper",
+            format!("{:.2}", d[6] / h[6]),
+            d[6] >= 0.90 * h[6],
+        );
+        row(
+            "p99 at the same load <= 1.2x bare hyper's",
+            format!("{:.2}x ({:.2} vs {:.2} ms)", d[8] / h[8], d[8], h[8]),
+            d[8] <= 1.2 * h[8],
+        );
+        row(
+            "idle SIGTERM-to-exit within 1 ms of bare hyper's",
+            format!("{:+.2} ms", d[0] - h[0]),
+            d[0] - h[0] <= 1.0,
+        );
+        row(
+            "exit < 5 ms after the last in-flight response",
+            format!("{:.2} ms", d[1]),
+            d[1] < 5.0,
+        );
+        row(
+            "keep-alive race: 0 failed",
+            format!("{:.0} of {POOL} (bare hyper {:.0})", d[2], h[2]),
+            d[2] == 0.0,
+        );
         row(
             "RSS with 10,000 idle keep-alive connections < 64 MiB",
             format!(
@@ -433,7 +509,11 @@ fn targets(names: &[String], med: &[[f64; 9]]) {
         );
     }
     if let (Some(h), Some(dl)) = (hyper, demo_log) {
-        row("with JSON access log to a file + metrics: >= 0.75 of bare hyper", format!("{:.2}", dl[6] / h[6]), dl[6] >= 0.75 * h[6]);
+        row(
+            "with JSON access log to a file + metrics: >= 0.75 of bare hyper",
+            format!("{:.2}", dl[6] / h[6]),
+            dl[6] >= 0.75 * h[6],
+        );
     }
     if let (Some(d), Some(full)) = (demo, find("lameduck-demo, full observability")) {
         row(
@@ -443,13 +523,25 @@ fn targets(names: &[String], med: &[[f64; 9]]) {
         );
     }
     if let (Some(dl), Some(al)) = (demo_log, axum_log) {
-        row("... and ahead of plain axum + TraceLayer logging the same fields", format!("{:.2}x", dl[6] / al[6]), dl[6] > al[6]);
+        row(
+            "... and ahead of plain axum + TraceLayer logging the same fields",
+            format!("{:.2}x", dl[6] / al[6]),
+            dl[6] > al[6],
+        );
     }
     if let (Some(d), Some(g)) = (demo, gin) {
-        row(">= 1.4x Gin, default stacks", format!("{:.2}x", d[6] / g[6]), d[6] >= 1.4 * g[6]);
+        row(
+            ">= 1.4x Gin, default stacks",
+            format!("{:.2}x", d[6] / g[6]),
+            d[6] >= 1.4 * g[6],
+        );
     }
     if let (Some(dl), Some(gl)) = (demo_log, gin_log) {
-        row(">= 1.4x Gin, both logging each request to a file", format!("{:.2}x", dl[6] / gl[6]), dl[6] >= 1.4 * gl[6]);
+        row(
+            ">= 1.4x Gin, both logging each request to a file",
+            format!("{:.2}x", dl[6] / gl[6]),
+            dl[6] >= 1.4 * gl[6],
+        );
     }
     println!("\n### Targets\n");
     println!("| target | measured (medians) | met |");

@@ -30,7 +30,9 @@ async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infal
 }
 
 fn request() -> Request<Full<Bytes>> {
-    Request::get("/ping").body(Full::new(Bytes::new())).expect("request")
+    Request::get("/ping")
+        .body(Full::new(Bytes::new()))
+        .expect("request")
 }
 
 /// One request through `svc`, to completion; the response (and its body) dropped.
@@ -51,10 +53,22 @@ fn layers(c: &mut Criterion) {
     let base = tower::service_fn(handler);
     bench(c, "none", base);
     bench(c, "catch_panic", CatchPanicLayer::new().layer(base));
-    bench(c, "request_context", RequestContextLayer::new(lc.shutdown()).layer(base));
+    bench(
+        c,
+        "request_context",
+        RequestContextLayer::new(lc.shutdown()).layer(base),
+    );
     bench(c, "metrics", MetricsLayer::new(Metrics::new()).layer(base));
-    bench(c, "in_flight", InFlightLayer::new(InFlight::new()).layer(base));
-    bench(c, "drain_admission", DrainAdmissionLayer::new(lc.shutdown()).layer(base));
+    bench(
+        c,
+        "in_flight",
+        InFlightLayer::new(InFlight::new()).layer(base),
+    );
+    bench(
+        c,
+        "drain_admission",
+        DrainAdmissionLayer::new(lc.shutdown()).layer(base),
+    );
     bench(c, "route_label", RouteLabelLayer::new().layer(base));
     let all = tower::ServiceBuilder::new()
         .layer(CatchPanicLayer::new())
@@ -68,10 +82,15 @@ fn layers(c: &mut Criterion) {
 
 /// An axum router with and without route labels: the cost of `Router::layer` nesting.
 fn router(c: &mut Criterion) {
-    let plain: axum::Router = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let plain: axum::Router =
+        axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
     let labelled = plain.clone().layer(RouteLabelLayer::new()).with_state(());
     let plain = plain.with_state(());
-    let req = || Request::get("/ping").body(axum::body::Body::empty()).expect("request");
+    let req = || {
+        Request::get("/ping")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
     c.bench_function("axum_router", |b| {
         b.iter(|| black_box(plain.clone().oneshot(req()).now_or_never()))
     });

@@ -28,10 +28,15 @@ async fn work(Query(q): Query<HashMap<String, String>>) -> (StatusCode, &'static
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().skip_while(|a| a != "--listen").nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .skip_while(|a| a != "--listen")
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening http={}", listener.local_addr()?);
-    let app = Router::new().route("/ping", get(|| async { "pong" })).route("/work", get(work));
+    let app = Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route("/work", get(work));
     let log_path = std::env::args().skip_while(|a| a != "--access-log").nth(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -41,12 +46,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut _log_guard = None;
     let server = match log_path {
-        None => tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await }),
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }),
         Some(path) => {
             let (app, guard) = traced(app, &path)?;
             _log_guard = Some(guard);
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await })
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            })
         }
     };
     tokio::select! {
@@ -61,15 +74,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn traced(app: Router, path: &str) -> Result<(Router, tracing_appender::non_blocking::WorkerGuard), Box<dyn std::error::Error>> {
+fn traced(
+    app: Router,
+    path: &str,
+) -> Result<(Router, tracing_appender::non_blocking::WorkerGuard), Box<dyn std::error::Error>> {
     use axum::extract::{ConnectInfo, MatchedPath};
     use axum::http::{HeaderName, Request, Response};
     use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     use tower_http::trace::TraceLayer;
 
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(file);
-    tracing_subscriber::fmt().json().flatten_event(true).with_writer(writer).init();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(file);
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(writer)
+        .init();
     let x_request_id = HeaderName::from_static("x-request-id");
     let trace = TraceLayer::new_for_http()
         .make_span_with(|req: &Request<_>| {

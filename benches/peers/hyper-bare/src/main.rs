@@ -38,7 +38,10 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().skip_while(|a| a != "--listen").nth(1).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let addr = std::env::args()
+        .skip_while(|a| a != "--listen")
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening http={}", listener.local_addr()?);
     let mut term = signal(SignalKind::terminate())?;
