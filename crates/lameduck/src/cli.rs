@@ -17,6 +17,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use crate::logfile::{LogFile, LogFlusher, LogWriter};
@@ -120,6 +121,10 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
 
     let mut logs = Logs::default();
     let mut layers: Vec<Boxed> = Vec::new();
+    if options.format == LogFormat::Json {
+        // Before the output layer, which then finds the request span's fields written.
+        layers.push(RequestSpanFields.boxed());
+    }
     let fmt = tracing_subscriber::fmt::layer();
     let output: Boxed = match (options.file, options.format) {
         (None, LogFormat::Json) => fmt
@@ -157,6 +162,9 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
         .with(layers)
         .try_init()
         .map_err(std::io::Error::other)?;
+    if options.format == LogFormat::Json {
+        REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
+    }
     Ok(logs)
 }
 
@@ -271,6 +279,82 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for FastJsonFields {
 
 thread_local! {
     static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    /// The JSON fields of the request span being created on this thread (see
+    /// [`with_request_fields`]).
+    static REQUEST_FIELDS: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether [`init_logs_with`] installed [`RequestSpanFields`]: until then
+/// [`with_request_fields`] does nothing.
+static REQUEST_FIELDS_WANTED: AtomicBool = AtomicBool::new(false);
+
+/// Create a request's span with `make`, handing its fields, already written as JSON, to
+/// the output layer. The fields are the request's own ids, so they are written in one
+/// step into a string of the right size, where formatting them through `tracing`'s
+/// visitor (as for any other span) cost about 1,000 instructions per request. `trace_id`
+/// must be hex digits, as `TraceContext::trace_id_str` gives it.
+pub(crate) fn with_request_fields(
+    request_id: &str,
+    trace_id: &str,
+    make: impl FnOnce() -> tracing::Span,
+) -> tracing::Span {
+    if !REQUEST_FIELDS_WANTED.load(Ordering::Relaxed) {
+        return make();
+    }
+    REQUEST_FIELDS.with(|c| c.set(Some(request_fields_json(request_id, trace_id))));
+    let span = make();
+    // Not taken when the span is disabled.
+    drop(REQUEST_FIELDS.with(std::cell::Cell::take));
+    span
+}
+
+/// What [`FastJsonFields`] writes for the request span's fields (`request_id`, `trace_id`,
+/// in that order); `trace_id` is hex digits, as `TraceContext::trace_id_str` gives it.
+fn request_fields_json(request_id: &str, trace_id: &str) -> String {
+    const HEAD: &str = "{\"request_id\":";
+    const MID: &str = ",\"trace_id\":";
+    // At most two bytes per byte escaped (request ids are visible ASCII, trace ids hex),
+    // plus the quotes.
+    let capacity = HEAD.len() + MID.len() + 2 * (request_id.len() + trace_id.len()) + 5;
+    let mut out = String::with_capacity(capacity);
+    out.push_str(HEAD);
+    crate::json::push_string(&mut out, request_id);
+    out.push_str(MID);
+    // Hex digits (`TraceContext::trace_id_str`): nothing to escape.
+    debug_assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    out.push('"');
+    out.push_str(trace_id);
+    out.push_str("\"}");
+    out
+}
+
+/// Gives a request span (target [`REQUEST_SPAN_TARGET`](crate::server::REQUEST_SPAN_TARGET))
+/// the fields [`with_request_fields`] wrote, as the `FormattedFields` the JSON output layer
+/// would otherwise make itself.
+#[derive(Debug, Clone, Copy)]
+struct RequestSpanFields;
+
+impl<S> tracing_subscriber::Layer<S> for RequestSpanFields
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if attrs.metadata().target() != crate::server::REQUEST_SPAN_TARGET {
+            return;
+        }
+        let Some(fields) = REQUEST_FIELDS.with(std::cell::Cell::take) else {
+            return;
+        };
+        if let Some(span) = ctx.span(id) {
+            let fields = tracing_subscriber::fmt::FormattedFields::<FastJsonFields>::new(fields);
+            span.extensions_mut().replace(fields);
+        }
+    }
 }
 
 /// Builds `{"name":value,...` (the caller closes it).
@@ -381,5 +465,113 @@ mod tests {
         let line = text.lines().find(|l| l.contains("inside")).expect("event");
         assert!(line.contains(r#""span":{"id":"a\"b\\c\nd","later":"set","n":42,"neg":-1,"ok":true,"x":1.5,"name":"request"}"#), "{line}");
         assert!(line.contains(r#""dbg":"[1, 2]""#), "{line}");
+    }
+
+    /// Records the fields a new span already has when the output layer gets it.
+    #[derive(Clone, Default)]
+    struct Probe(Arc<Mutex<Option<String>>>);
+
+    impl<S> tracing_subscriber::Layer<S> for Probe
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            _: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let span = ctx.span(id).unwrap();
+            let ext = span.extensions();
+            let fields = ext.get::<tracing_subscriber::fmt::FormattedFields<FastJsonFields>>();
+            *self.0.lock().unwrap() = fields.map(|f| f.fields.clone());
+        }
+    }
+
+    /// The event line logged inside a request span of `ctx`, with or without the fields
+    /// written ahead by `with_request_fields`; asserts that they were written ahead when
+    /// asked to be.
+    fn line_in_request_span(
+        ctx: &crate::middleware::request_context::RequestContext,
+        ahead: bool,
+    ) -> String {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let probe = Probe::default();
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let output = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .fmt_fields(FastJsonFields)
+            .without_time()
+            .with_writer(move || writer.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(RequestSpanFields)
+            .with(probe.clone())
+            .with(output);
+        tracing::subscriber::with_default(subscriber, || {
+            let make = || {
+                tracing::info_span!(
+                    target: crate::server::REQUEST_SPAN_TARGET,
+                    "request",
+                    request_id = ctx.request_id().as_str(),
+                    trace_id = ctx.trace().trace_id_str(),
+                )
+            };
+            let span = if ahead {
+                REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
+                with_request_fields(ctx.request_id().as_str(), ctx.trace().trace_id_str(), make)
+            } else {
+                make()
+            };
+            let _e = span.enter();
+            tracing::info!("handler was here");
+        });
+        let written = probe.0.lock().unwrap().clone();
+        assert_eq!(written.is_some(), ahead, "{written:?}");
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .find(|l| l.contains("handler was here"))
+            .expect("event")
+            .to_string()
+    }
+
+    #[test]
+    fn request_span_fields_written_ahead_read_as_the_formatter_would_write_them() {
+        use crate::lifecycle::Lifecycle;
+        use crate::middleware::request_context::{RequestContext, RequestId};
+        use crate::middleware::trace_context::TraceContext;
+        let lc = Lifecycle::new();
+        for id in [
+            RequestId::generate(),
+            RequestId::from_header(&http::HeaderValue::from_static(r#"a"b\c"#)).expect("id"),
+        ] {
+            let ctx = RequestContext::new(id, TraceContext::new_root(), None, lc.shutdown());
+            let plain = line_in_request_span(&ctx, false);
+            let ahead = line_in_request_span(&ctx, true);
+            assert_eq!(plain, ahead);
+            let v: serde_json::Value = serde_json::from_str(&ahead).expect("JSON");
+            assert_eq!(
+                v["span"]["request_id"],
+                ctx.request_id().as_str(),
+                "{ahead}"
+            );
+            assert_eq!(v["span"]["trace_id"], ctx.trace().trace_id_str(), "{ahead}");
+        }
+    }
+
+    #[test]
+    fn fields_written_ahead_are_dropped_when_the_span_is_disabled() {
+        REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
+        let span =
+            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+                with_request_fields(
+                    "req-1",
+                    "4bf92f3577b34da6a3ce929d0e0e4736",
+                    || tracing::info_span!(target: crate::server::REQUEST_SPAN_TARGET, "request"),
+                )
+            });
+        assert!(span.is_disabled());
+        assert!(REQUEST_FIELDS.with(std::cell::Cell::take).is_none());
     }
 }

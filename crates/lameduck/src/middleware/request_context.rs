@@ -54,9 +54,16 @@ pub struct RequestId(Repr);
 /// client keep the header value they came in.
 #[derive(Clone)]
 enum Repr {
-    Generated { len: u8, buf: [u8; GENERATED_LEN] },
+    Generated { len: u8, buf: IdBuf },
     Header(HeaderValue),
 }
+
+/// A generated id's bytes, 8-byte aligned: `str::from_utf8` (run by
+/// [`RequestId::as_str`]) checks aligned ASCII a block at a time but unaligned ASCII byte
+/// by byte.
+#[derive(Clone, Copy)]
+#[repr(align(8))]
+struct IdBuf([u8; GENERATED_LEN]);
 
 /// Prefix (12 hex digits), '-', counter (up to 16 hex digits).
 const GENERATED_LEN: usize = 12 + 1 + 16;
@@ -71,7 +78,7 @@ impl RequestId {
     /// The id's bytes (visible ASCII).
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Repr::Generated { len, buf } => &buf[..usize::from(*len)],
+            Repr::Generated { len, buf } => &buf.0[..usize::from(*len)],
             Repr::Header(v) => v.as_bytes(),
         }
     }
@@ -118,7 +125,7 @@ impl RequestId {
         write_hex(n, &mut buf[13..13 + digits]);
         Self(Repr::Generated {
             len: (13 + digits) as u8,
-            buf,
+            buf: IdBuf(buf),
         })
     }
 }

@@ -34,8 +34,31 @@ pub struct TraceContext {
     flags: u8,
     tracestate: Option<HeaderValue>,
     /// This span's `traceparent`, written once: the response header, the access log and
-    /// the request span all use it (its bytes 3..35 are the trace id in hex).
-    text: [u8; 55],
+    /// the request span all use it.
+    text: Text,
+}
+
+/// The `traceparent` text at `TEXT_AT..TEXT_AT + 55`, placed so that the trace id's digits
+/// start on an 8-byte boundary: `str::from_utf8` checks aligned ASCII a block at a time
+/// but goes byte by byte until it reaches alignment (for the 32 digits, about 180
+/// instructions unaligned against 76 aligned, counted with callgrind).
+#[derive(Clone, PartialEq, Eq)]
+#[repr(align(8))]
+struct Text([u8; 72]);
+
+/// Where `traceparent` starts in [`Text`]: `00-` then the trace id at 16.
+const TEXT_AT: usize = 13;
+/// The trace id's digits in [`Text`].
+const TRACE_HEX: std::ops::Range<usize> = TEXT_AT + 3..TEXT_AT + 35;
+
+impl Text {
+    fn traceparent(&self) -> &[u8] {
+        &self.0[TEXT_AT..TEXT_AT + 55]
+    }
+
+    fn trace_hex(&self) -> &[u8] {
+        &self.0[TRACE_HEX]
+    }
 }
 
 impl TraceContext {
@@ -71,13 +94,15 @@ impl TraceContext {
         flags: u8,
         tracestate: Option<HeaderValue>,
     ) -> Self {
-        let mut text = [0u8; 55];
+        let mut buf = [0u8; 72];
+        let text = &mut buf[TEXT_AT..TEXT_AT + 55];
         text[..3].copy_from_slice(b"00-");
         write_hex(&trace_id, &mut text[3..35]);
         text[35] = b'-';
         write_hex(&span_id, &mut text[36..52]);
         text[52] = b'-';
         write_hex(&[flags], &mut text[53..55]);
+        let text = Text(buf);
         Self {
             trace_id,
             span_id,
@@ -96,23 +121,23 @@ impl TraceContext {
     /// The trace id as 32 lowercase hex digits.
     pub fn trace_id_hex(&self) -> Hex<32> {
         let mut digits = [0u8; 32];
-        digits.copy_from_slice(&self.text[3..35]);
+        digits.copy_from_slice(self.text.trace_hex());
         Hex(digits)
     }
 
     /// The trace id as 32 lowercase hex digits, borrowed (no copy, no formatting).
     pub fn trace_id_str(&self) -> &str {
-        std::str::from_utf8(&self.text[3..35]).unwrap_or("")
+        std::str::from_utf8(self.text.trace_hex()).unwrap_or("")
     }
 
     /// The trace id's 32 hex digits as bytes.
     pub(crate) fn trace_id_ascii(&self) -> &[u8] {
-        &self.text[3..35]
+        self.text.trace_hex()
     }
 
     /// This span's `traceparent` as text (`00-{trace id}-{span id}-{flags}`).
     pub fn traceparent_str(&self) -> &str {
-        std::str::from_utf8(&self.text).unwrap_or("")
+        std::str::from_utf8(self.text.traceparent()).unwrap_or("")
     }
 
     /// This request's span id, 8 bytes.
@@ -139,7 +164,8 @@ impl TraceContext {
     /// made on the request's behalf.
     pub fn traceparent(&self) -> HeaderValue {
         // Hex digits and '-' are always a valid header value.
-        HeaderValue::from_bytes(&self.text).unwrap_or_else(|_| HeaderValue::from_static(""))
+        HeaderValue::from_bytes(self.text.traceparent())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Put `traceparent` (and `tracestate`) for this span into `headers`, replacing any.

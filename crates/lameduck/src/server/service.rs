@@ -208,17 +208,20 @@ where
 /// and with the `otel` feature its trace and span
 /// ids (those of the response's `traceparent`).
 fn request_span(ctx: &RequestContext) -> tracing::Span {
+    let (request_id, trace_id) = (ctx.request_id().as_str(), ctx.trace().trace_id_str());
     let make = || {
         tracing::info_span!(
             target: REQUEST_SPAN_TARGET,
             "request",
-            request_id = ctx.request_id().as_str(),
-            trace_id = ctx.trace().trace_id_str(),
+            request_id,
+            trace_id,
         )
     };
     #[cfg(feature = "otel")]
-    return crate::otel::request_span(ctx.trace(), make);
-    #[cfg(not(feature = "otel"))]
+    let make = || crate::otel::request_span(ctx.trace(), make);
+    #[cfg(feature = "cli")]
+    return crate::cli::with_request_fields(request_id, trace_id, make);
+    #[cfg(not(feature = "cli"))]
     make()
 }
 
