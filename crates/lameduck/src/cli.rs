@@ -121,10 +121,6 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
 
     let mut logs = Logs::default();
     let mut layers: Vec<Boxed> = Vec::new();
-    if options.format == LogFormat::Json {
-        // Before the output layer, which then finds the request span's fields written.
-        layers.push(RequestSpanFields.boxed());
-    }
     let fmt = tracing_subscriber::fmt::layer();
     let output: Boxed = match (options.file, options.format) {
         (None, LogFormat::Json) => fmt
@@ -244,6 +240,17 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for FastJsonFields {
         mut writer: tracing_subscriber::fmt::format::Writer<'w>,
         fields: R,
     ) -> std::fmt::Result {
+        // A request span's fields, written ahead by `with_request_fields`: this is the
+        // first call since, the one for that span.
+        if let Some(result) = REQUEST_FIELDS.with_borrow_mut(|r| {
+            std::mem::take(&mut r.pending).then(|| {
+                #[cfg(test)]
+                tests::WRITTEN_AHEAD.with(|n| n.set(n.get() + 1));
+                writer.write_str(&r.json)
+            })
+        }) {
+            return result;
+        }
         // Built in a per-thread scratch string, then copied once into the span's string
         // (which would otherwise grow, and reallocate, piece by piece).
         let mut v = JsonObject {
@@ -281,80 +288,68 @@ thread_local! {
     static SCRATCH: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
     /// The JSON fields of the request span being created on this thread (see
     /// [`with_request_fields`]).
-    static REQUEST_FIELDS: std::cell::Cell<Option<String>> = const { std::cell::Cell::new(None) };
+    static REQUEST_FIELDS: std::cell::RefCell<RequestFields> = const {
+        std::cell::RefCell::new(RequestFields { pending: false, json: String::new() })
+    };
 }
 
-/// Whether [`init_logs_with`] installed [`RequestSpanFields`]: until then
+/// A request span's fields as JSON, kept per thread (the string is reused).
+#[derive(Debug)]
+struct RequestFields {
+    /// Set while the span is being created, until [`FastJsonFields`] has written `json`.
+    pending: bool,
+    json: String,
+}
+
+/// Whether [`init_logs_with`] installed an output with [`FastJsonFields`]: until then
 /// [`with_request_fields`] does nothing.
 static REQUEST_FIELDS_WANTED: AtomicBool = AtomicBool::new(false);
 
-/// Create a request's span with `make`, handing its fields, already written as JSON, to
-/// the output layer. The fields are the request's own ids, so they are written in one
-/// step into a string of the right size, where formatting them through `tracing`'s
-/// visitor (as for any other span) cost about 1,000 instructions per request. `trace_id`
-/// must be hex digits, as `TraceContext::trace_id_str` gives it.
+/// Create a request's span with `make`, its fields written ahead as JSON for
+/// [`FastJsonFields`]. The fields are the request's own ids, so they are written in one
+/// step into a per-thread string, where formatting them through `tracing`'s visitor (as
+/// for any other span) cost about 1,000 instructions per request. The span must have the
+/// fields `request_id` and `trace_id`, in that order, with these values; `trace_id` must be
+/// hex digits and, when `id_is_plain`, the request id has nothing JSON escapes (as for
+/// generated ids).
 pub(crate) fn with_request_fields(
     request_id: &str,
+    id_is_plain: bool,
     trace_id: &str,
     make: impl FnOnce() -> tracing::Span,
 ) -> tracing::Span {
     if !REQUEST_FIELDS_WANTED.load(Ordering::Relaxed) {
         return make();
     }
-    REQUEST_FIELDS.with(|c| c.set(Some(request_fields_json(request_id, trace_id))));
+    REQUEST_FIELDS.with_borrow_mut(|r| {
+        request_fields_json(&mut r.json, request_id, id_is_plain, trace_id);
+        r.pending = true;
+    });
     let span = make();
-    // Not taken when the span is disabled.
-    drop(REQUEST_FIELDS.with(std::cell::Cell::take));
+    // Still pending when the span is disabled.
+    REQUEST_FIELDS.with_borrow_mut(|r| r.pending = false);
     span
 }
 
-/// What [`FastJsonFields`] writes for the request span's fields (`request_id`, `trace_id`,
-/// in that order); `trace_id` is hex digits, as `TraceContext::trace_id_str` gives it.
-fn request_fields_json(request_id: &str, trace_id: &str) -> String {
-    const HEAD: &str = "{\"request_id\":";
-    const MID: &str = ",\"trace_id\":";
-    // At most two bytes per byte escaped (request ids are visible ASCII, trace ids hex),
-    // plus the quotes.
-    let capacity = HEAD.len() + MID.len() + 2 * (request_id.len() + trace_id.len()) + 5;
-    let mut out = String::with_capacity(capacity);
-    out.push_str(HEAD);
-    crate::json::push_string(&mut out, request_id);
-    out.push_str(MID);
-    // Hex digits (`TraceContext::trace_id_str`): nothing to escape.
+/// What [`FastJsonFields`] writes for the request span's fields, into `out`.
+fn request_fields_json(out: &mut String, request_id: &str, id_is_plain: bool, trace_id: &str) {
+    out.clear();
+    out.push_str("{\"request_id\":");
+    if id_is_plain {
+        debug_assert_eq!(
+            crate::json::plain_len(request_id.as_bytes()),
+            request_id.len()
+        );
+        out.push('"');
+        out.push_str(request_id);
+        out.push('"');
+    } else {
+        crate::json::push_string(out, request_id);
+    }
+    out.push_str(",\"trace_id\":\"");
     debug_assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
-    out.push('"');
     out.push_str(trace_id);
     out.push_str("\"}");
-    out
-}
-
-/// Gives a request span (target [`REQUEST_SPAN_TARGET`](crate::server::REQUEST_SPAN_TARGET))
-/// the fields [`with_request_fields`] wrote, as the `FormattedFields` the JSON output layer
-/// would otherwise make itself.
-#[derive(Debug, Clone, Copy)]
-struct RequestSpanFields;
-
-impl<S> tracing_subscriber::Layer<S> for RequestSpanFields
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        if attrs.metadata().target() != crate::server::REQUEST_SPAN_TARGET {
-            return;
-        }
-        let Some(fields) = REQUEST_FIELDS.with(std::cell::Cell::take) else {
-            return;
-        };
-        if let Some(span) = ctx.span(id) {
-            let fields = tracing_subscriber::fmt::FormattedFields::<FastJsonFields>::new(fields);
-            span.extensions_mut().replace(fields);
-        }
-    }
 }
 
 /// Builds `{"name":value,...` (the caller closes it).
@@ -467,25 +462,9 @@ mod tests {
         assert!(line.contains(r#""dbg":"[1, 2]""#), "{line}");
     }
 
-    /// Records the fields a new span already has when the output layer gets it.
-    #[derive(Clone, Default)]
-    struct Probe(Arc<Mutex<Option<String>>>);
-
-    impl<S> tracing_subscriber::Layer<S> for Probe
-    where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        fn on_new_span(
-            &self,
-            _: &tracing::span::Attributes<'_>,
-            id: &tracing::span::Id,
-            ctx: tracing_subscriber::layer::Context<'_, S>,
-        ) {
-            let span = ctx.span(id).unwrap();
-            let ext = span.extensions();
-            let fields = ext.get::<tracing_subscriber::fmt::FormattedFields<FastJsonFields>>();
-            *self.0.lock().unwrap() = fields.map(|f| f.fields.clone());
-        }
+    thread_local! {
+        /// How many times this thread's `FastJsonFields` wrote fields written ahead.
+        pub(super) static WRITTEN_AHEAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
     /// The event line logged inside a request span of `ctx`, with or without the fields
@@ -496,7 +475,7 @@ mod tests {
         ahead: bool,
     ) -> String {
         use tracing_subscriber::layer::SubscriberExt as _;
-        let probe = Probe::default();
+        let before = WRITTEN_AHEAD.with(std::cell::Cell::get);
         let buf = Buf::default();
         let writer = buf.clone();
         let output = tracing_subscriber::fmt::layer()
@@ -505,10 +484,7 @@ mod tests {
             .fmt_fields(FastJsonFields)
             .without_time()
             .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry()
-            .with(RequestSpanFields)
-            .with(probe.clone())
-            .with(output);
+        let subscriber = tracing_subscriber::registry().with(output);
         tracing::subscriber::with_default(subscriber, || {
             let make = || {
                 tracing::info_span!(
@@ -520,15 +496,20 @@ mod tests {
             };
             let span = if ahead {
                 REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
-                with_request_fields(ctx.request_id().as_str(), ctx.trace().trace_id_str(), make)
+                with_request_fields(
+                    ctx.request_id().as_str(),
+                    ctx.request_id().is_generated(),
+                    ctx.trace().trace_id_str(),
+                    make,
+                )
             } else {
                 make()
             };
             let _e = span.enter();
             tracing::info!("handler was here");
         });
-        let written = probe.0.lock().unwrap().clone();
-        assert_eq!(written.is_some(), ahead, "{written:?}");
+        let written = WRITTEN_AHEAD.with(std::cell::Cell::get) - before;
+        assert_eq!(written, usize::from(ahead));
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         text.lines()
             .find(|l| l.contains("handler was here"))
@@ -567,11 +548,12 @@ mod tests {
             tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
                 with_request_fields(
                     "req-1",
+                    true,
                     "4bf92f3577b34da6a3ce929d0e0e4736",
                     || tracing::info_span!(target: crate::server::REQUEST_SPAN_TARGET, "request"),
                 )
             });
         assert!(span.is_disabled());
-        assert!(REQUEST_FIELDS.with(std::cell::Cell::take).is_none());
+        assert!(!REQUEST_FIELDS.with_borrow(|r| r.pending));
     }
 }

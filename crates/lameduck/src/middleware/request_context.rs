@@ -83,6 +83,11 @@ impl RequestId {
         }
     }
 
+    /// Whether lameduck made the id (hex digits and `-`: nothing any format escapes).
+    pub(crate) fn is_generated(&self) -> bool {
+        matches!(self.0, Repr::Generated { .. })
+    }
+
     /// The id as a header value.
     pub fn to_header_value(&self) -> HeaderValue {
         match &self.0 {

@@ -151,10 +151,22 @@ fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now:
     });
     push_peer(out, a.peer);
     out.extend_from_slice(b"\",\"request_id\":");
-    crate::json::push_str(out, a.ctx.request_id().as_bytes());
+    push_request_id(out, a.ctx.request_id());
     out.extend_from_slice(b",\"trace_id\":\"");
     out.extend_from_slice(a.ctx.trace().trace_id_ascii());
     out.extend_from_slice(b"\",\"target\":\"lameduck::access\"}\n");
+}
+
+/// The request id as a JSON string: generated ids (hex digits and `-`) need no scan for
+/// what to escape.
+fn push_request_id(out: &mut Vec<u8>, id: &crate::middleware::request_context::RequestId) {
+    if id.is_generated() {
+        out.push(b'"');
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    } else {
+        crate::json::push_str(out, id.as_bytes());
+    }
 }
 
 /// `ip:port` (`[ip]:port` for IPv6). The address part is formatted once per thread and
@@ -291,6 +303,36 @@ mod tests {
             text.starts_with(r#"{"timestamp":"1970-01-01T00:00:00.000000Z","level":"INFO""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn request_ids_read_back_as_sent_or_made() {
+        for id in [
+            RequestId::generate(),
+            RequestId::from_header(&http::HeaderValue::from_static(r#"a"b\c"#)).unwrap(),
+        ] {
+            let ctx = RequestContext::new(
+                id.clone(),
+                TraceContext::new_root(),
+                None,
+                Lifecycle::new().shutdown(),
+            );
+            let a = Access {
+                method: Method::GET,
+                status: 200,
+                started: Instant::now(),
+                bytes: 0,
+                complete: true,
+                peer: "127.0.0.1:4000".parse().unwrap(),
+                ctx,
+                route: None,
+                sink: AccessLog::Off,
+            };
+            let mut line = Vec::new();
+            json_line(&mut line, &a, "/", Duration::ZERO, UNIX_EPOCH);
+            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            assert_eq!(v["request_id"], id.as_str());
+        }
     }
 
     #[test]

@@ -220,7 +220,12 @@ fn request_span(ctx: &RequestContext) -> tracing::Span {
     #[cfg(feature = "otel")]
     let make = || crate::otel::request_span(ctx.trace(), make);
     #[cfg(feature = "cli")]
-    return crate::cli::with_request_fields(request_id, trace_id, make);
+    return crate::cli::with_request_fields(
+        request_id,
+        ctx.request_id().is_generated(),
+        trace_id,
+        make,
+    );
     #[cfg(not(feature = "cli"))]
     make()
 }
