@@ -268,25 +268,41 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_line_is_valid_json_with_escaped_strings() {
-        let ctx = RequestContext::new(
-            RequestId::generate(),
+    fn context(id: RequestId) -> RequestContext {
+        RequestContext::new(
+            id,
             TraceContext::new_root(),
             None,
             Lifecycle::new().shutdown(),
-        );
-        let a = Access {
-            method: Method::POST,
-            status: 201,
+        )
+    }
+
+    /// A `GET` answered 200 with an empty body, from `peer`.
+    fn access(ctx: RequestContext, peer: &str) -> Access {
+        Access {
+            method: Method::GET,
+            status: 200,
             started: Instant::now(),
-            bytes: 17,
+            bytes: 0,
             complete: true,
-            peer: "127.0.0.1:4000".parse().unwrap(),
+            peer: peer.parse().unwrap(),
             ctx,
             route: None,
             sink: AccessLog::Off,
-        };
+        }
+    }
+
+    /// The line for `a` on route `/`, parsed.
+    fn parsed_line(a: &Access) -> serde_json::Value {
+        let mut line = Vec::new();
+        json_line(&mut line, a, "/", Duration::ZERO, UNIX_EPOCH);
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    #[test]
+    fn the_line_is_valid_json_with_escaped_strings() {
+        let mut a = access(context(RequestId::generate()), "127.0.0.1:4000");
+        (a.method, a.status, a.bytes) = (Method::POST, 201, 17);
         let mut line = Vec::new();
         json_line(
             &mut line,
@@ -311,54 +327,16 @@ mod tests {
             RequestId::generate(),
             RequestId::from_header(&http::HeaderValue::from_static(r#"a"b\c"#)).unwrap(),
         ] {
-            let ctx = RequestContext::new(
-                id.clone(),
-                TraceContext::new_root(),
-                None,
-                Lifecycle::new().shutdown(),
-            );
-            let a = Access {
-                method: Method::GET,
-                status: 200,
-                started: Instant::now(),
-                bytes: 0,
-                complete: true,
-                peer: "127.0.0.1:4000".parse().unwrap(),
-                ctx,
-                route: None,
-                sink: AccessLog::Off,
-            };
-            let mut line = Vec::new();
-            json_line(&mut line, &a, "/", Duration::ZERO, UNIX_EPOCH);
-            let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            let v = parsed_line(&access(context(id.clone()), "127.0.0.1:4000"));
             assert_eq!(v["request_id"], id.as_str());
         }
     }
 
     #[test]
     fn client_addresses_stay_right_when_they_change() {
-        let ctx = RequestContext::new(
-            RequestId::generate(),
-            TraceContext::new_root(),
-            None,
-            Lifecycle::new().shutdown(),
-        );
+        let ctx = context(RequestId::generate());
         let line_for = |peer: &str| {
-            let a = Access {
-                method: Method::GET,
-                status: 200,
-                started: Instant::now(),
-                bytes: 0,
-                complete: true,
-                peer: peer.parse().unwrap(),
-                ctx: ctx.clone(),
-                route: None,
-                sink: AccessLog::Off,
-            };
-            let mut line = Vec::new();
-            json_line(&mut line, &a, "/", Duration::ZERO, UNIX_EPOCH);
-            let text = String::from_utf8(line).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let v = parsed_line(&access(ctx.clone(), peer));
             v["client"].as_str().unwrap().to_owned()
         };
         for peer in [
