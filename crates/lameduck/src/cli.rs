@@ -35,7 +35,8 @@ pub enum LogFormat {
     Text,
 }
 
-/// Install a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`.
+/// Install a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`
+/// (an invalid `RUST_LOG` is named in a warning and the default used).
 /// A subscriber installed before stays (this one is then not installed).
 pub fn init_logs(format: LogFormat, default_filter: &str) {
     // Without a file or an exporter, only an already installed subscriber can fail this.
@@ -71,7 +72,8 @@ pub fn init_logs_to_file(
 pub struct LogOptions<'a> {
     /// Line format.
     pub format: LogFormat,
-    /// The filter when `RUST_LOG` is not set.
+    /// The filter when `RUST_LOG` is not set or blank; also when it is invalid, which is
+    /// then named in a warning, the first line logged.
     pub default_filter: &'a str,
     /// Write to this [`LogFile`] instead of stdout.
     pub file: Option<&'a std::path::Path>,
@@ -114,8 +116,11 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
     type Base = tracing_subscriber::layer::Layered<
-        tracing_subscriber::EnvFilter,
-        tracing_subscriber::Registry,
+        Option<tracing_subscriber::EnvFilter>,
+        tracing_subscriber::layer::Layered<
+            Option<tracing_subscriber::filter::Targets>,
+            tracing_subscriber::Registry,
+        >,
     >;
     type Boxed = Box<dyn tracing_subscriber::Layer<Base> + Send + Sync>;
 
@@ -153,20 +158,109 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
         layers.push(layer.boxed());
         logs.otlp = Some(flusher);
     }
+    let (directives, rejected) = filter_directives(
+        std::env::var_os("RUST_LOG").as_deref(),
+        options.default_filter,
+    );
+    let filter = LogFilter::new(&directives);
     tracing_subscriber::registry()
-        .with(filter(options.default_filter))
+        .with(filter.targets)
+        .with(filter.env)
         .with(layers)
         .try_init()
         .map_err(std::io::Error::other)?;
     if options.format == LogFormat::Json {
         REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
     }
+    if let Some(why) = rejected {
+        tracing::warn!(
+            rust_log = why.value,
+            error = why.error,
+            using = directives,
+            "RUST_LOG is not a valid filter; using the default filter"
+        );
+    }
     Ok(logs)
 }
 
-fn filter(default_filter: &str) -> tracing_subscriber::EnvFilter {
-    tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))
+/// A `RUST_LOG` value that was not used, and why.
+#[derive(Debug, PartialEq, Eq)]
+struct Rejected {
+    value: String,
+    error: String,
+}
+
+/// The filter directives to use: `rust_log` when it is set, not blank and valid, else
+/// `default_filter` (with what was wrong with `rust_log`, to be logged).
+fn filter_directives(
+    rust_log: Option<&std::ffi::OsStr>,
+    default_filter: &str,
+) -> (String, Option<Rejected>) {
+    let Some(value) = rust_log else {
+        return (default_filter.to_owned(), None);
+    };
+    let rejected = |error: String| Rejected {
+        value: value.to_string_lossy().into_owned(),
+        error,
+    };
+    match value.to_str() {
+        Some(text) if text.trim().is_empty() => (default_filter.to_owned(), None),
+        Some(text) => match tracing_subscriber::EnvFilter::builder().parse(text) {
+            Ok(_) => (text.to_owned(), None),
+            Err(e) => (default_filter.to_owned(), Some(rejected(e.to_string()))),
+        },
+        None => (
+            default_filter.to_owned(),
+            Some(rejected("not valid UTF-8".to_owned())),
+        ),
+    }
+}
+
+/// The log filter: exactly one of the two is set.
+///
+/// Directives that name only targets and levels (`info`, `warn,lameduck=debug`) become a
+/// [`Targets`](tracing_subscriber::filter::Targets) filter, which decides once per
+/// callsite and does no work per span; [`EnvFilter`](tracing_subscriber::EnvFilter) takes
+/// the rest (span and field directives), and looks every span up on enter, exit and close
+/// to support them: about 250 instructions per request span.
+struct LogFilter {
+    targets: Option<tracing_subscriber::filter::Targets>,
+    env: Option<tracing_subscriber::EnvFilter>,
+}
+
+impl LogFilter {
+    fn new(directives: &str) -> Self {
+        if let Some(targets) = targets_only(directives) {
+            return Self {
+                targets: Some(targets),
+                env: None,
+            };
+        }
+        Self {
+            targets: None,
+            env: Some(tracing_subscriber::EnvFilter::new(directives)),
+        }
+    }
+}
+
+/// `directives` as a [`Targets`](tracing_subscriber::filter::Targets) filter, when each
+/// one is a level, a target, or `target=level`: the forms on which both filters agree.
+fn targets_only(directives: &str) -> Option<tracing_subscriber::filter::Targets> {
+    let simple = directives.split(',').all(|d| {
+        !d.is_empty()
+            && d.split('=').count() <= 2
+            && d.split('=').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+            })
+    });
+    if simple {
+        directives.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// Run `fut` on a multi-threaded runtime and turn its outcome into the exit code: its own
@@ -538,6 +632,118 @@ mod tests {
                 "{ahead}"
             );
             assert_eq!(v["span"]["trace_id"], ctx.trace().trace_id_str(), "{ahead}");
+        }
+    }
+
+    #[test]
+    fn rust_log_is_used_when_valid_and_named_when_not() {
+        use std::ffi::OsStr;
+        assert_eq!(filter_directives(None, "info"), ("info".into(), None));
+        assert_eq!(
+            filter_directives(Some(OsStr::new("  ")), "info"),
+            ("info".into(), None)
+        );
+        assert_eq!(
+            filter_directives(Some(OsStr::new("warn,lameduck=debug")), "info"),
+            ("warn,lameduck=debug".into(), None)
+        );
+        let (used, rejected) = filter_directives(Some(OsStr::new("lameduck=loud")), "info");
+        assert_eq!(used, "info");
+        let rejected = rejected.expect("an invalid level is reported");
+        assert_eq!(rejected.value, "lameduck=loud");
+        assert!(!rejected.error.is_empty());
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt as _;
+            let (used, rejected) = filter_directives(Some(OsStr::from_bytes(b"\xff")), "warn");
+            assert_eq!(used, "warn");
+            assert_eq!(rejected.expect("reported").error, "not valid UTF-8");
+        }
+    }
+
+    #[test]
+    fn only_target_and_level_directives_skip_the_env_filter() {
+        for simple in [
+            "info",
+            "warn,lameduck=debug",
+            "lameduck",
+            "OFF,my-app::db=TRACE",
+        ] {
+            assert!(targets_only(simple).is_some(), "{simple}");
+        }
+        for other in [
+            "lameduck[request]=debug",
+            "[{request_id}]=info",
+            "lameduck[{x}]=info",
+            "info,",
+            " info",
+            "a=b=c",
+            "a=",
+            "lameduck=loud",
+        ] {
+            assert!(targets_only(other).is_none(), "{other}");
+        }
+    }
+
+    /// Which of a fixed set of events (targets by levels) `subscriber` lets through.
+    fn passed(subscriber: impl tracing::Subscriber + Send + Sync) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let m = event.metadata();
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} {}", m.target(), m.level()));
+            }
+        }
+        let subscriber = subscriber.with(Seen(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            macro_rules! all_levels {
+                ($target:literal) => {
+                    tracing::error!(target: $target, "e");
+                    tracing::warn!(target: $target, "w");
+                    tracing::info!(target: $target, "i");
+                    tracing::debug!(target: $target, "d");
+                    tracing::trace!(target: $target, "t");
+                };
+            }
+            all_levels!("lameduck");
+            all_levels!("lameduck::access");
+            all_levels!("lameducks");
+            all_levels!("my-app::db");
+            all_levels!("other");
+        });
+        let seen = seen.lock().unwrap().clone();
+        seen
+    }
+
+    #[test]
+    fn targets_filter_lets_through_what_the_env_filter_would() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        for directives in [
+            "info",
+            "warn,lameduck=debug",
+            "lameduck",
+            "debug,lameduck::access=off",
+            "OFF,my-app::db=TRACE",
+            "error,lameduck=info,lameduck::access=trace",
+        ] {
+            let targets = targets_only(directives).expect("target and level directives");
+            let env = tracing_subscriber::EnvFilter::new(directives);
+            let with_targets = passed(tracing_subscriber::registry().with(targets));
+            let with_env = passed(tracing_subscriber::registry().with(env));
+            assert_eq!(with_targets, with_env, "{directives}");
+            assert!(
+                !with_env.is_empty() || directives.starts_with("OFF"),
+                "{directives}"
+            );
         }
     }
 

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The writer thread writes as soon as this much is buffered.
-pub const BATCH_BYTES: usize = 64 * 1024;
+pub const BATCH_BYTES: usize = 256 * 1024;
 /// ... and otherwise this long after the first buffered line.
 pub const BATCH_DELAY: Duration = Duration::from_millis(50);
 /// Logging waits for the writer when this much is buffered.
