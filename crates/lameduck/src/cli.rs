@@ -115,13 +115,7 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    type Base = tracing_subscriber::layer::Layered<
-        Option<tracing_subscriber::EnvFilter>,
-        tracing_subscriber::layer::Layered<
-            Option<tracing_subscriber::filter::Targets>,
-            tracing_subscriber::Registry,
-        >,
-    >;
+    type Base = tracing_subscriber::layer::Layered<BoxedFilter, tracing_subscriber::Registry>;
     type Boxed = Box<dyn tracing_subscriber::Layer<Base> + Send + Sync>;
 
     let mut logs = Logs::default();
@@ -162,10 +156,8 @@ pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
         std::env::var_os("RUST_LOG").as_deref(),
         options.default_filter,
     );
-    let filter = LogFilter::new(&directives);
     tracing_subscriber::registry()
-        .with(filter.targets)
-        .with(filter.env)
+        .with(log_filter(&directives))
         .with(layers)
         .try_init()
         .map_err(std::io::Error::other)?;
@@ -216,30 +208,21 @@ fn filter_directives(
     }
 }
 
-/// The log filter: exactly one of the two is set.
+type BoxedFilter = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The log filter for `directives`.
 ///
 /// Directives that name only targets and levels (`info`, `warn,lameduck=debug`) become a
 /// [`Targets`](tracing_subscriber::filter::Targets) filter, which decides once per
 /// callsite and does no work per span; [`EnvFilter`](tracing_subscriber::EnvFilter) takes
 /// the rest (span and field directives), and looks every span up on enter, exit and close
-/// to support them: about 250 instructions per request span.
-struct LogFilter {
-    targets: Option<tracing_subscriber::filter::Targets>,
-    env: Option<tracing_subscriber::EnvFilter>,
-}
-
-impl LogFilter {
-    fn new(directives: &str) -> Self {
-        if let Some(targets) = targets_only(directives) {
-            return Self {
-                targets: Some(targets),
-                env: None,
-            };
-        }
-        Self {
-            targets: None,
-            env: Some(tracing_subscriber::EnvFilter::new(directives)),
-        }
+/// to support them: about 250 instructions per request span. Either is one layer (not an
+/// optional layer each): every layer level adds its own work to each span operation.
+fn log_filter(directives: &str) -> BoxedFilter {
+    use tracing_subscriber::Layer as _;
+    match targets_only(directives) {
+        Some(targets) => targets.boxed(),
+        None => tracing_subscriber::EnvFilter::new(directives).boxed(),
     }
 }
 
