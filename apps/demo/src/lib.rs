@@ -221,6 +221,8 @@ async fn work(RawQuery(query): RawQuery) -> Result<&'static str, (StatusCode, St
     let ms =
         parse_ms(query.as_deref()).map_err(|why| (StatusCode::BAD_REQUEST, format!("{why}\n")))?;
     tokio::time::sleep(Duration::from_millis(ms)).await;
+    // With --request-spans, this line carries the request's ids.
+    tracing::info!(ms, "work done");
     Ok("done")
 }
 

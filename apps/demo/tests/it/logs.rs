@@ -142,6 +142,44 @@ async fn a_callers_trace_is_continued_and_logged_and_a_new_one_is_started_otherw
     assert_eq!(v["trace_id"], trace.as_str(), "{line}");
 }
 
+#[tokio::test]
+async fn with_request_spans_a_handlers_log_line_carries_the_ids_of_its_access_line() {
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let s = start(&["--access-log", "--request-spans"]);
+    let mut c = connect_h1(s.http).await.expect("connect");
+    for traceparent in [Some(CALLER), None] {
+        let headers: Vec<(&str, &str)> = traceparent
+            .map(|t| ("traceparent", t))
+            .into_iter()
+            .collect();
+        let res = c.get_with("/work?ms=0", &headers).await.expect("work");
+        assert_eq!(res.status(), 200);
+        let (_, access) = access_line_of(&s, &res).await;
+        let id = res.headers()["x-request-id"].to_str().expect("id");
+        let line = s
+            .wait_for_log(&["work done", id], SOON)
+            .await
+            .expect("the handler's line on stdout");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["span"]["name"], "request", "{line}");
+        assert_eq!(v["span"]["request_id"], id, "{line}");
+        assert_eq!(v["span"]["trace_id"], access["trace_id"], "{line}");
+        if traceparent.is_some() {
+            assert_eq!(access["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        }
+    }
+    // Without --request-spans, handler lines do not carry request ids.
+    let s = start(&[]);
+    let mut c = connect_h1(s.http).await.expect("connect");
+    let res = c.get("/work?ms=0").await.expect("work");
+    let line = s
+        .wait_for_log(&["work done"], SOON)
+        .await
+        .expect("the handler's line on stdout");
+    let id = res.headers()["x-request-id"].to_str().expect("id");
+    assert!(!line.contains(id) && !line.contains("\"span\""), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_logs_its_progress_every_second() {
     let mut s = start(&[]);

@@ -252,13 +252,32 @@ impl RequestContext {
     /// [`PropagateTraceLayer`](crate::middleware::trace_context::PropagateTraceLayer)), and
     /// `None` elsewhere, including in tasks the handler spawns (pass the context on).
     pub fn current() -> Option<RequestContext> {
-        CURRENT.with(|c| c.borrow().clone())
+        CURRENT.with(|c| c.borrow().as_ref().map(|c| c.ctx.clone()))
     }
 
-    /// Make this the [`current`](Self::current) context until the guard is dropped.
-    pub(crate) fn enter(&self) -> CurrentGuard {
-        let previous = CURRENT.with(|c| c.replace(Some(self.clone())));
+    /// Make this the [`current`](Self::current) context until the guard is dropped;
+    /// `in_logs`: its ids go on every log line made meanwhile (see
+    /// [`with_current_in_logs`](Self::with_current_in_logs)).
+    pub(crate) fn enter(&self, in_logs: bool) -> CurrentGuard {
+        let previous = CURRENT.with(|c| {
+            c.replace(Some(Current {
+                ctx: self.clone(),
+                in_logs,
+            }))
+        });
         CurrentGuard { previous }
+    }
+
+    /// `f` of the current context, if it was entered for its ids to go on log lines.
+    #[cfg(feature = "cli")]
+    pub(crate) fn with_current_in_logs<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+        CURRENT
+            .try_with(|c| match &*c.borrow() {
+                Some(Current { ctx, in_logs: true }) => Some(f(ctx)),
+                _ => None,
+            })
+            .ok()
+            .flatten()
     }
 
     /// Record the matched route; the first one recorded stays. Returns `false` if a route
@@ -270,13 +289,21 @@ impl RequestContext {
 }
 
 thread_local! {
-    static CURRENT: std::cell::RefCell<Option<RequestContext>> = const { std::cell::RefCell::new(None) };
+    static CURRENT: std::cell::RefCell<Option<Current>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The context being polled on this thread.
+#[derive(Debug)]
+struct Current {
+    ctx: RequestContext,
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
+    in_logs: bool,
 }
 
 /// Restores the previous [`RequestContext::current`] when dropped.
 #[derive(Debug)]
 pub(crate) struct CurrentGuard {
-    previous: Option<RequestContext>,
+    previous: Option<Current>,
 }
 
 impl Drop for CurrentGuard {

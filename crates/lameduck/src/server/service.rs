@@ -151,7 +151,11 @@ where
             .stack
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
-        let span = if self.stack.request_spans {
+        // With lameduck's own JSON log output and no span exporter, the request's ids are
+        // written on its log lines by the output itself (see `cli::RequestFieldsJson`):
+        // the same lines as with a span, without the span's cost in the subscriber.
+        let ids_in_logs = self.stack.request_spans && request_fields_by_formatter();
+        let span = if self.stack.request_spans && !ids_in_logs {
             request_span(&ctx)
         } else {
             tracing::Span::none()
@@ -200,8 +204,19 @@ where
             started,
             stack: self.stack.clone(),
             span,
+            ids_in_logs,
         }
     }
+}
+
+#[cfg(feature = "cli")]
+fn request_fields_by_formatter() -> bool {
+    crate::cli::request_fields_by_formatter()
+}
+
+#[cfg(not(feature = "cli"))]
+fn request_fields_by_formatter() -> bool {
+    false
 }
 
 /// The request's `request` span: the request and trace ids (the access log has the rest),
@@ -275,6 +290,8 @@ pin_project! {
         started: Instant,
         stack: Arc<Stack>,
         span: tracing::Span,
+        // The log output writes the request's ids (instead of a `request` span).
+        ids_in_logs: bool,
     }
 }
 
@@ -303,7 +320,7 @@ where
                 }
             },
             Some(fut) => match catch_unwind(AssertUnwindSafe(|| {
-                let _current = this.ctx.enter();
+                let _current = this.ctx.enter(*this.ids_in_logs);
                 let _span = this.span.enter();
                 fut.poll(cx)
             })) {
