@@ -629,6 +629,35 @@ mod tests {
         pub(super) static WRITTEN_AHEAD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
+    /// The lines `log` makes through lameduck's JSON output (without timestamps).
+    fn json_lines(log: impl FnOnce()) -> Vec<String> {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let output = tracing_subscriber::fmt::layer()
+            .event_format(RequestFieldsJson(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .without_time(),
+            ))
+            .fmt_fields(FastJsonFields)
+            .with_writer(move || writer.clone());
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(output), log);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(String::from).collect()
+    }
+
+    /// The `request` span the server makes for `ctx`.
+    fn request_span_of(ctx: &crate::middleware::request_context::RequestContext) -> tracing::Span {
+        tracing::info_span!(
+            target: crate::server::REQUEST_SPAN_TARGET,
+            "request",
+            request_id = ctx.request_id().as_str(),
+            trace_id = ctx.trace().trace_id_str(),
+        )
+    }
+
     /// The event line logged inside a request span of `ctx`, with or without the fields
     /// written ahead by `with_request_fields`; asserts that they were written ahead when
     /// asked to be.
@@ -636,26 +665,9 @@ mod tests {
         ctx: &crate::middleware::request_context::RequestContext,
         ahead: bool,
     ) -> String {
-        use tracing_subscriber::layer::SubscriberExt as _;
         let before = WRITTEN_AHEAD.with(std::cell::Cell::get);
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let output = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .fmt_fields(FastJsonFields)
-            .without_time()
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(output);
-        tracing::subscriber::with_default(subscriber, || {
-            let make = || {
-                tracing::info_span!(
-                    target: crate::server::REQUEST_SPAN_TARGET,
-                    "request",
-                    request_id = ctx.request_id().as_str(),
-                    trace_id = ctx.trace().trace_id_str(),
-                )
-            };
+        let lines = json_lines(|| {
+            let make = || request_span_of(ctx);
             let span = if ahead {
                 REQUEST_FIELDS_WANTED.store(true, Ordering::Relaxed);
                 with_request_fields(
@@ -672,11 +684,10 @@ mod tests {
         });
         let written = WRITTEN_AHEAD.with(std::cell::Cell::get) - before;
         assert_eq!(written, usize::from(ahead));
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
+        lines
+            .into_iter()
             .find(|l| l.contains("handler was here"))
             .expect("event")
-            .to_string()
     }
 
     #[test]
@@ -703,44 +714,24 @@ mod tests {
         }
     }
 
-    /// The lines logged by `log` inside a request span of `ctx` (as `line_in_request_span`
-    /// makes it), or with `ctx` current for the output to write its ids.
+    /// The lines logged by `log` inside a request span of `ctx`, or with `ctx` current for
+    /// the output to write its ids.
     fn lines_for_request(
         ctx: &crate::middleware::request_context::RequestContext,
         by_formatter: bool,
         log: impl FnOnce(),
     ) -> Vec<String> {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let output = tracing_subscriber::fmt::layer()
-            .event_format(RequestFieldsJson(
-                tracing_subscriber::fmt::format()
-                    .json()
-                    .flatten_event(true)
-                    .without_time(),
-            ))
-            .fmt_fields(FastJsonFields)
-            .with_writer(move || writer.clone());
-        let subscriber = tracing_subscriber::registry().with(output);
-        tracing::subscriber::with_default(subscriber, || {
+        json_lines(|| {
             if by_formatter {
                 let _current = ctx.enter(true);
                 log();
             } else {
-                let span = tracing::info_span!(
-                    target: crate::server::REQUEST_SPAN_TARGET,
-                    "request",
-                    request_id = ctx.request_id().as_str(),
-                    trace_id = ctx.trace().trace_id_str(),
-                );
+                let span = request_span_of(ctx);
                 let _current = ctx.enter(false);
                 let _e = span.enter();
                 log();
             }
-        });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(String::from).collect()
+        })
     }
 
     #[test]
