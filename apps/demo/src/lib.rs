@@ -15,11 +15,12 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures_util::stream::{self, Stream};
-use lameduck::cli;
+use lameduck::cli::{self, LogFormat};
+use lameduck::context::{RequestContext, RequestSpans};
 use lameduck::lifecycle::Lifecycle;
-use lameduck::middleware::request_context::RequestContext;
+use lameduck::logs::{self, LogFlusher, LogWriter};
 use lameduck::server::{self, Server};
 
 /// The longest `/work` accepts, in milliseconds.
@@ -79,47 +80,28 @@ pub struct Args {
 }
 
 /// What `run` needs of the log set-up: the log file's flusher (for a final hook) and writer
-/// (for the access log), and the span exporter's flusher.
+/// (for the access log), the span exporter's flusher, and how request ids reach the logs.
 #[derive(Debug, Default)]
 pub struct LogHandles {
     /// The log file's flusher and writer, when logging to a file.
-    pub file: Option<(cli::LogFlusher, cli::LogWriter)>,
+    pub file: Option<(LogFlusher, LogWriter)>,
     /// The OTLP exporter, when exporting spans.
     pub otlp: Option<lameduck::otel::OtlpFlusher>,
+    /// The request-span setting the log output supports (used with --request-spans).
+    pub request_spans: RequestSpans,
 }
 
 /// How long the final hook may take to write and fsync the log file.
 pub const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// JSON lines.
-    Json,
-    /// Human-readable text.
-    Text,
-}
-
 /// Parse flags, run the service, and map the outcome to the exit-code table.
 pub fn main_impl() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match cli::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            let code = if e.use_stderr() {
-                lameduck::exit::USAGE
-            } else {
-                lameduck::exit::OK
-            };
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
-    let format = match args.log_format {
-        LogFormat::Json => cli::LogFormat::Json,
-        LogFormat::Text => cli::LogFormat::Text,
-    };
-    let options = cli::LogOptions {
-        format,
+    let options = logs::LogOptions {
+        format: args.log_format,
         default_filter: "info",
         file: args.log_file.as_deref(),
         otlp: args
@@ -131,13 +113,14 @@ pub fn main_impl() -> ExitCode {
                 timeout: args.otlp_timeout,
             }),
     };
-    let logs = match cli::init_logs_with(options) {
+    let logs = match logs::init_logs_with(options) {
         Ok(logs) => logs,
         Err(e) => return cli::fail("lameduck-demo", format_args!("logs: {e}")),
     };
     let handles = LogHandles {
         file: logs.file.as_ref().map(|f| (f.flusher(), f.writer())),
         otlp: logs.otlp.clone(),
+        request_spans: logs.request_spans(),
     };
     let code = cli::block_on_main("lameduck-demo", run(args, handles));
     // Dropping the file writes and fsyncs the last lines, the shutdown report included.
@@ -153,6 +136,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     let LogHandles {
         file: log_file,
         otlp,
+        request_spans,
     } = logs;
     // Signal handlers first: a SIGTERM during start-up still drains and runs hooks.
     let lifecycle = Lifecycle::new()
@@ -186,7 +170,11 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     }
     let server = builder
         .access_log(access_log)
-        .request_spans(args.request_spans || args.otlp_endpoint.is_some())
+        .request_spans(if args.request_spans || args.otlp_endpoint.is_some() {
+            request_spans
+        } else {
+            RequestSpans::Off
+        })
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)
@@ -195,15 +183,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .admin(args.admin_listen)
         .bind(args.listen, lifecycle)
         .await?;
-    let http = server.local_addr()?;
-    let admin = server
-        .admin_addr()
-        .transpose()?
-        .unwrap_or(args.admin_listen);
-    if args.listen.port() == 0 || args.admin_listen.port() == 0 {
-        println!("listening http={http} admin={admin}");
-    }
-    tracing::info!(%http, %admin, pid = std::process::id(), "ready");
+    cli::announce(&server, args.listen, args.admin_listen)?;
     let report = server.serve_router(app()).await;
     Ok(report.exit_code())
 }

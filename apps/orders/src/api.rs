@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use lameduck::middleware::request_context::RequestContext;
+use lameduck::context::RequestContext;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
+use lameduck::cli::LogFormat;
 use serde::{Deserialize, Serialize};
 
 /// How the audit log is made durable.
@@ -17,16 +18,6 @@ pub enum AuditFsync {
     Batch,
     /// One fsync per change (for comparison; slower).
     Each,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// JSON lines.
-    Json,
-    /// Human-readable text.
-    Text,
 }
 
 /// Command-line flags; every setting also reads `LAMEDUCK_<NAME>` from the environment.

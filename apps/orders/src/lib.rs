@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use lameduck::admin::ReadinessCheck;
 use lameduck::cli;
 use lameduck::hooks::HookPhase;
@@ -26,7 +25,7 @@ use lameduck::lifecycle::Lifecycle;
 use lameduck::server::Server;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Args, LogFormat, Settings};
+use crate::config::{Args, Settings};
 
 /// Timeout of the hook that waits for writes in progress.
 pub const FINISH_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,16 +39,9 @@ pub const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(1);
 /// Parse flags, environment and config file, run, and map the outcome to the exit-code
 /// table.
 pub fn main_impl() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match cli::parse_args() {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                lameduck::exit::USAGE
-            } else {
-                lameduck::exit::OK
-            });
-        }
+        Err(code) => return code,
     };
     let settings = match load(&args) {
         Ok(s) => s,
@@ -61,11 +53,7 @@ pub fn main_impl() -> ExitCode {
         print!("{}", settings.to_redacted_toml());
         return ExitCode::from(lameduck::exit::OK);
     }
-    let format = match settings.log_format {
-        LogFormat::Json => cli::LogFormat::Json,
-        LogFormat::Text => cli::LogFormat::Text,
-    };
-    cli::init_logs(format, "info,sqlx=warn");
+    lameduck::logs::init_logs(settings.log_format, "info,sqlx=warn");
     cli::block_on_main("lameduck-orders", run(settings))
 }
 
@@ -100,15 +88,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .admin(settings.admin_listen)
         .bind(settings.listen, lifecycle)
         .await?;
-    let http = server.local_addr()?;
-    let admin = server
-        .admin_addr()
-        .transpose()?
-        .unwrap_or(settings.admin_listen);
-    if settings.listen.port() == 0 || settings.admin_listen.port() == 0 {
-        println!("listening http={http} admin={admin}");
-    }
-    tracing::info!(%http, %admin, pid = std::process::id(), "ready");
+    cli::announce(&server, settings.listen, settings.admin_listen)?;
     let report = server.serve_router(api::router(app)).await;
     Ok(report.exit_code())
 }

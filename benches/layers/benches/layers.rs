@@ -16,16 +16,19 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use http::{Request, Response};
 use http_body_util::Full;
+use lameduck::in_flight::InFlight;
 use lameduck::lifecycle::Lifecycle;
+use lameduck::metrics::Metrics;
+use lameduck::middleware::body_limit::BodyLimitLayer;
 use lameduck::middleware::catch_panic::CatchPanicLayer;
 use lameduck::middleware::drain::DrainAdmissionLayer;
-use lameduck::middleware::in_flight::{InFlight, InFlightLayer};
-use lameduck::middleware::metrics::{Metrics, MetricsLayer};
-use lameduck::middleware::request_context::RequestContextLayer;
+use lameduck::middleware::in_flight::TrackInFlightLayer;
+use lameduck::middleware::metrics::RecordMetricsLayer;
+use lameduck::middleware::request_context::SetRequestContextLayer;
 use lameduck::middleware::route::RouteLabelLayer;
 use tower::{Layer, Service, ServiceExt};
 
-async fn handler(_: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handler<B>(_: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::new(Full::new(Bytes::from_static(b"pong"))))
 }
 
@@ -50,19 +53,23 @@ where
 
 fn layers(c: &mut Criterion) {
     let lc = Lifecycle::new();
-    let base = tower::service_fn(handler);
+    let base = tower::service_fn(handler::<Full<Bytes>>);
     bench(c, "none", base);
     bench(c, "catch_panic", CatchPanicLayer::new().layer(base));
     bench(
         c,
         "request_context",
-        RequestContextLayer::new(lc.shutdown()).layer(base),
+        SetRequestContextLayer::new(lc.shutdown()).layer(base),
     );
-    bench(c, "metrics", MetricsLayer::new(Metrics::new()).layer(base));
+    bench(
+        c,
+        "metrics",
+        RecordMetricsLayer::new(Metrics::new()).layer(base),
+    );
     bench(
         c,
         "in_flight",
-        InFlightLayer::new(InFlight::new()).layer(base),
+        TrackInFlightLayer::new(InFlight::new()).layer(base),
     );
     bench(
         c,
@@ -70,13 +77,16 @@ fn layers(c: &mut Criterion) {
         DrainAdmissionLayer::new(lc.shutdown()).layer(base),
     );
     bench(c, "route_label", RouteLabelLayer::new().layer(base));
+    let limited = tower::service_fn(handler::<http_body_util::Limited<Full<Bytes>>>);
+    bench(c, "body_limit", BodyLimitLayer::new(1 << 20).layer(limited));
     let all = tower::ServiceBuilder::new()
         .layer(CatchPanicLayer::new())
-        .layer(RequestContextLayer::new(lc.shutdown()))
-        .layer(MetricsLayer::new(Metrics::new()))
-        .layer(InFlightLayer::new(InFlight::new()))
+        .layer(SetRequestContextLayer::new(lc.shutdown()))
+        .layer(RecordMetricsLayer::new(Metrics::new()))
+        .layer(TrackInFlightLayer::new(InFlight::new()))
         .layer(DrainAdmissionLayer::new(lc.shutdown()))
-        .service(base);
+        .layer(BodyLimitLayer::new(1 << 20))
+        .service(limited);
     bench(c, "all", all);
 }
 

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::lifecycle::{Phase, Shutdown};
-use crate::middleware::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// How long one readiness check may take before it counts as failed.
 pub const READINESS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,12 +83,12 @@ pub struct UpgradeStatus(Arc<std::sync::Mutex<Option<String>>>);
 impl UpgradeStatus {
     /// Record an outcome (one line).
     pub fn set(&self, outcome: String) {
-        *crate::lifecycle::lock(&self.0) = Some(outcome);
+        *crate::sync::lock(&self.0) = Some(outcome);
     }
 
     /// The last outcome, if any.
     pub fn get(&self) -> Option<String> {
-        crate::lifecycle::lock(&self.0).clone()
+        crate::sync::lock(&self.0).clone()
     }
 }
 
@@ -159,7 +159,7 @@ impl Admin {
                 let mut res = text(StatusCode::OK, self.metrics.render());
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(crate::middleware::metrics::CONTENT_TYPE),
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
                 );
                 res
             }

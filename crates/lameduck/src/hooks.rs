@@ -28,7 +28,32 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::lifecycle::{HookOutcome, HookStatus};
+/// How a shutdown hook ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HookStatus {
+    /// It returned `Ok`.
+    Ok,
+    /// It returned an error (the message).
+    Failed(String),
+    /// It did not finish within its timeout.
+    TimedOut,
+    /// It was not run because the shutdown was forced.
+    Skipped,
+}
+
+/// One hook's outcome in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    /// The hook's name.
+    pub name: String,
+    /// The phase it ran in.
+    pub phase: HookPhase,
+    /// How it ended.
+    pub status: HookStatus,
+    /// How long it ran.
+    pub duration: Duration,
+}
 
 /// A boxed error a hook may return.
 pub type HookError = Box<dyn std::error::Error + Send + Sync>;

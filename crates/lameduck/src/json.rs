@@ -1,5 +1,5 @@
-//! The one piece of JSON writing the hot paths share: finding what a string literal must
-//! escape, eight bytes at a time.
+//! The one piece of JSON writing the hot paths share: string literals, with what they must
+//! escape found eight bytes at a time.
 
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -54,35 +54,35 @@ fn escape(b: u8) -> &'static str {
     }
 }
 
-/// Append the UTF-8 text `s` as a JSON string literal (quotes included) to `out`.
-pub(crate) fn push_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
+/// Call `put` with the pieces of `s` escaped for a JSON string literal (without the
+/// quotes): runs of plain text and escape sequences, in order. The one escaper behind
+/// [`push_str`] and [`push_string`].
+fn escape_into(s: &str, mut put: impl FnMut(&str)) {
     let mut rest = s;
     loop {
-        let n = plain_len(rest);
-        out.extend_from_slice(&rest[..n]);
-        let Some(&b) = rest.get(n) else { break };
-        out.extend_from_slice(escape(b).as_bytes());
-        rest = &rest[n + 1..];
+        let n = plain_len(rest.as_bytes());
+        // An escaped byte is ASCII, so `n` and `n + 1` are character boundaries.
+        let (plain, tail) = rest.split_at_checked(n).unwrap_or((rest, ""));
+        put(plain);
+        let Some(&b) = tail.as_bytes().first() else {
+            break;
+        };
+        put(escape(b));
+        rest = tail.get(1..).unwrap_or("");
     }
+}
+
+/// Append `s` as a JSON string literal (quotes included) to `out`.
+pub(crate) fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    escape_into(s, |piece| out.extend_from_slice(piece.as_bytes()));
     out.push(b'"');
 }
 
 /// [`push_str`] for a `String`.
-#[cfg(feature = "cli")]
 pub(crate) fn push_string(out: &mut String, s: &str) {
     out.push('"');
-    let mut rest = s;
-    loop {
-        let n = plain_len(rest.as_bytes());
-        out.push_str(rest.get(..n).unwrap_or(""));
-        let Some(&b) = rest.as_bytes().get(n) else {
-            break;
-        };
-        out.push_str(escape(b));
-        // An escaped byte is ASCII: n + 1 is a character boundary.
-        rest = rest.get(n + 1..).unwrap_or("");
-    }
+    escape_into(s, |piece| out.push_str(piece));
     out.push('"');
 }
 
@@ -125,18 +125,15 @@ mod tests {
     fn push_str_escapes_like_serde_json() {
         let mut out = Vec::new();
         let input = "a\"b\\c\nd\r\t\u{8}\u{c}\u{1}é\u{1f}";
-        push_str(&mut out, input.as_bytes());
+        push_str(&mut out, input);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text, r#""a\"b\\c\nd\r\t\b\f\u0001é\u001f""#);
-        #[cfg(feature = "cli")]
-        {
-            let mut string = String::new();
-            push_string(&mut string, input);
-            assert_eq!(string, text);
-        }
+        let mut string = String::new();
+        push_string(&mut string, input);
+        assert_eq!(string, text);
         for c in 0u8..0x20 {
             let mut one = Vec::new();
-            push_str(&mut one, &[c]);
+            push_str(&mut one, char::from(c).encode_utf8(&mut [0; 4]));
             let one = String::from_utf8(one).unwrap();
             let back: String = serde_json_like_unescape(&one);
             assert_eq!(back, char::from(c).to_string(), "{one}");

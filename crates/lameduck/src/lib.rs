@@ -25,29 +25,45 @@
 //!
 //! - [`lifecycle`]: phases, signals, the "stop soon" token and the deadline;
 //! - [`server`]: the accept loop and the drain;
+//! - [`context`]: what a request carries (id, trace context, "stop soon", deadline, route)
+//!   and how its ids reach the logs;
 //! - [`middleware`]: request context, in-flight tracking, drain admission, metrics,
-//!   catch-panic, each a tower layer usable alone;
-//! - [`admin`]: `/livez`, `/readyz`, `/metrics`;
+//!   catch-panic, body limit, trace propagation, each a tower layer usable alone;
+//! - [`trace_context`], [`metrics`], [`in_flight`]: the values and registries the layers and
+//!   the server share;
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`, `/upgrade`;
 //! - [`hooks`]: ordered shutdown hooks with timeouts;
 //! - [`exit`]: the exit-code table;
-//! - `cli` and `logfile` (feature `cli`): helpers for service binaries, and a log file
-//!   that is flushed and `fsync`'d at exit;
+//! - `logs` (feature `logs`): the `tracing` subscriber, lameduck's JSON output and a log
+//!   file that is flushed and `fsync`'d at exit;
+//! - `cli` (feature `cli`): what a service binary's `main` needs;
 //! - `otel` (feature `otel`): request spans exported over OTLP, flushed at exit.
+//!
+//! Dependencies point down: `server` stacks `middleware` over `context`, `metrics`,
+//! `in_flight` and `lifecycle`; `logs`, `otel` and `cli` sit on top and are never imported
+//! by the server or the layers. What the server does per request is configured on its
+//! [`Builder`](server::Builder), never by installing something elsewhere.
 
 pub mod admin;
 pub mod body;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod context;
 mod error;
+mod error_response;
 pub mod exit;
 pub mod hooks;
+pub mod in_flight;
 mod json;
 pub mod lifecycle;
-#[cfg(feature = "cli")]
-pub mod logfile;
+#[cfg(feature = "logs")]
+pub mod logs;
+pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod server;
+mod sync;
+pub mod trace_context;
 
 pub use error::Error;

@@ -1,15 +1,44 @@
 //! OpenTelemetry export (feature `otel`): request spans sent over OTLP (HTTP/protobuf) by
 //! the SDK's batch exporter, and a flush for a final shutdown hook.
 //!
-//! With [`Builder::request_spans`](crate::server::Builder::request_spans) on, each request's
-//! `request` span becomes an OpenTelemetry span whose trace id and span id are the ones
-//! lameduck put in the response's `traceparent` (a caller's `traceparent` makes it a child
-//! of the caller's span). [`cli::init_logs_with`](crate::cli::init_logs_with) installs the
-//! layer next to the log output.
+//! [`logs::init_logs_with`](crate::logs::init_logs_with) installs the exporter's layer next
+//! to the log output when [`LogOptions::otlp`](crate::logs::LogOptions::otlp) is set; then
+//! [`Logs::request_spans`](crate::logs::Logs::request_spans) gives the server
+//! `RequestSpans::SpanWith(request_span)`: each request's `request` span becomes an
+//! OpenTelemetry span whose trace id and span id are the ones lameduck put in the
+//! response's `traceparent` (a caller's `traceparent` makes it a child of the caller's
+//! span).
 //!
 //! At exit, [`OtlpFlusher::flush`] exports what is buffered, bounded by its timeout: a dead
 //! collector costs that timeout (the exporter's own HTTP timeout is set to the same value),
 //! never more.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lameduck::hooks::HookPhase;
+//! use lameduck::logs::{init_logs_with, LogFormat, LogOptions};
+//! use lameduck::otel::OtlpConfig;
+//! use lameduck::server::Server;
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let logs = init_logs_with(LogOptions {
+//!     otlp: Some(OtlpConfig {
+//!         endpoint: "http://127.0.0.1:4318".into(),
+//!         service_name: "my-service".into(),
+//!         timeout: Duration::from_secs(2),
+//!     }),
+//!     ..LogOptions::new(LogFormat::Json, "info")
+//! })?;
+//! let mut builder = Server::builder().request_spans(logs.request_spans());
+//! if let Some(otlp) = logs.otlp.clone() {
+//!     let timeout = Duration::from_secs(2);
+//!     builder = builder.hook(HookPhase::Final, "export-spans", timeout, move || async move {
+//!         otlp.flush(timeout).await.map_err(Into::into)
+//!     });
+//! }
+//! # let _ = builder;
+//! # Ok(()) }
+//! ```
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -21,7 +50,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::middleware::trace_context::TraceContext;
+use crate::context::RequestContext;
 
 /// Where and how to export spans.
 #[derive(Debug, Clone)]
@@ -79,7 +108,6 @@ where
         .build();
     let tracer = provider.tracer("lameduck");
     let layer = tracing_opentelemetry::layer().with_tracer(tracer);
-    LAYER_BUILT.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok((layer, OtlpFlusher { provider }))
 }
 
@@ -104,12 +132,8 @@ impl OtlpFlusher {
     }
 }
 
-/// Whether [`layer`] has been called: until then no span is exported, and
-/// [`request_span`] skips the work of giving spans their request's ids.
-static LAYER_BUILT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 thread_local! {
-    /// Ids for the span being created on this thread (see [`with_ids`]).
+    /// Ids for the span being created on this thread (see [`request_span`]).
     static NEXT_IDS: Cell<Option<([u8; 16], [u8; 8])>> = const { Cell::new(None) };
 }
 
@@ -136,17 +160,15 @@ impl IdGenerator for LameduckIds {
     }
 }
 
-/// Create a request's span with `make`, giving it the request's trace and span ids and,
-/// when the request came with a `traceparent`, the caller's span as its parent.
-pub(crate) fn request_span(
-    trace: &TraceContext,
-    make: impl FnOnce() -> tracing::Span,
-) -> tracing::Span {
-    if !LAYER_BUILT.load(std::sync::atomic::Ordering::Relaxed) {
-        return make();
-    }
+/// The request's `request` span ([`context::request_span`](crate::context::request_span)),
+/// with the trace and span ids of the response's `traceparent` and, when the request came
+/// with a `traceparent`, the caller's span as its parent. The server calls it for each
+/// request under `RequestSpans::SpanWith(request_span)`, which
+/// [`Logs::request_spans`](crate::logs::Logs::request_spans) gives when exporting.
+pub fn request_span(ctx: &RequestContext) -> tracing::Span {
+    let trace = ctx.trace();
     NEXT_IDS.with(|c| c.set(Some((trace.trace_id(), trace.span_id()))));
-    let span = make();
+    let span = crate::context::request_span(ctx);
     if let Some(parent) = trace.parent_id() {
         let flags = if trace.sampled() {
             TraceFlags::SAMPLED

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use lameduck::server::ACCESS_LOG_TARGET;
 use lameduck_testkit::connect_h1;
 use nix::sys::signal::Signal;
 
@@ -50,7 +51,7 @@ async fn every_answered_request_and_the_report_are_in_the_log_file_after_sigterm
         .collect();
     let mut logged = HashSet::new();
     for l in &lines {
-        if l["target"] == "lameduck::access" {
+        if l["target"] == ACCESS_LOG_TARGET {
             assert_eq!(l["route"], "/ping", "{l}");
             assert_eq!(l["status"], 200, "{l}");
             assert_eq!(l["method"], "GET", "{l}");
@@ -209,7 +210,7 @@ async fn access_line_of<B>(
 ) -> (String, serde_json::Value) {
     let id = res.headers()["x-request-id"].to_str().expect("id");
     let line = s
-        .wait_for_log(&["lameduck::access", id], SOON)
+        .wait_for_log(&[ACCESS_LOG_TARGET, id], SOON)
         .await
         .expect("access line on stdout");
     let v = serde_json::from_str(&line).expect("json");

@@ -3,7 +3,7 @@
 //! A [`Lifecycle`] is owned by whoever runs the shutdown sequence (normally
 //! [`Server`](crate::server::Server)); everyone else holds a [`Shutdown`] watcher, which
 //! is cheap to clone and reaches every handler through
-//! [`RequestContext`](crate::middleware::request_context::RequestContext).
+//! [`RequestContext`](crate::context::RequestContext).
 //!
 //! ```
 //! use lameduck::lifecycle::{Lifecycle, Phase};
@@ -29,13 +29,15 @@
 mod report;
 mod signal;
 
-pub use report::{AbandonedRequest, HookOutcome, HookStatus, PhaseTiming, ShutdownReport};
+pub use report::{AbandonedRequest, PhaseTiming, ShutdownReport};
 pub use signal::{install_os_signals, Signal, Trigger};
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+
+use crate::sync::lock;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Where the process is in its life. Read it with [`Shutdown::phase`] or follow it with
@@ -154,9 +156,13 @@ impl Lifecycle {
         self.trigger.clone()
     }
 
-    /// Wait for the next signal. Never returns `None` while `self` holds a trigger.
-    pub async fn next_signal(&mut self) -> Option<Signal> {
-        self.signals.recv().await
+    /// Wait for the next signal.
+    pub async fn next_signal(&mut self) -> Signal {
+        match self.signals.recv().await {
+            Some(signal) => signal,
+            // `self` holds a sender (its trigger), so the channel never closes.
+            None => std::future::pending().await,
+        }
     }
 
     /// Move to `phase`, logging how long the previous phase lasted. Moving backwards or to
@@ -266,12 +272,6 @@ impl Shutdown {
     }
 }
 
-/// Lock a mutex, recovering the data when another thread panicked while holding it (the
-/// data here are plain timings that stay consistent).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,8 +309,8 @@ mod tests {
         let t = lc.trigger();
         assert!(t.drain());
         assert!(t.force());
-        assert_eq!(lc.next_signal().await, Some(Signal::Graceful));
-        assert_eq!(lc.next_signal().await, Some(Signal::Forced));
+        assert_eq!(lc.next_signal().await, Signal::Graceful);
+        assert_eq!(lc.next_signal().await, Signal::Forced);
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::Phase;
 use crate::exit;
+use crate::hooks::{HookOutcome, HookStatus};
 
 /// How long one phase lasted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,33 +26,6 @@ pub struct AbandonedRequest {
     pub age: Duration,
     /// Its request id, if the request-context middleware gave it one.
     pub request_id: Option<String>,
-}
-
-/// How a shutdown hook ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HookStatus {
-    /// It returned `Ok`.
-    Ok,
-    /// It returned an error (the message).
-    Failed(String),
-    /// It did not finish within its timeout.
-    TimedOut,
-    /// It was not run because the shutdown was forced.
-    Skipped,
-}
-
-/// One hook's outcome in the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HookOutcome {
-    /// The hook's name.
-    pub name: String,
-    /// The phase it ran in.
-    pub phase: crate::hooks::HookPhase,
-    /// How it ended.
-    pub status: HookStatus,
-    /// How long it ran.
-    pub duration: Duration,
 }
 
 /// What the shutdown did, returned by [`Server::serve`](crate::server::Server::serve) and

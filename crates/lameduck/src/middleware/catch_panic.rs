@@ -22,10 +22,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+
+use crate::error_response::error_response;
 
 /// Turns panics in the inner service into 500 responses. See the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,12 +67,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(fut) => ResponseFuture { inner: Some(fut) },
-            Err(panic) => {
-                log_panic(&*panic);
-                ResponseFuture { inner: None }
-            }
+        ResponseFuture {
+            inner: catching(|| self.inner.call(req)),
         }
     }
 }
@@ -95,20 +93,31 @@ where
         let Some(fut) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(Ok(internal_error()));
         };
-        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(res)) => Poll::Ready(res.map(|r| r.map(Either::Left))),
-            Err(panic) => {
+        match catching(|| fut.poll(cx)) {
+            Some(Poll::Pending) => Poll::Pending,
+            Some(Poll::Ready(res)) => Poll::Ready(res.map(|r| r.map(Either::Left))),
+            None => {
                 // The inner future is poisoned: drop it now rather than poll it again.
                 this.inner.set(None);
-                log_panic(&*panic);
                 Poll::Ready(Ok(internal_error()))
             }
         }
     }
 }
 
-pub(crate) fn log_panic(panic: &(dyn Any + Send)) {
+/// The layer's step, around every call and poll of the inner service: `f()`, or `None`
+/// when it panicked (the panic is logged with its message).
+pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(t) => Some(t),
+        Err(panic) => {
+            log_panic(&*panic);
+            None
+        }
+    }
+}
+
+fn log_panic(panic: &(dyn Any + Send)) {
     let message = panic
         .downcast_ref::<String>()
         .map(String::as_str)
@@ -117,17 +126,13 @@ pub(crate) fn log_panic(panic: &(dyn Any + Send)) {
     tracing::error!(panic = message, "handler panicked");
 }
 
+/// The answer to a request whose handler panicked: 500 with code `internal`.
 pub(crate) fn internal_error<B>() -> Response<Either<B, Full<Bytes>>> {
-    let body = r#"{"error":{"code":"internal","message":"internal server error"}}"#;
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
-        body.as_bytes(),
-    ))));
-    *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal server error",
+    )
 }
 
 #[cfg(test)]

@@ -34,7 +34,9 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::error_response::error_response;
 use crate::lifecycle::Shutdown;
+use crate::metrics::Metrics;
 
 /// The `Retry-After` value sent with a drain refusal, unless configured otherwise.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -59,6 +61,7 @@ pub struct DrainAdmissionLayer {
     shutdown: Shutdown,
     policy: DrainPolicy,
     retry_after: HeaderValue,
+    metrics: Option<Metrics>,
 }
 
 impl DrainAdmissionLayer {
@@ -69,7 +72,14 @@ impl DrainAdmissionLayer {
             shutdown,
             policy: DrainPolicy::Serve,
             retry_after: HeaderValue::from(DEFAULT_RETRY_AFTER.as_secs()),
+            metrics: None,
         }
+    }
+
+    /// Count refused requests in `metrics` (`lameduck_http_requests_rejected_total`).
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Set the policy for requests that arrive during the drain.
@@ -113,8 +123,16 @@ pub fn mark_connection_close<B>(version: Version, res: &mut Response<B>) {
     }
 }
 
+/// The layer's last step: while `shutdown` is draining, mark the response so that an
+/// HTTP/1 client moves its next request to a new connection.
+pub(crate) fn mark_if_draining<B>(shutdown: &Shutdown, version: Version, res: &mut Response<B>) {
+    if shutdown.is_draining() {
+        mark_connection_close(version, res);
+    }
+}
+
 impl DrainAdmissionLayer {
-    /// `true` when the policy refuses a request arriving now.
+    /// The layer's first step: `true` when the policy refuses a request arriving now.
     pub(crate) fn refuses_now(&self) -> bool {
         let DrainPolicy::RejectAfter(grace) = self.policy else {
             return false;
@@ -126,19 +144,19 @@ impl DrainAdmissionLayer {
                 .is_some_and(|t0| t0.elapsed() >= grace)
     }
 
-    /// The 503 answer to a refused request.
+    /// The 503 answer to a refused request: code `draining`, `Retry-After`, and
+    /// `Connection: close` on HTTP/1; counted in the metrics, if any.
     pub(crate) fn refusal<B>(&self, version: Version) -> Response<Either<B, Full<Bytes>>> {
-        let body = r#"{"error":{"code":"draining","message":"server is shutting down, retry on a new connection"}}"#;
-        let mut res = Response::new(Either::Right(Full::new(Bytes::from_static(
-            body.as_bytes(),
-        ))));
-        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let h = res.headers_mut();
-        h.insert(header::RETRY_AFTER, self.retry_after.clone());
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+        if let Some(m) = &self.metrics {
+            m.request_rejected();
+        }
+        let mut res = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "server is shutting down, retry on a new connection",
         );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, self.retry_after.clone());
         mark_connection_close(version, &mut res);
         res
     }
@@ -207,9 +225,7 @@ where
                 shutdown,
             } => {
                 let mut res = ready!(fut.poll(cx))?.map(Either::Left);
-                if shutdown.is_draining() {
-                    mark_connection_close(*version, &mut res);
-                }
+                mark_if_draining(shutdown, *version, &mut res);
                 Poll::Ready(Ok(res))
             }
             KindProj::Refused { res } => match res.take() {

@@ -1,5 +1,6 @@
 //! Route labels for axum: records the matched route template where
-//! [`MetricsLayer`](crate::middleware::metrics::MetricsLayer) and access logs read it: in
+//! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer) and access logs
+//! read it: in
 //! the request's [`RequestContext`] when there is one (see [`RequestContext::route`]),
 //! else in the response extensions.
 //!
@@ -23,7 +24,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::middleware::request_context::RequestContext;
+use crate::context::RequestContext;
 
 /// Records [`MatchedPath`] in the [`RequestContext`], or copies it to the response
 /// extensions when the request has no context.
@@ -107,8 +108,9 @@ where
 mod tests {
     use super::*;
     use crate::lifecycle::Lifecycle;
-    use crate::middleware::metrics::{Metrics, MetricsLayer};
-    use crate::middleware::request_context::RequestContextLayer;
+    use crate::metrics::Metrics;
+    use crate::middleware::metrics::RecordMetricsLayer;
+    use crate::middleware::request_context::SetRequestContextLayer;
     use axum::routing::get;
     use tower::ServiceExt;
 
@@ -128,10 +130,10 @@ mod tests {
                 .layer(RouteLabelLayer::new());
             let app = if with_context {
                 routes
-                    .layer(MetricsLayer::new(metrics.clone()))
-                    .layer(RequestContextLayer::new(lc.shutdown()))
+                    .layer(RecordMetricsLayer::new(metrics.clone()))
+                    .layer(SetRequestContextLayer::new(lc.shutdown()))
             } else {
-                routes.layer(MetricsLayer::new(metrics.clone()))
+                routes.layer(RecordMetricsLayer::new(metrics.clone()))
             };
             hit(app.clone(), "/orders/1").await;
             hit(app, "/orders/2").await;

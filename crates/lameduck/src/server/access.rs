@@ -7,7 +7,7 @@
 //!   is about 20,000 instructions per line;
 //! - [`AccessLog::Json`]: lameduck formats the JSON line itself (a few hundred
 //!   instructions) and hands it to an [`AccessSink`], such as
-//!   [`LogWriter`](crate::logfile::LogWriter). Same keys as the `tracing` JSON line.
+//!   `lameduck::logs::LogWriter` (feature `logs`). Same keys as the `tracing` JSON line.
 
 use std::fmt;
 use std::io::Write as _;
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Method;
 
-use crate::middleware::metrics::UNMATCHED_ROUTE;
-use crate::middleware::request_context::RequestContext;
+use crate::context::{RequestContext, RequestId};
+use crate::metrics::UNMATCHED_ROUTE;
 
 /// The access-log target: filter it with `RUST_LOG=lameduck::access=off` (or `=info`).
 pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
@@ -30,8 +30,8 @@ pub const ACCESS_LOG_TARGET: &str = "lameduck::access";
 ///   by the application's `tracing` subscriber (about 20,000 instructions per line with
 ///   `tracing-subscriber`'s JSON format);
 /// - [`AccessLog::Json`]: lameduck formats the JSON line itself (a few hundred
-///   instructions) and hands it to an [`AccessSink`], such as `lameduck::logfile::LogWriter`
-///   (feature `cli`). Same keys as the `tracing` JSON line.
+///   instructions) and hands it to an [`AccessSink`], such as `lameduck::logs::LogWriter`
+///   (feature `logs`). Same keys as the `tracing` JSON line.
 #[derive(Clone, Default)]
 pub enum AccessLog {
     /// No access log (the default).
@@ -134,7 +134,7 @@ fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now:
     // A method is an HTTP token: never anything JSON must escape.
     out.extend_from_slice(a.method.as_str().as_bytes());
     out.extend_from_slice(b"\",\"route\":");
-    crate::json::push_str(out, route.as_bytes());
+    crate::json::push_str(out, route);
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(a.status));
     out.extend_from_slice(b",\"latency_ms\":");
@@ -154,18 +154,20 @@ fn json_line(out: &mut Vec<u8>, a: &Access, route: &str, latency: Duration, now:
     push_request_id(out, a.ctx.request_id());
     out.extend_from_slice(b",\"trace_id\":\"");
     out.extend_from_slice(a.ctx.trace().trace_id_ascii());
-    out.extend_from_slice(b"\",\"target\":\"lameduck::access\"}\n");
+    out.extend_from_slice(b"\",\"target\":\"");
+    out.extend_from_slice(ACCESS_LOG_TARGET.as_bytes());
+    out.extend_from_slice(b"\"}\n");
 }
 
 /// The request id as a JSON string: generated ids (hex digits and `-`) need no scan for
 /// what to escape.
-fn push_request_id(out: &mut Vec<u8>, id: &crate::middleware::request_context::RequestId) {
+fn push_request_id(out: &mut Vec<u8>, id: &RequestId) {
     if id.is_generated() {
         out.push(b'"');
         out.extend_from_slice(id.as_bytes());
         out.push(b'"');
     } else {
-        crate::json::push_str(out, id.as_bytes());
+        crate::json::push_str(out, id.as_str());
     }
 }
 
@@ -249,8 +251,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use crate::lifecycle::Lifecycle;
-    use crate::middleware::request_context::RequestId;
-    use crate::middleware::trace_context::TraceContext;
+    use crate::trace_context::TraceContext;
 
     #[test]
     fn dates_are_civil() {

@@ -1,19 +1,22 @@
 //! The per-connection hyper service: lameduck's whole per-request stack in one layer.
 //!
-//! It does what [`CatchPanicLayer`](crate::middleware::catch_panic::CatchPanicLayer),
-//! [`RequestContextLayer`](crate::middleware::request_context::RequestContextLayer),
-//! [`MetricsLayer`](crate::middleware::metrics::MetricsLayer),
-//! [`InFlightLayer`](crate::middleware::in_flight::InFlightLayer) and
-//! [`DrainAdmissionLayer`](crate::middleware::drain::DrainAdmissionLayer) do, in that
-//! order, by calling the same functions, then applies the body limit (413 with the same
-//! JSON error shape), plus the connection's own bookkeeping. Folding
-//! them into one service moves the request once instead of five times and nests one future
-//! instead of five: measured with `benches/instructions`, the stack went from about 4,100 to
-//! about 2,900 user-space instructions per request.
+//! It does what
+//! [`SetRequestContextLayer`](crate::middleware::request_context::SetRequestContextLayer),
+//! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer),
+//! [`TrackInFlightLayer`](crate::middleware::in_flight::TrackInFlightLayer),
+//! [`DrainAdmissionLayer`](crate::middleware::drain::DrainAdmissionLayer),
+//! [`BodyLimitLayer`](crate::middleware::body_limit::BodyLimitLayer) and
+//! [`CatchPanicLayer`](crate::middleware::catch_panic::CatchPanicLayer) (around the
+//! application alone) do, in that order, by
+//! calling the step functions each of those modules exports, plus the connection's own
+//! bookkeeping and the access log. Folding them into one service moves the request once
+//! instead of six times and nests one future instead of six: measured with
+//! `benches/instructions`, the stack went from about 4,100 to about 2,900 user-space
+//! instructions per request. A test (`tests/it/parity.rs`) sends the same requests through
+//! the layers and through the server and compares the answers and the metrics.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,12 +33,15 @@ use tower::{Service, ServiceExt};
 use super::access::{Access, AccessLog};
 use super::conn::{ActiveGuard, ConnState};
 use super::RequestBody;
+use crate::context::{request_span, RequestContext, RequestSpans};
+use crate::in_flight::{InFlight, InFlightGuard};
 use crate::lifecycle::Shutdown;
-use crate::middleware::catch_panic::{internal_error, log_panic};
-use crate::middleware::drain::{mark_connection_close, DrainAdmissionLayer};
-use crate::middleware::in_flight::{InFlight, InFlightGuard};
-use crate::middleware::metrics::{route_of, Metrics};
-use crate::middleware::request_context::{attach, set_response_headers, RequestContext};
+use crate::metrics::Metrics;
+use crate::middleware::body_limit::{declares_over, too_large};
+use crate::middleware::catch_panic::{catching, internal_error};
+use crate::middleware::drain::{mark_if_draining, DrainAdmissionLayer};
+use crate::middleware::metrics::{response_route, route_label};
+use crate::middleware::request_context::{attach, set_response_headers};
 
 /// What every connection's service shares.
 #[derive(Debug)]
@@ -47,8 +53,8 @@ pub(crate) struct Stack {
     pub(crate) body_limit: usize,
     /// Where access-log lines go.
     pub(crate) access_log: AccessLog,
-    /// Run each request's handler inside a `request` span.
-    pub(crate) request_spans: bool,
+    /// How request ids reach the handler's log lines.
+    pub(crate) request_spans: RequestSpans,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -59,9 +65,6 @@ pub(crate) struct Guards {
     _conn: ActiveGuard,
     access: Option<Access>,
 }
-
-/// The target of the per-request span (see `Builder::request_spans`).
-pub const REQUEST_SPAN_TARGET: &str = "lameduck::request";
 
 pin_project! {
     /// The response body the server writes: the application's (or lameduck's own) body,
@@ -151,14 +154,11 @@ where
             .stack
             .in_flight
             .begin_with(&req, Some(ctx.request_id().clone()), started);
-        // With lameduck's own JSON log output and no span exporter, the request's ids are
-        // written on its log lines by the output itself (see `cli::RequestFieldsJson`):
-        // the same lines as with a span, without the span's cost in the subscriber.
-        let ids_in_logs = self.stack.request_spans && request_fields_by_formatter();
-        let span = if self.stack.request_spans && !ids_in_logs {
-            request_span(&ctx)
-        } else {
-            tracing::Span::none()
+        let (span, ids_in_logs) = match self.stack.request_spans {
+            RequestSpans::Off => (tracing::Span::none(), false),
+            RequestSpans::Span => (request_span(&ctx), false),
+            RequestSpans::SpanWith(make) => (make(&ctx), false),
+            RequestSpans::IdsInLogs => (tracing::Span::none(), true),
         };
         let req_method = if self.stack.access_log.is_on() {
             req.method().clone()
@@ -167,18 +167,12 @@ where
         };
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
-        } else if declared_length(&req).is_some_and(|n| n > self.stack.body_limit as u64) {
+        } else if declares_over(&req, self.stack.body_limit) {
             (None, Early::TooLarge)
         } else {
             let req = req.map(|b| Limited::new(b, self.stack.body_limit));
             let svc = self.inner.clone();
-            match catch_unwind(AssertUnwindSafe(|| svc.oneshot(req))) {
-                Ok(fut) => (Some(fut), Early::Panicked),
-                Err(panic) => {
-                    log_panic(&*panic);
-                    (None, Early::Panicked)
-                }
-            }
+            (catching(|| svc.oneshot(req)), Early::Panicked)
         };
         let access = self.stack.access_log.is_on().then(|| Access {
             method: req_method,
@@ -209,42 +203,6 @@ where
     }
 }
 
-#[cfg(feature = "cli")]
-fn request_fields_by_formatter() -> bool {
-    crate::cli::request_fields_by_formatter()
-}
-
-#[cfg(not(feature = "cli"))]
-fn request_fields_by_formatter() -> bool {
-    false
-}
-
-/// The request's `request` span: the request and trace ids (the access log has the rest),
-/// and with the `otel` feature its trace and span
-/// ids (those of the response's `traceparent`).
-fn request_span(ctx: &RequestContext) -> tracing::Span {
-    let (request_id, trace_id) = (ctx.request_id().as_str(), ctx.trace().trace_id_str());
-    let make = || {
-        tracing::info_span!(
-            target: REQUEST_SPAN_TARGET,
-            "request",
-            request_id,
-            trace_id,
-        )
-    };
-    #[cfg(feature = "otel")]
-    let make = || crate::otel::request_span(ctx.trace(), make);
-    #[cfg(feature = "cli")]
-    return crate::cli::with_request_fields(
-        request_id,
-        ctx.request_id().is_generated(),
-        trace_id,
-        make,
-    );
-    #[cfg(not(feature = "cli"))]
-    make()
-}
-
 /// Why a request is answered without (or instead of) the application's response.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Early {
@@ -254,28 +212,6 @@ pub(crate) enum Early {
     Panicked,
     /// `Content-Length` is over the body limit.
     TooLarge,
-}
-
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
-fn too_large<B>(limit: usize) -> Response<Either<B, Full<Bytes>>> {
-    let body = format!(
-        r#"{{"error":{{"code":"payload_too_large","message":"request body is over the limit of {limit} bytes"}}}}"#
-    );
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *res.status_mut() = http::StatusCode::PAYLOAD_TOO_LARGE;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    res
 }
 
 pin_project! {
@@ -307,52 +243,40 @@ where
         let mut this = self.project();
         let mut res = match this.inner.as_mut().as_pin_mut() {
             None => match this.early {
-                Early::Refused => {
-                    this.stack.metrics.request_rejected();
-                    this.stack.drain.refusal(*this.version)
-                }
+                Early::Refused => this.stack.drain.refusal(*this.version),
                 Early::Panicked => internal_error(),
-                Early::TooLarge => {
-                    // The unread body is still on the connection: do not reuse it.
-                    let mut res = too_large(this.stack.body_limit);
-                    mark_connection_close(*this.version, &mut res);
-                    res
-                }
+                Early::TooLarge => too_large(this.stack.body_limit, *this.version),
             },
-            Some(fut) => match catch_unwind(AssertUnwindSafe(|| {
+            Some(fut) => match catching(|| {
                 let _current = this.ctx.enter(*this.ids_in_logs);
                 let _span = this.span.enter();
                 fut.poll(cx)
-            })) {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(Ok(res))) => res.map(Either::Left),
-                Ok(Poll::Ready(Err(never))) => match never {},
-                Err(panic) => {
+            }) {
+                Some(Poll::Pending) => return Poll::Pending,
+                Some(Poll::Ready(Ok(res))) => res.map(Either::Left),
+                Some(Poll::Ready(Err(never))) => match never {},
+                None => {
+                    // The handler's future is poisoned: drop it rather than poll it again.
                     this.inner.set(None);
-                    log_panic(&*panic);
                     internal_error()
                 }
             },
         };
-        if this.stack.shutdown.is_draining() {
-            mark_connection_close(*this.version, &mut res);
-        }
+        mark_if_draining(&this.stack.shutdown, *this.version, &mut res);
         set_response_headers(&mut res, this.ctx);
         let status = res.status().as_u16();
-        let ctx_route = this.ctx.route();
-        this.stack.metrics.observe(
-            ctx_route.unwrap_or_else(|| route_of(&res)),
-            status,
-            this.started.elapsed(),
-        );
+        let route = route_label(Some(&*this.ctx), &res);
+        this.stack
+            .metrics
+            .observe(route, status, this.started.elapsed());
         let mut guards = this.guards.take();
         if let Some(Guards {
             access: Some(a), ..
         }) = guards.as_mut()
         {
             a.status = status;
-            if ctx_route.is_none() {
-                a.route = Some(route_of(&res).into());
+            if this.ctx.route().is_none() {
+                a.route = Some(response_route(&res).into());
             }
         }
         Poll::Ready(Ok(res.map(|inner| {

@@ -1,178 +1,129 @@
-//! Zero-downtime upgrade: start this executable again with the same arguments, hand it the
-//! listening sockets, and wait until it reports ready. Only then does this process drain;
-//! the sockets stay open in the new one, so nothing waiting in their accept queues is reset.
-//! If the new process exits or is not ready in time, it is killed and this one keeps serving
-//! (rollback).
-//!
-//! The new process finds the sockets by the `LISTEN_FDS` protocol
-//! ([`activation`](super::activation)), with `LAMEDUCK_LISTEN_PPID` (its parent's pid) in
-//! place of `LISTEN_PID` (which a parent cannot know before the fork), and reports ready by
-//! writing `READY=1` to the descriptor named in `LAMEDUCK_READY_FD`.
+//! Serving until a stop, with upgrades in between: SIGHUP starts a new process on the
+//! same listening sockets (see `handoff.rs`, feature `fd-handoff`); when it is ready this
+//! process stops and drains, and when it fails this one keeps serving (rollback). Without
+//! the feature, an upgrade is refused with a log line.
 
-use std::io::Read as _;
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
-use command_fds::{CommandFdExt, FdMapping};
+use tokio::net::TcpListener;
 
-use super::activation::{ADMIN_NAME, HTTP_NAME, LISTEN_FDS_START, PARENT_ENV, READY_FD_ENV};
+use crate::admin::UpgradeStatus;
+use crate::lifecycle::{Lifecycle, Signal};
 
-/// Why an upgrade did not happen.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UpgradeError {
-    /// This process is PID 1 (a container): its exit would end the container.
-    #[error("this process is PID 1 (a container): its exit would end the container; use the orchestrator's rolling update, which the readiness flip and drain already serve")]
-    Pid1,
-    /// The new process could not be started.
-    #[error("cannot start the new process: {0}")]
-    Spawn(#[source] std::io::Error),
-    /// The new process exited before it was ready.
-    #[error("the new process (pid {pid}) exited before it was ready: {status}")]
-    Exited {
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        status: ExitStatus,
-    },
-    /// The new process was not ready in time and was killed.
-    #[error("the new process (pid {pid}) was not ready within {timeout:?} and was killed")]
-    NotReady {
-        /// Its pid.
-        pid: u32,
-        /// The time it had.
-        timeout: Duration,
-    },
-}
+#[cfg(feature = "fd-handoff")]
+pub(super) use super::handoff::Handoff;
 
-/// The listening sockets kept for a handover (duplicates of the serving ones).
+/// Without the `fd-handoff` feature there is nothing to hand over.
+#[cfg(not(feature = "fd-handoff"))]
 #[derive(Debug)]
-pub(crate) struct Handoff {
-    pub(crate) http: OwnedFd,
-    pub(crate) admin: Option<OwnedFd>,
-}
+pub(super) struct Handoff;
 
+#[cfg(not(feature = "fd-handoff"))]
 impl Handoff {
-    pub(crate) fn of(
-        http: &tokio::net::TcpListener,
-        admin: Option<&tokio::net::TcpListener>,
-    ) -> std::io::Result<Self> {
-        Ok(Self {
-            http: http.as_fd().try_clone_to_owned()?,
-            admin: admin.map(|a| a.as_fd().try_clone_to_owned()).transpose()?,
-        })
+    pub(super) fn of(_: &TcpListener, _: Option<&TcpListener>) -> std::io::Result<Self> {
+        Ok(Handoff)
     }
 }
 
-/// Start the new process and wait for its readiness; returns its pid.
-pub(crate) async fn start_successor(
-    handoff: &Handoff,
+/// Duplicates of the listening sockets for a later handover, or `None` (logged) when they
+/// cannot be made: upgrades are then refused, serving goes on.
+pub(super) fn keep_sockets(http: &TcpListener, admin: Option<&TcpListener>) -> Option<Handoff> {
+    Handoff::of(http, admin)
+        .map_err(|e| tracing::warn!(error = %e, "cannot keep the sockets for upgrades"))
+        .ok()
+}
+
+/// Why serving stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// A graceful signal.
+    Graceful(&'static str),
+    /// SIGQUIT: forced at once.
+    Forced,
+    /// A new process took over the listeners.
+    #[cfg_attr(not(feature = "fd-handoff"), allow(dead_code))]
+    Handover(u32),
+}
+
+impl Stop {
+    /// The reason the shutdown report gives.
+    pub(super) fn reason(self) -> String {
+        match self {
+            Stop::Forced => "forced".into(),
+            Stop::Graceful(why) => why.into(),
+            Stop::Handover(pid) => format!("upgrade to pid {pid}"),
+        }
+    }
+}
+
+/// Serve until a stop signal; SIGHUP starts an upgrade, which either hands over (the new
+/// process is ready) or rolls back (logged) and keeps serving.
+pub(super) async fn serve_until_stop(
+    lifecycle: &mut Lifecycle,
+    handoff: Option<&Handoff>,
+    upgrade_timeout: Duration,
+    status: &UpgradeStatus,
+) -> Stop {
+    loop {
+        match lifecycle.next_signal().await {
+            Signal::Forced => return Stop::Forced,
+            Signal::Upgrade => {
+                if let Some(stop) = try_upgrade(lifecycle, handoff, upgrade_timeout, status).await {
+                    return stop;
+                }
+            }
+            _ => return Stop::Graceful("signal"),
+        }
+    }
+}
+
+/// Run one upgrade, refusing further SIGHUPs meanwhile. `Some` when serving must stop.
+#[cfg(feature = "fd-handoff")]
+async fn try_upgrade(
+    lifecycle: &mut Lifecycle,
+    handoff: Option<&Handoff>,
     timeout: Duration,
-) -> Result<u32, UpgradeError> {
-    if std::process::id() == 1 {
-        return Err(UpgradeError::Pid1);
-    }
-    let (child, ready) = spawn(handoff).map_err(UpgradeError::Spawn)?;
-    // Killed if this future is dropped (a stop signal during the upgrade) or fails.
-    let mut child = KillOnDrop(Some(child));
-    let pid = child.id();
-    tracing::info!(
-        new_pid = pid,
-        "upgrade: new process started, waiting for it to be ready"
-    );
-    // The read ends when the child writes READY=1 and closes its end, or exits.
-    let read = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let mut ready = ready;
-        let _ = ready.read_to_string(&mut text);
-        text
-    });
-    let outcome = tokio::select! {
-        text = read => text.map(|t| t.contains("READY=1")).unwrap_or(false),
-        _ = tokio::time::sleep(timeout) => return Err(UpgradeError::NotReady { pid, timeout }),
+    status: &UpgradeStatus,
+) -> Option<Stop> {
+    let Some(handoff) = handoff else {
+        tracing::warn!("upgrade refused: the listening sockets could not be kept for a handover");
+        status.set("refused: the listening sockets could not be kept for a handover".into());
+        return None;
     };
-    let Some(mut child) = child.0.take() else {
-        return Err(UpgradeError::Spawn(std::io::Error::other(
-            "child handle lost",
-        )));
-    };
-    if !outcome {
-        let status = wait_briefly(&mut child);
-        return Err(UpgradeError::Exited { pid, status });
-    }
-    // Reap the new process if it ever exits while this one still runs.
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    Ok(pid)
-}
-
-/// A child process killed (and reaped) when dropped, unless taken out.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+    let upgrade = super::handoff::start_successor(handoff, timeout);
+    tokio::pin!(upgrade);
+    loop {
+        tokio::select! {
+            outcome = &mut upgrade => return match outcome {
+                Ok(pid) => {
+                    tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one drains");
+                    status.set(format!("handed over to pid {pid}; this process ({}) drains", std::process::id()));
+                    Some(Stop::Handover(pid))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade failed; rolled back, this process keeps serving");
+                    status.set(format!("rolled back: {e}"));
+                    None
+                }
+            },
+            sig = lifecycle.next_signal() => match sig {
+                Signal::Upgrade => tracing::warn!("upgrade refused: an upgrade is already in progress"),
+                Signal::Forced => return Some(Stop::Forced),
+                _ => return Some(Stop::Graceful("signal during upgrade")),
+            },
         }
     }
 }
 
-fn spawn(handoff: &Handoff) -> std::io::Result<(Child, std::io::PipeReader)> {
-    let exe = std::env::current_exe()?;
-    let (reader, writer) = std::io::pipe()?;
-    let mut names = vec![HTTP_NAME];
-    let mut mappings = vec![FdMapping {
-        parent_fd: handoff.http.try_clone()?,
-        child_fd: LISTEN_FDS_START,
-    }];
-    if let Some(admin) = &handoff.admin {
-        names.push(ADMIN_NAME);
-        mappings.push(FdMapping {
-            parent_fd: admin.try_clone()?,
-            child_fd: LISTEN_FDS_START + 1,
-        });
-    }
-    let ready_fd = LISTEN_FDS_START + names.len() as i32;
-    mappings.push(FdMapping {
-        parent_fd: OwnedFd::from(writer),
-        child_fd: ready_fd,
-    });
-    let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
-        .env("LISTEN_FDS", names.len().to_string())
-        .env("LISTEN_FDNAMES", names.join(":"))
-        .env(PARENT_ENV, std::process::id().to_string())
-        .env(READY_FD_ENV, ready_fd.to_string())
-        .env_remove("LISTEN_PID");
-    cmd.fd_mappings(mappings)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let child = cmd.spawn()?;
-    // `cmd` holds this process's copies of the mapped descriptors, the pipe's write end
-    // among them: drop it so the read sees end-of-file when the child closes its copy.
-    drop(cmd);
-    Ok((child, reader))
-}
-
-/// The exit status of a child that closed its readiness pipe without `READY=1`: it is
-/// exiting; give it a moment, then kill it.
-fn wait_briefly(child: &mut Child) -> ExitStatus {
-    for _ in 0..100 {
-        if let Ok(Some(st)) = child.try_wait() {
-            return st;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    child
-        .wait()
-        .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0))
+/// Without the `fd-handoff` feature: refused, logged, shown on `/upgrade`.
+#[cfg(not(feature = "fd-handoff"))]
+async fn try_upgrade(
+    _: &mut Lifecycle,
+    _: Option<&Handoff>,
+    _: Duration,
+    status: &UpgradeStatus,
+) -> Option<Stop> {
+    tracing::warn!("upgrade refused: lameduck was built without the fd-handoff feature");
+    status.set("refused: built without the fd-handoff feature".into());
+    None
 }

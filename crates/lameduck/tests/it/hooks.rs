@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use lameduck::hooks::HookPhase;
-use lameduck::lifecycle::HookStatus;
+use lameduck::hooks::HookStatus;
 
 use crate::{quick, run, SOON};
 

@@ -2,6 +2,8 @@
 //! OS signals (the demo's tests send real signals to a real process).
 
 mod hooks;
+mod layout;
+mod parity;
 mod server;
 
 use std::net::SocketAddr;

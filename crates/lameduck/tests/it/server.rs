@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
+use lameduck::context::RequestContext;
 use lameduck::lifecycle::Phase;
-use lameduck::middleware::request_context::RequestContext;
 use lameduck::server::Server;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -164,7 +164,7 @@ async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
 
 #[tokio::test]
 async fn outgoing_calls_through_the_propagation_layer_carry_the_requests_trace() {
-    use lameduck::middleware::trace_context::PropagateTraceLayer;
+    use lameduck::middleware::propagate_trace::PropagateTraceLayer;
     use tower::{Layer, ServiceExt};
 
     // A stand-in for an HTTP client: answers with the traceparent it was sent.
@@ -253,7 +253,11 @@ async fn with_request_spans_every_handler_log_line_carries_the_request_and_trace
             "ok"
         }),
     );
-    let (addr, trigger, task) = run(quick().request_spans(true), app).await;
+    let (addr, trigger, task) = run(
+        quick().request_spans(lameduck::context::RequestSpans::Span),
+        app,
+    )
+    .await;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(
         b"GET /logs HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-request-id: req-42\r\n\
@@ -350,7 +354,7 @@ async fn a_hyper_util_client_behind_the_propagation_layer_sends_the_requests_tra
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    use lameduck::middleware::trace_context::PropagateTraceLayer;
+    use lameduck::middleware::propagate_trace::PropagateTraceLayer;
     use tower::{Layer, ServiceExt};
 
     // The upstream: answers with the traceparent it received.

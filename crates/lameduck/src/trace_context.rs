@@ -5,11 +5,30 @@
 //! with an invalid one, which the specification says to ignore) starts a new trace. The
 //! response carries the server's `traceparent` (and the caller's `tracestate`), so a client
 //! can find the trace even when it did not start one. For calls a handler makes on the
-//! request's behalf, [`TraceContext::inject`] sets the headers, and [`PropagateTraceLayer`]
-//! does it for every call through a client.
+//! request's behalf, [`TraceContext::inject`] sets the headers, and
+//! [`PropagateTraceLayer`](crate::middleware::propagate_trace::PropagateTraceLayer) does it
+//! for every call through a client.
 //!
 //! Ids come from a per-process generator (splitmix64 over a counter, seeded from the clock
 //! and the pid): unique and well spread, not cryptographic.
+//!
+//! ```
+//! use http::HeaderMap;
+//! use lameduck::trace_context::{TraceContext, TRACEPARENT};
+//!
+//! let mut incoming = HeaderMap::new();
+//! incoming.insert(
+//!     &TRACEPARENT,
+//!     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+//! );
+//! let trace = TraceContext::from_headers(&incoming);
+//! assert_eq!(trace.trace_id_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//!
+//! // An outgoing call made on the request's behalf continues the trace.
+//! let mut outgoing = HeaderMap::new();
+//! trace.inject(&mut outgoing);
+//! assert!(outgoing[&TRACEPARENT].to_str().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+//! ```
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,64 +311,6 @@ fn next_random() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// A client-side tower layer that puts the current request's trace context on outgoing
-/// requests: wrap the HTTP client a handler uses (hyper-util's legacy `Client`, or any
-/// `tower::Service<http::Request<B>>`), and calls made while serving a request carry its
-/// `traceparent` and `tracestate`.
-///
-/// "Current" is [`RequestContext::current`](crate::middleware::request_context::RequestContext::current):
-/// the request whose handler is running on this thread under lameduck's server. A request
-/// that already has a `traceparent`, or a call made outside any request (or from a task the
-/// handler spawned), is left as it is.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PropagateTraceLayer;
-
-impl PropagateTraceLayer {
-    /// The layer.
-    pub fn new() -> Self {
-        Self
-    }
-}
-
-impl<S> tower::Layer<S> for PropagateTraceLayer {
-    type Service = PropagateTrace<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PropagateTrace { inner }
-    }
-}
-
-/// The service of [`PropagateTraceLayer`].
-#[derive(Debug, Clone)]
-pub struct PropagateTrace<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for PropagateTrace<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if !req.headers().contains_key(&TRACEPARENT) {
-            if let Some(ctx) = crate::middleware::request_context::RequestContext::current() {
-                ctx.trace().inject(req.headers_mut());
-            }
-        }
-        self.inner.call(req)
-    }
 }
 
 #[cfg(test)]

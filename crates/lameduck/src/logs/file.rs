@@ -22,6 +22,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::sync::{lock, wait};
+
 /// The writer thread writes as soon as this much is buffered.
 pub const BATCH_BYTES: usize = 256 * 1024;
 /// ... and otherwise this long after the first buffered line.
@@ -53,9 +55,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 
@@ -178,11 +178,7 @@ fn flush(shared: &Shared, timeout: Duration) -> io::Result<()> {
                 format!("log flush did not finish within {timeout:?}"),
             ));
         }
-        st = shared
-            .done
-            .wait_timeout(st, left)
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0;
+        st = wait(&shared.done, st, Some(left));
     }
     match st.error.take() {
         Some(e) => Err(io::Error::other(e)),
@@ -202,17 +198,10 @@ fn write_loop(shared: &Shared, mut file: File) {
                 break;
             }
             if st.buf.is_empty() {
-                st = shared
-                    .work
-                    .wait(st)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                st = wait(&shared.work, st, None);
             } else if !waited_for_batch {
                 waited_for_batch = true;
-                st = shared
-                    .work
-                    .wait_timeout(st, BATCH_DELAY)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
+                st = wait(&shared.work, st, Some(BATCH_DELAY));
             } else {
                 break;
             }
@@ -266,11 +255,7 @@ impl LogWriter {
         }
         while st.buf.len() >= MAX_BUFFER_BYTES && !st.closing {
             self.shared.work.notify_all();
-            st = self
-                .shared
-                .done
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st = wait(&self.shared.done, st, None);
         }
         let was_below = st.buf.len() < BATCH_BYTES;
         st.buf.extend_from_slice(data);

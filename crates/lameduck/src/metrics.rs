@@ -1,0 +1,411 @@
+//! The metrics registry: request count and latency histogram by route and status, plus
+//! the gauges the server feeds (in-flight requests, open connections, phase, drain
+//! duration, hook durations), exposed in the OpenMetrics text format on the admin
+//! listener's `/metrics`.
+//!
+//! Recording is lock-free atomics (a read lock to find a route's series); the exposition
+//! is encoded by `prometheus-client` at each scrape. Requests are recorded by lameduck's
+//! [`Server`](crate::server::Server) or by
+//! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer).
+//!
+//! ```
+//! use std::time::Duration;
+//! use lameduck::metrics::Metrics;
+//!
+//! let metrics = Metrics::new();
+//! metrics.observe("/orders/{id}", 200, Duration::from_millis(3));
+//! let text = metrics.render();
+//! assert!(text.contains(r#"lameduck_http_requests_total{route="/orders/{id}",status="200"} 1"#));
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::in_flight::InFlight;
+use crate::lifecycle::{Phase, Shutdown};
+use crate::sync::{lock, read, write};
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The label used when a response names no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The route a response answered, for metrics and access logs: put it in the response
+/// extensions where the router is not axum's (with axum,
+/// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) records the matched
+/// template). Use the route's template (`/orders/{id}`), never the raw path, which would
+/// make one series per id.
+#[derive(Debug, Clone)]
+pub struct RouteTemplate(pub Arc<str>);
+
+#[derive(Debug, Default)]
+struct Series {
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+}
+
+impl Series {
+    fn observe(&self, latency: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        let secs = latency.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// FNV-1a: route names are short and trusted (templates, not client input), so a fast
+/// non-keyed hash is enough; SipHash showed up in per-request profiles.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// One finished shutdown hook, as `lameduck_hook_duration_seconds` shows it.
+#[derive(Debug, Clone)]
+struct HookSample {
+    name: String,
+    phase: &'static str,
+    status: &'static str,
+    seconds: f64,
+}
+
+type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+type RouteSeries = FnvMap<Arc<str>, FnvMap<u16, Arc<Series>>>;
+
+#[derive(Debug, Default)]
+struct Registry {
+    series: RwLock<RouteSeries>,
+    connections_open: AtomicI64,
+    connections_total: AtomicU64,
+    drain_micros: AtomicU64,
+    rejected: AtomicU64,
+    abandoned: AtomicU64,
+    hooks: std::sync::Mutex<Vec<HookSample>>,
+    in_flight: OnceLock<InFlight>,
+    shutdown: OnceLock<Shutdown>,
+}
+
+/// The metrics registry. Cheap to clone; clones share the data.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Registry>,
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Report `in_flight.len()` as `lameduck_http_requests_in_flight`. The first call wins.
+    pub fn with_in_flight(self, in_flight: InFlight) -> Self {
+        let _ = self.inner.in_flight.set(in_flight);
+        self
+    }
+
+    /// Report the lifecycle phase as `lameduck_phase`. The first call wins.
+    pub fn with_shutdown(self, shutdown: Shutdown) -> Self {
+        let _ = self.inner.shutdown.set(shutdown);
+        self
+    }
+
+    /// Record one finished request.
+    pub fn observe(&self, route: &str, status: u16, latency: Duration) {
+        {
+            let map = read(&self.inner.series);
+            if let Some(s) = map.get(route).and_then(|by| by.get(&status)) {
+                return s.observe(latency);
+            }
+        }
+        let mut map = write(&self.inner.series);
+        map.entry(Arc::from(route))
+            .or_default()
+            .entry(status)
+            .or_default()
+            .observe(latency);
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.inner.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed.
+    pub fn connection_closed(&self) {
+        self.inner.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections_open(&self) -> i64 {
+        self.inner.connections_open.load(Ordering::Relaxed)
+    }
+
+    /// Record how long the drain took.
+    pub fn set_drain_duration(&self, d: Duration) {
+        self.inner
+            .drain_micros
+            .store(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A request was refused by the drain policy (503 during the drain).
+    pub fn request_rejected(&self) {
+        self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests still running when the shutdown deadline passed.
+    pub fn requests_abandoned(&self, n: usize) {
+        self.inner.abandoned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Shutdown hooks that have finished (or were skipped or timed out).
+    pub fn hooks_finished(&self, outcomes: &[crate::hooks::HookOutcome]) {
+        use crate::hooks::HookStatus;
+        let mut hooks = lock(&self.inner.hooks);
+        hooks.extend(outcomes.iter().map(|o| HookSample {
+            name: o.name.clone(),
+            phase: o.phase.as_str(),
+            status: match o.status {
+                HookStatus::Ok => "ok",
+                HookStatus::Failed(_) => "failed",
+                HookStatus::TimedOut => "timed_out",
+                HookStatus::Skipped => "skipped",
+            },
+            seconds: o.duration.as_secs_f64(),
+        }));
+    }
+
+    /// The exposition of everything recorded, in the OpenMetrics text format (which
+    /// Prometheus reads; serve it as [`CONTENT_TYPE`]), encoded by `prometheus-client`.
+    pub fn render(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(Snapshot(self.clone())));
+        let mut out = String::with_capacity(4096);
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry as `prometheus-client` collects it at each scrape. Recording stays
+/// lock-free atomics (a read lock to find a route's series); only the exposition goes
+/// through the crate.
+#[derive(Debug)]
+struct Snapshot(Metrics);
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let r = &self.0.inner;
+        {
+            let map = read(&r.series);
+            let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
+                .iter()
+                .flat_map(|(route, by)| by.iter().map(move |(s, v)| (route, *s, v)))
+                .collect();
+            rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            let mut m = enc.encode_descriptor(
+                "lameduck_http_requests",
+                "Requests answered, by route template and status",
+                None,
+                MetricType::Counter,
+            )?;
+            for (route, status, s) in &rows {
+                let labels = [("route", route.to_string()), ("status", status.to_string())];
+                ConstCounter::new(s.count.load(Ordering::Relaxed))
+                    .encode(m.encode_family(&labels)?)?;
+            }
+            let mut m = enc.encode_descriptor(
+                "lameduck_http_request_duration_seconds",
+                "Time to response headers, by route template and status",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (route, status, s) in &rows {
+                let labels = [("route", route.to_string()), ("status", status.to_string())];
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                    .iter()
+                    .zip(&s.buckets)
+                    .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
+                    .collect();
+                let count = s.count.load(Ordering::Relaxed);
+                let below: u64 = buckets.iter().map(|b| b.1).sum();
+                buckets.push((f64::INFINITY, count.saturating_sub(below)));
+                let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+                m.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let in_flight = r.in_flight.get().map_or(0, InFlight::len);
+        gauge(
+            &mut enc,
+            "lameduck_http_requests_in_flight",
+            "Requests being served",
+            in_flight as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "lameduck_http_connections_open",
+            "Open client connections",
+            r.connections_open.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_connections",
+            "Connections accepted",
+            &r.connections_total,
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_requests_rejected",
+            "Requests refused by the drain policy",
+            &r.rejected,
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_requests_abandoned",
+            "Requests still running at the shutdown deadline",
+            &r.abandoned,
+        )?;
+        if let Some(sd) = r.shutdown.get() {
+            let now = sd.phase();
+            let mut m = enc.encode_descriptor(
+                "lameduck_phase",
+                "Current lifecycle phase (1 for the current one)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in Phase::ALL {
+                let labels = [("phase", p.to_string())];
+                ConstGauge::new(i64::from(p == now)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let drain = r.drain_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let m = enc.encode_descriptor(
+            "lameduck_drain_duration_seconds",
+            "Duration of the last completed drain (0 before any)",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(drain).encode(m)?;
+        let hooks = lock(&r.hooks);
+        if !hooks.is_empty() {
+            let mut m = enc.encode_descriptor(
+                "lameduck_hook_duration_seconds",
+                "How long each shutdown hook ran, with how it ended",
+                None,
+                MetricType::Gauge,
+            )?;
+            for h in hooks.iter() {
+                let labels = [
+                    ("hook", h.name.as_str()),
+                    ("phase", h.phase),
+                    ("status", h.status),
+                ];
+                ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(m)
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: &AtomicU64,
+) -> std::fmt::Result {
+    let m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value.load(Ordering::Relaxed)).encode(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejected_and_abandoned_requests_are_counted() {
+        let m = Metrics::new();
+        m.request_rejected();
+        m.request_rejected();
+        m.requests_abandoned(3);
+        let text = m.render();
+        assert!(
+            text.contains("lameduck_http_requests_rejected_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lameduck_http_requests_abandoned_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("lameduck_hook_duration_seconds"),
+            "no hooks yet: {text}"
+        );
+    }
+
+    #[test]
+    fn render_has_cumulative_buckets_sum_and_count() {
+        let m = Metrics::new();
+        m.observe("/a", 200, Duration::from_micros(500));
+        m.observe("/a", 200, Duration::from_millis(20));
+        m.observe("/a\"b", 500, Duration::from_secs(100));
+        let text = m.render();
+        assert!(text.contains("lameduck_http_requests_total{route=\"/a\",status=\"200\"} 2"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/a\",status=\"200\"} 1"), "{text}");
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"0.025\",route=\"/a\",status=\"200\"} 2"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"30.0\",route=\"/a\\\"b\",status=\"500\"} 0"));
+        assert!(text.contains("lameduck_http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/a\\\"b\",status=\"500\"} 1"));
+        assert!(text.ends_with("# EOF\n"), "OpenMetrics: {text}");
+        assert!(text.contains(
+            "lameduck_http_request_duration_seconds_count{route=\"/a\\\"b\",status=\"500\"} 1"
+        ));
+    }
+
+    #[test]
+    fn connection_gauges_follow_open_and_close() {
+        let m = Metrics::new();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        assert_eq!(m.connections_open(), 1);
+        assert!(m.render().contains("lameduck_http_connections_total 2"));
+    }
+}

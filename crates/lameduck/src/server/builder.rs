@@ -1,0 +1,293 @@
+//! The server's configuration: every setting with its default as a named constant, and
+//! binding the listeners.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+use super::access::AccessLog;
+use super::{activation, Server};
+use crate::admin::ReadinessCheck;
+use crate::context::RequestSpans;
+use crate::hooks::{HookPhase, Hooks};
+use crate::lifecycle::Lifecycle;
+use crate::middleware::drain::DrainPolicy;
+use crate::Error;
+
+/// Keep accepting this long after draining starts (default: no delay).
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
+/// How long in-flight work may run after the drain delay before it is abandoned.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle keep-alive connection is kept during the drain.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// Longest time a request head may take to arrive, from its first byte (or the accept).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A keep-alive connection idle this long is closed. Longer than common client pool idle
+/// times (hyper and Go: 90 s), so that the server is not the side that closes first.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest request head (HTTP/1 read buffer and HTTP/2 header list), in bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most connections open at once; further connections wait in the accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Largest request body, in bytes; larger ones get 413.
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// How long a new process started by an upgrade may take to report ready.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's smallest HTTP/1 read buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Server configuration; see each method for its default.
+#[derive(Debug)]
+pub struct Builder {
+    pub(super) drain_delay: Duration,
+    pub(super) shutdown_timeout: Duration,
+    pub(super) idle_grace: Duration,
+    pub(super) header_read_timeout: Duration,
+    pub(super) idle_timeout: Duration,
+    pub(super) max_header_bytes: usize,
+    pub(super) max_connections: usize,
+    pub(super) body_limit: usize,
+    pub(super) access_log: AccessLog,
+    pub(super) request_spans: RequestSpans,
+    pub(super) drain_policy: DrainPolicy,
+    pub(super) upgrade_timeout: Duration,
+    pub(super) admin: Option<SocketAddr>,
+    pub(super) hooks: Hooks,
+    pub(super) checks: Vec<ReadinessCheck>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_limit: DEFAULT_BODY_LIMIT,
+            access_log: AccessLog::Off,
+            request_spans: RequestSpans::Off,
+            drain_policy: DrainPolicy::Serve,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            admin: None,
+            hooks: Hooks::new(),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl Builder {
+    /// Keep accepting this long after draining starts, while load balancers notice the
+    /// failing readiness (default [`DEFAULT_DRAIN_DELAY`]).
+    pub fn drain_delay(mut self, d: Duration) -> Self {
+        self.drain_delay = d;
+        self
+    }
+
+    /// The grace period after the drain delay (default [`DEFAULT_SHUTDOWN_TIMEOUT`]).
+    /// Never unbounded.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// How long an idle HTTP/1 keep-alive connection is kept during the drain (default
+    /// [`DEFAULT_IDLE_GRACE`]). Zero closes idle connections at once.
+    pub fn idle_grace(mut self, d: Duration) -> Self {
+        self.idle_grace = d;
+        self
+    }
+
+    /// Longest time for a request head to arrive (default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`]).
+    pub fn header_read_timeout(mut self, d: Duration) -> Self {
+        self.header_read_timeout = d;
+        self
+    }
+
+    /// Close keep-alive connections idle this long (default [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// Largest request head in bytes, at least 8192 (default
+    /// [`DEFAULT_MAX_HEADER_BYTES`]); larger heads get 431.
+    pub fn max_header_bytes(mut self, n: usize) -> Self {
+        self.max_header_bytes = n;
+        self
+    }
+
+    /// Most connections open at once (default [`DEFAULT_MAX_CONNECTIONS`]).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Largest request body in bytes (default [`DEFAULT_BODY_LIMIT`]); larger get 413.
+    pub fn body_limit(mut self, n: usize) -> Self {
+        self.body_limit = n;
+        self
+    }
+
+    /// The access log (default [`AccessLog::Off`]): one line per request when its response
+    /// is over, with method, route template (never the raw path), status, latency,
+    /// response bytes, whether the body was sent in full, client address and request id.
+    /// [`AccessLog::Tracing`] emits `tracing` events on [`ACCESS_LOG_TARGET`];
+    /// [`AccessLog::Json`] formats the line itself and is several times cheaper (see
+    /// docs/benchmarks.md); `lameduck::logs::LogWriter` (feature `logs`) is a sink that
+    /// never blocks on the disk.
+    pub fn access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = log;
+        self
+    }
+
+    /// How each request's ids (request id, trace id) reach what its handler logs (default
+    /// [`RequestSpans::Off`]): a `request` span around the handler, the ids written by
+    /// lameduck's JSON output without a span, or nothing. A binary using `lameduck::logs`
+    /// takes the setting its output supports from `Logs::request_spans`.
+    pub fn request_spans(mut self, spans: RequestSpans) -> Self {
+        self.request_spans = spans;
+        self
+    }
+
+    /// What to do with requests that arrive during the drain (default: serve them).
+    pub fn drain_policy(mut self, p: DrainPolicy) -> Self {
+        self.drain_policy = p;
+        self
+    }
+
+    /// How long a new process started by an upgrade (SIGHUP) may take to report ready
+    /// before it is killed and this one keeps serving (default [`DEFAULT_UPGRADE_TIMEOUT`]).
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.upgrade_timeout = d;
+        self
+    }
+
+    /// Serve `/livez`, `/readyz` and `/metrics` on this address.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
+    /// Register a shutdown hook (see [`Hooks::add`]).
+    pub fn hook<F, Fut>(
+        mut self,
+        phase: HookPhase,
+        name: impl Into<String>,
+        timeout: Duration,
+        f: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), crate::hooks::HookError>> + Send + 'static,
+    {
+        self.hooks.add(phase, name, timeout, f);
+        self
+    }
+
+    /// Register a readiness check for `/readyz`.
+    pub fn readiness_check(mut self, check: ReadinessCheck) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(Error::Config(format!(
+                "max_header_bytes is {}, must be at least {MIN_HEADER_BYTES}",
+                self.max_header_bytes
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "header_read_timeout and idle_timeout must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bind the HTTP listener on `addr` (and the admin listener, if configured), or take
+    /// over the sockets passed by socket activation (see [`activation`](super::activation)): an inherited
+    /// socket replaces the address asked for. Install signal handlers on `lifecycle` before
+    /// calling this (see [`Lifecycle::with_os_signals`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for out-of-range settings, [`Error::Bind`] naming the address
+    /// that could not be bound.
+    pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
+        self.validate()?;
+        let mut inherited = activation::from_env()?.unwrap_or_default();
+        let http = match inherited.http.take() {
+            Some(l) => adopt("HTTP", l)?,
+            None => bind("HTTP", addr).await?,
+        };
+        let admin = match (inherited.admin.take(), self.admin) {
+            (Some(l), _) => Some(adopt("admin", l)?),
+            (None, Some(a)) => Some(bind("admin", a).await?),
+            (None, None) => None,
+        };
+        Ok(Server {
+            config: self,
+            lifecycle,
+            http,
+            admin,
+        })
+    }
+}
+
+/// Serve on an inherited listening socket.
+fn adopt(which: &'static str, listener: std::net::TcpListener) -> Result<TcpListener, Error> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
+    let listener = TcpListener::from_std(listener)
+        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
+    tracing::info!(which, %addr, "serving on an inherited socket");
+    Ok(listener)
+}
+
+async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        which,
+        addr,
+        source,
+    })
+}
+
+impl Builder {
+    /// hyper-util's connection builder with this configuration's limits.
+    pub(super) fn connection_builder(
+        &self,
+    ) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // hyper's own header timeout also runs while a keep-alive connection waits for its next
+        // request, which would make it an idle timeout; lameduck enforces both itself.
+        b.http1()
+            .header_read_timeout(None)
+            .max_buf_size(self.max_header_bytes)
+            .keep_alive(true);
+        b.http2().max_header_list_size(self.max_header_bytes as u32);
+        b
+    }
+
+    /// Log the shutdown budget, which the supervisor's stop timeout must exceed.
+    pub(super) fn log_budget(&self) {
+        let hooks = self.hooks.budget(HookPhase::AfterDrain) + self.hooks.budget(HookPhase::Final);
+        let total = self.drain_delay + self.shutdown_timeout + hooks;
+        tracing::info!(
+        drain_delay_ms = self.drain_delay.as_millis() as u64,
+        shutdown_timeout_ms = self.shutdown_timeout.as_millis() as u64,
+        hooks_ms = hooks.as_millis() as u64,
+        total_ms = total.as_millis() as u64,
+        "shutdown budget: the supervisor's stop timeout (Kubernetes terminationGracePeriodSeconds, systemd TimeoutStopSec, docker stop -t) must exceed total_ms"
+    );
+    }
+}
