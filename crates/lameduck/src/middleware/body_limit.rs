@@ -62,6 +62,7 @@ pub struct BodyLimit<S> {
 }
 
 /// The layer's first step: whether `req` declares a body over `limit` bytes.
+#[inline]
 pub(crate) fn declares_over<B>(req: &Request<B>, limit: usize) -> bool {
     req.headers()
         .get(http::header::CONTENT_LENGTH)

@@ -125,6 +125,7 @@ pub fn mark_connection_close<B>(version: Version, res: &mut Response<B>) {
 
 /// The layer's last step: while `shutdown` is draining, mark the response so that an
 /// HTTP/1 client moves its next request to a new connection.
+#[inline]
 pub(crate) fn mark_if_draining<B>(shutdown: &Shutdown, version: Version, res: &mut Response<B>) {
     if shutdown.is_draining() {
         mark_connection_close(version, res);

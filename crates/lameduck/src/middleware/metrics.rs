@@ -120,12 +120,14 @@ where
 /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) records axum's matched
 /// template), else from the response extensions ([`RouteTemplate`], or axum's
 /// `MatchedPath`), else [`UNMATCHED_ROUTE`].
+#[inline]
 pub(crate) fn route_label<'a, B>(ctx: Option<&'a RequestContext>, res: &'a Response<B>) -> &'a str {
     ctx.and_then(RequestContext::route)
         .unwrap_or_else(|| response_route(res))
 }
 
 /// The route label the response extensions give, else [`UNMATCHED_ROUTE`].
+#[inline]
 pub(crate) fn response_route<B>(res: &Response<B>) -> &str {
     if let Some(label) = res.extensions().get::<RouteTemplate>() {
         return &label.0;
