@@ -1,4 +1,5 @@
-//! The load: workers, each with its own connection, classifying every request strictly.
+//! The load: workers, each with its own connection, classifying every request strictly and
+//! recording it in the timeline.
 //!
 //! No request is retried. A request that could not be *sent* because the connection was
 //! already closed (hyper hands the request back), or that HTTP/2 refused with
@@ -6,6 +7,8 @@
 //! it was never served, so this is not a retry.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,7 +18,14 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::outcome::Outcome;
+use crate::args::Plan;
+use crate::outcome::{Outcome, Tally, SLOT_SIGNIFICANT_DIGITS};
+
+/// Width of a timeline slot.
+pub const SLOT: Duration = Duration::from_millis(100);
+/// A worker whose connect was refused waits this long before the next request (nothing
+/// listens: do not spin).
+const REFUSED_PAUSE: Duration = Duration::from_millis(10);
 
 /// How requests travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -247,5 +257,130 @@ async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
             None if unprocessed(e.error()) => Sent::Refused,
             None => Sent::Failed,
         },
+    }
+}
+
+/// What the load recorded: the whole drill and each [`SLOT`] of it.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded {
+    /// Every request.
+    pub(crate) total: Tally,
+    /// The requests that started in each slot.
+    pub(crate) slots: Vec<Tally>,
+}
+
+/// Where the workers record, and the counters the progress line reads.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    pub(crate) start: Instant,
+    recorded: Mutex<Recorded>,
+    issued: AtomicU64,
+    pub(crate) ok: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) stop: AtomicBool,
+}
+
+impl Recorder {
+    pub(crate) fn new(start: Instant) -> Self {
+        Self {
+            start,
+            recorded: Mutex::new(Recorded::default()),
+            issued: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn record(&self, outcome: Outcome, at: Instant, latency: Duration) {
+        let slot = (at.duration_since(self.start).as_millis() / SLOT.as_millis()) as usize;
+        {
+            let mut r = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+            if r.slots.len() <= slot {
+                r.slots
+                    .resize_with(slot + 1, || Tally::new(SLOT_SIGNIFICANT_DIGITS));
+            }
+            r.slots[slot].record(outcome, latency);
+            r.total.record(outcome, latency);
+        }
+        let counter = if outcome.is_error() {
+            &self.errors
+        } else {
+            &self.ok
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What was recorded so far, taken out (the workers are done).
+    pub(crate) fn take(&self) -> Recorded {
+        std::mem::take(&mut *self.recorded.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Run `plan`'s workers until the end, the request cap or `recorder.stop`.
+pub(crate) async fn drive(plan: &Plan, recorder: &Arc<Recorder>, end: Instant) {
+    let pace = plan
+        .rate
+        .map(|rate| Duration::from_secs_f64(plan.concurrency as f64 / rate as f64));
+    let workers: Vec<_> = (0..plan.concurrency)
+        .map(|i| {
+            let worker = Worker {
+                id: i,
+                target: plan.targets[i % plan.targets.len()].clone(),
+                mode: plan.mode,
+                timeout: plan.timeout,
+                requests: plan.requests,
+                pace,
+            };
+            tokio::spawn(worker.run(recorder.clone(), end))
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// One worker: its connection to its target, one request at a time.
+struct Worker {
+    id: usize,
+    target: Arc<Template>,
+    mode: Mode,
+    timeout: Duration,
+    requests: u64,
+    /// Time between this worker's requests, under a rate.
+    pace: Option<Duration>,
+}
+
+impl Worker {
+    async fn run(self, recorder: Arc<Recorder>, end: Instant) {
+        let mut conn = None;
+        let mut next = Instant::now();
+        loop {
+            if recorder.stop.load(Ordering::Relaxed) || Instant::now() >= end {
+                return;
+            }
+            let seq = recorder.issued.fetch_add(1, Ordering::Relaxed);
+            if seq >= self.requests {
+                return;
+            }
+            if let Some(p) = self.pace {
+                tokio::time::sleep_until(next.into()).await;
+                next += p;
+            }
+            let started = Instant::now();
+            let outcome = one(
+                &mut conn,
+                &self.target,
+                self.mode,
+                self.id,
+                seq,
+                self.timeout,
+            )
+            .await;
+            recorder.record(outcome, started, started.elapsed());
+            if outcome == Outcome::Refused {
+                tokio::time::sleep(REFUSED_PAUSE).await;
+            }
+        }
     }
 }

@@ -1,8 +1,10 @@
-//! Strict outcome classes: every request ends in exactly one, and nothing is retried.
+//! Strict outcome classes: every request ends in exactly one, and nothing is retried; and
+//! the tally of a set of requests, with latencies in an HdrHistogram.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// How one request ended.
@@ -42,51 +44,48 @@ impl Outcome {
     }
 }
 
-/// Latency histogram bounds in microseconds: powers of two from 64 µs to about 67 s.
-const BUCKETS: usize = 21;
-
-fn bucket_of(latency: Duration) -> usize {
-    let us = latency.as_micros().max(1) as u64;
-    ((64 - us.leading_zeros()) as usize)
-        .saturating_sub(6)
-        .min(BUCKETS - 1)
-}
-
-fn bucket_upper(i: usize) -> Duration {
-    Duration::from_micros(64u64 << i)
-}
+/// Significant digits of a whole drill's latencies (what the report gives).
+pub const SIGNIFICANT_DIGITS: u8 = 3;
+/// Significant digits of one timeline slot's latencies (a chart's points): a tenth of the
+/// memory of three digits, which matters with one histogram per 100 ms of an hour-long drill.
+pub const SLOT_SIGNIFICANT_DIGITS: u8 = 2;
 
 /// Counts and latencies of a set of requests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Tally {
     /// Requests per outcome.
     pub counts: BTreeMap<Outcome, u64>,
-    latencies: Vec<u64>,
+    /// Latencies of successes in microseconds; resizes itself to the largest recorded.
+    latencies: Histogram<u32>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new(SIGNIFICANT_DIGITS)
+    }
 }
 
 impl Tally {
+    /// An empty tally whose latency quantiles keep `digits` significant digits (1 to 5).
+    pub fn new(digits: u8) -> Self {
+        Self {
+            counts: BTreeMap::new(),
+            // Only a precision outside 0..=5 fails to build: an invariant, not an input.
+            latencies: Histogram::new(digits.clamp(1, 5))
+                .expect("1 to 5 significant digits always build"),
+        }
+    }
+
     /// Record one request.
     pub fn record(&mut self, outcome: Outcome, latency: Duration) {
         *self.counts.entry(outcome).or_default() += 1;
         if outcome == Outcome::Ok {
-            if self.latencies.is_empty() {
-                self.latencies = vec![0; BUCKETS];
-            }
-            self.latencies[bucket_of(latency)] += 1;
-        }
-    }
-
-    /// Add another tally.
-    pub fn merge(&mut self, other: &Tally) {
-        for (o, n) in &other.counts {
-            *self.counts.entry(*o).or_default() += n;
-        }
-        if !other.latencies.is_empty() {
-            if self.latencies.is_empty() {
-                self.latencies = vec![0; BUCKETS];
-            }
-            for (a, b) in self.latencies.iter_mut().zip(&other.latencies) {
-                *a += b;
+            let micros = u64::try_from(latency.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            // The histogram grows to take the value; a count at its limit saturates.
+            if self.latencies.record(micros).is_err() {
+                self.latencies.saturating_record(micros);
             }
         }
     }
@@ -105,22 +104,15 @@ impl Tally {
             .sum()
     }
 
-    /// Latency of successful requests at quantile `q` (0..=1), as the upper bound of its
-    /// histogram bucket; `None` without successes.
+    /// Latency of successful requests at quantile `q` (0..=1), to the tally's significant
+    /// digits; `None` without successes.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let total: u64 = self.latencies.iter().sum();
-        if total == 0 {
+        if self.latencies.is_empty() {
             return None;
         }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (i, n) in self.latencies.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(bucket_upper(i));
-            }
-        }
-        None
+        Some(Duration::from_micros(
+            self.latencies.value_at_quantile(q.clamp(0.0, 1.0)),
+        ))
     }
 }
 
@@ -129,17 +121,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quantiles_come_from_the_histogram() {
+    fn quantiles_keep_three_significant_digits() {
         let mut t = Tally::default();
         for _ in 0..99 {
-            t.record(Outcome::Ok, Duration::from_micros(100));
+            t.record(Outcome::Ok, Duration::from_micros(5_000));
         }
         t.record(Outcome::Ok, Duration::from_millis(50));
         t.record(Outcome::Refused, Duration::ZERO);
         assert_eq!(t.total(), 101);
         assert_eq!(t.errors(), 1);
-        assert_eq!(t.quantile(0.5), Some(Duration::from_micros(128)));
-        assert!(t.quantile(1.0).unwrap() >= Duration::from_millis(50));
+        // A 5 ms request is 5 ms at p50, p90 and p99, not a power-of-two bucket's bound.
+        for q in [0.5, 0.9, 0.99] {
+            let v = t.quantile(q).expect("successes").as_micros();
+            assert!((4_995..=5_005).contains(&v), "q{q}: {v} µs");
+        }
+        let max = t.quantile(1.0).expect("successes").as_micros();
+        assert!((49_950..=50_050).contains(&max), "{max}");
+    }
+
+    #[test]
+    fn no_successes_no_quantile() {
+        let mut t = Tally::new(SLOT_SIGNIFICANT_DIGITS);
+        t.record(Outcome::Timeout, Duration::from_secs(5));
+        assert_eq!(t.quantile(0.5), None);
     }
 
     #[test]

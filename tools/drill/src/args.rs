@@ -1,0 +1,298 @@
+//! The command line, and the plan it is turned into: targets as request templates, the
+//! load, the faults and where the report goes. Every flag is checked here, before any load
+//! starts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use http::{HeaderName, Method};
+
+use crate::faults::{FaultPlan, PidSource};
+use crate::load::{Mode, Template};
+
+/// The longest drill allowed, whatever `--duration` says.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lameduck-drill",
+    version,
+    about = "Load and fault drills with strict outcome classes"
+)]
+pub struct Args {
+    /// Target URL(s) (http://host:port/path); workers are spread over them in turn.
+    #[arg(required = true, num_args = 1..)]
+    pub urls: Vec<String>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// Extra header `Name: value` (repeatable); `{seq}`, `{worker}`, `{run}` are replaced.
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// Request body; `{seq}`, `{worker}`, `{run}` are replaced.
+    #[arg(long, default_value = "")]
+    pub body: String,
+    /// How requests travel.
+    #[arg(long, value_enum, default_value_t = Mode::KeepAlive)]
+    pub mode: Mode,
+    /// Concurrent workers (connections).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Total requests per second (0: closed loop, as fast as responses come).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// How long to run (at most 1h).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Most requests in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub requests: u64,
+    /// Per-request timeout (connect to end of body).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Fault: send this signal (TERM, HUP, KILL, ...) to the target process.
+    #[arg(long)]
+    pub signal: Option<String>,
+    /// Fault target pid.
+    #[arg(long)]
+    pub pid: Option<i32>,
+    /// Fault target pid, read from this file at each fault (follows restarts).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
+    /// Fault: run this shell command (after the signal, if both are given).
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// First fault this long after the start.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub at: Duration,
+    /// Time between faults.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub every: Duration,
+    /// Number of faults.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG chart here (throughput, failures and latency over time, faults marked).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Exit 1 unless every request succeeded.
+    #[arg(long)]
+    pub expect_zero_errors: bool,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What a drill does, checked: the load, the faults, the outputs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// One template per target URL; worker `i` drives target `i mod n`.
+    pub targets: Vec<Arc<Template>>,
+    /// How requests travel.
+    pub mode: Mode,
+    /// Workers (connections).
+    pub concurrency: usize,
+    /// Requests per second in all, or `None` for a closed loop.
+    pub rate: Option<u64>,
+    /// How long the load runs (at most [`MAX_DURATION`]).
+    pub duration: Duration,
+    /// Most requests in all.
+    pub requests: u64,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// The faults to apply, if any.
+    pub faults: Option<FaultPlan>,
+    /// Where the JSON report goes.
+    pub json: Option<PathBuf>,
+    /// Where the SVG chart goes.
+    pub svg: Option<PathBuf>,
+    /// Fail unless every request succeeded.
+    pub expect_zero_errors: bool,
+    /// No live progress line.
+    pub quiet: bool,
+    /// The target URLs as given, for the report.
+    pub urls: Vec<String>,
+}
+
+impl Plan {
+    /// Check `args` and make the plan.
+    ///
+    /// # Errors
+    /// A URL that is not `http://host:port/...`, a bad method or header, no workers, a
+    /// signal without a target pid.
+    pub fn from_args(args: Args) -> anyhow::Result<Plan> {
+        if args.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        let targets = templates(&args)?.into_iter().map(Arc::new).collect();
+        let faults = FaultPlan::from_args(&args)?;
+        Ok(Plan {
+            targets,
+            mode: args.mode,
+            concurrency: args.concurrency,
+            rate: (args.rate > 0).then_some(args.rate),
+            duration: args.duration.min(MAX_DURATION),
+            requests: args.requests,
+            timeout: args.timeout,
+            faults,
+            json: args.json,
+            svg: args.svg,
+            expect_zero_errors: args.expect_zero_errors,
+            quiet: args.quiet,
+            urls: args.urls,
+        })
+    }
+}
+
+impl FaultPlan {
+    /// The faults `args` ask for: `None` without `--signal` or `--exec`.
+    fn from_args(args: &Args) -> anyhow::Result<Option<FaultPlan>> {
+        if args.signal.is_none() && args.exec.is_none() {
+            return Ok(None);
+        }
+        let signal = args.signal.as_deref().map(parse_signal).transpose()?;
+        let pid = match (&args.pid_file, args.pid) {
+            (Some(file), _) => Some(PidSource::File(file.clone())),
+            (None, Some(pid)) => Some(PidSource::Pid(pid)),
+            (None, None) if signal.is_some() => bail!("--signal needs --pid or --pid-file"),
+            (None, None) => None,
+        };
+        Ok(Some(FaultPlan {
+            signal,
+            pid,
+            exec: args.exec.clone(),
+            at: args.at,
+            every: args.every,
+            repeat: args.repeat,
+        }))
+    }
+}
+
+/// `TERM`, `SIGTERM` or `term` as a signal.
+fn parse_signal(name: &str) -> anyhow::Result<nix::sys::signal::Signal> {
+    let full = format!("SIG{}", name.trim_start_matches("SIG").to_uppercase());
+    full.parse()
+        .with_context(|| format!("unknown signal {name}"))
+}
+
+/// Parse flags into one request template per URL.
+///
+/// # Errors
+/// A URL that is not `http://host:port/...`, a bad method or header.
+pub fn templates(args: &Args) -> anyhow::Result<Vec<Template>> {
+    let headers = headers(&args.headers)?;
+    let method = Method::from_bytes(args.method.as_bytes())
+        .with_context(|| format!("invalid method {}", args.method))?;
+    let run = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    );
+    args.urls
+        .iter()
+        .map(|url| {
+            let (addr, authority, path) = target(url)?;
+            Ok(Template {
+                addr,
+                authority,
+                method: method.clone(),
+                path,
+                headers: headers.clone(),
+                body: args.body.clone(),
+                run: run.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A URL's address, authority and path.
+fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String, String)> {
+    let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("only http:// URLs are supported, got {url}");
+    }
+    let authority = uri.authority().context("URL has no host")?.to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let host = uri
+        .host()
+        .context("URL has no host")?
+        .trim_matches(['[', ']']);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let path = uri.path_and_query().map_or("/".into(), |p| p.to_string());
+    Ok((addr, authority, path))
+}
+
+/// `Name: value` flags as header names and (template) values.
+fn headers(flags: &[String]) -> anyhow::Result<Vec<(HeaderName, String)>> {
+    flags
+        .iter()
+        .map(|h| {
+            let (name, value) = h
+                .split_once(':')
+                .with_context(|| format!("header must be `Name: value`, got {h:?}"))?;
+            let name: HeaderName = name
+                .trim()
+                .parse()
+                .with_context(|| format!("invalid header name in {h:?}"))?;
+            Ok((name, value.trim().to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(argv: &[&str]) -> anyhow::Result<Plan> {
+        let mut all = vec!["lameduck-drill"];
+        all.extend_from_slice(argv);
+        Plan::from_args(Args::try_parse_from(all)?)
+    }
+
+    #[test]
+    fn bad_flags_are_refused_before_any_load() {
+        for (argv, why) in [
+            (&["https://127.0.0.1:1/"][..], "only http://"),
+            (&["http://127.0.0.1:1/", "--concurrency", "0"], "at least 1"),
+            (&["http://127.0.0.1:1/", "-H", "no colon"], "Name: value"),
+            (&["http://127.0.0.1:1/", "--signal", "TERM"], "--pid"),
+            (
+                &["http://127.0.0.1:1/", "--signal", "NOPE", "--pid", "1"],
+                "unknown signal",
+            ),
+        ] {
+            let e = plan(argv).expect_err(why);
+            assert!(format!("{e:#}").contains(why), "{argv:?}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn a_plan_keeps_the_load_and_caps_the_duration() {
+        let p = plan(&[
+            "http://127.0.0.1:8080/ping",
+            "--rate",
+            "0",
+            "--duration",
+            "2h",
+        ])
+        .expect("plan");
+        assert_eq!(p.rate, None);
+        assert_eq!(p.duration, MAX_DURATION);
+        assert_eq!(p.targets[0].path, "/ping");
+        assert!(p.faults.is_none());
+        let p = plan(&["http://127.0.0.1:8080/", "--signal", "hup", "--pid", "7"]).expect("plan");
+        let faults = p.faults.expect("faults");
+        assert_eq!(faults.signal, Some(nix::sys::signal::Signal::SIGHUP));
+    }
+}
