@@ -242,10 +242,9 @@ async fn unknown_routes_and_methods_get_json_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
 async fn the_api_works_the_same_on_postgres() {
-    let Some(store) = Store::postgres("api").await else {
-        return;
-    };
+    let store = Store::postgres("api").await;
     let s = store.start(&[]);
     crate::wait_ready(&s).await;
     let key = [("idempotency-key", "pg-key")];

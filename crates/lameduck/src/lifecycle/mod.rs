@@ -187,7 +187,7 @@ impl Lifecycle {
         tracing::info!(
             phase = phase.as_str(),
             previous = previous.as_str(),
-            previous_ms = elapsed.as_secs_f64() * 1e3,
+            previous_ms = log_ms(elapsed),
             "phase changed"
         );
     }
@@ -272,9 +272,29 @@ impl Shutdown {
     }
 }
 
+/// `d` in milliseconds, rounded to a microsecond, for a log field: `1293.012`, not
+/// `1293.0121080000001`.
+pub(crate) fn log_ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1e3
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_durations_are_rounded_to_a_microsecond() {
+        assert_eq!(
+            log_ms(Duration::from_nanos(1_293_012_108_000)).to_string(),
+            "1293012.108"
+        );
+        assert_eq!(
+            log_ms(Duration::from_nanos(19_990_597_518)).to_string(),
+            "19990.597"
+        );
+        assert_eq!(log_ms(Duration::from_nanos(999)).to_string(), "0");
+        assert_eq!(log_ms(Duration::from_micros(1)).to_string(), "0.001");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn phases_only_move_forward_and_are_timed() {

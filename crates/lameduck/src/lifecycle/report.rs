@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Phase;
+use super::{log_ms, Phase};
 use crate::exit;
 use crate::hooks::{HookOutcome, HookStatus};
 
@@ -73,7 +73,7 @@ impl ShutdownReport {
             tracing::warn!(
                 method = %r.method,
                 path = %r.path,
-                age_ms = r.age.as_secs_f64() * 1e3,
+                age_ms = log_ms(r.age),
                 request_id = r.request_id.as_deref().unwrap_or("-"),
                 "request abandoned"
             );
@@ -89,7 +89,7 @@ impl ShutdownReport {
                 hook = %h.name,
                 hook_phase = h.phase.as_str(),
                 status = %status,
-                duration_ms = h.duration.as_secs_f64() * 1e3,
+                duration_ms = log_ms(h.duration),
                 "hook finished"
             );
         }
@@ -101,7 +101,7 @@ impl ShutdownReport {
         tracing::info!(
             reason = %self.reason,
             forced = self.forced,
-            drain_ms = self.drain.as_secs_f64() * 1e3,
+            drain_ms = log_ms(self.drain),
             abandoned = self.abandoned.len(),
             connections_closed = self.connections_closed,
             hooks = self.hooks.len(),

@@ -95,7 +95,7 @@ impl Drop for Access {
                 method = self.method.as_str(),
                 route,
                 status = self.status,
-                latency_ms = latency.as_secs_f64() * 1e3,
+                latency_ms = crate::lifecycle::log_ms(latency),
                 bytes = self.bytes,
                 complete = self.complete,
                 client = %self.peer,
