@@ -7,6 +7,26 @@
 //! - `GET /metrics`: Prometheus text format ([`Metrics::render`]).
 //! - `GET /upgrade`: the outcome of the last SIGHUP upgrade (the new pid, or why it rolled
 //!   back), or `no upgrade yet`.
+//!
+//! [`Server`](crate::server::Server) serves it when given
+//! [`Builder::admin`](crate::server::Builder::admin); readiness checks come from
+//! [`Builder::readiness_check`](crate::server::Builder::readiness_check):
+//!
+//! ```
+//! use lameduck::admin::{Admin, ReadinessCheck};
+//! use lameduck::lifecycle::{Lifecycle, Phase};
+//! use lameduck::metrics::Metrics;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let lifecycle = Lifecycle::new();
+//! let db = ReadinessCheck::new("database", || async { Ok(()) });
+//! let admin = Admin::new(lifecycle.shutdown(), Metrics::new(), vec![db]);
+//! let readyz = || http::Request::get("/readyz").body(()).unwrap();
+//! assert_eq!(admin.handle(readyz()).await.status(), 503); // still starting
+//! lifecycle.set_phase(Phase::Serving);
+//! assert_eq!(admin.handle(readyz()).await.status(), 200);
+//! # }
+//! ```
 
 use std::convert::Infallible;
 use std::future::Future;

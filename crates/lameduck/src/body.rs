@@ -1,4 +1,25 @@
 //! A response body that carries a guard and drops it as soon as the body is finished.
+//!
+//! ```
+//! use http_body_util::{BodyExt as _, Full};
+//! use lameduck::in_flight::InFlight;
+//! use lameduck::middleware::in_flight::TrackInFlightLayer;
+//! use tower::{Layer as _, ServiceExt as _};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // TrackInFlightLayer answers with a GuardedBody: the request counts until its body ends.
+//! let in_flight = InFlight::new();
+//! let svc = TrackInFlightLayer::new(in_flight.clone()).layer(tower::service_fn(
+//!     |_: http::Request<()>| async { Ok::<_, std::convert::Infallible>(
+//!         http::Response::new(Full::new(bytes::Bytes::from_static(b"hi"))))
+//!     },
+//! ));
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(in_flight.len(), 1);
+//! let _ = res.into_body().collect().await;
+//! assert_eq!(in_flight.len(), 0);
+//! # }
+//! ```
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};

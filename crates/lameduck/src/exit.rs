@@ -2,6 +2,18 @@
 //!
 //! Scripts, supervisors and tests rely on these numbers; they never change meaning.
 //!
+//! ```
+//! use std::process::ExitCode;
+//! use lameduck::lifecycle::ShutdownReport;
+//!
+//! fn exit_code(report: &ShutdownReport) -> ExitCode {
+//!     // FORCED_SHUTDOWN when something was abandoned or a hook failed, else OK.
+//!     ExitCode::from(report.exit_code())
+//! }
+//! assert_eq!(ShutdownReport::default().exit_code(), lameduck::exit::OK);
+//! # let _ = exit_code;
+//! ```
+//!
 //! | code | constant | meaning |
 //! |---|---|---|
 //! | 0 | [`OK`] | clean shutdown: every request finished and every hook succeeded |

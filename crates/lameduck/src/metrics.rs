@@ -229,45 +229,7 @@ struct Snapshot(Metrics);
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let r = &self.0.inner;
-        {
-            let map = read(&r.series);
-            let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
-                .iter()
-                .flat_map(|(route, by)| by.iter().map(move |(s, v)| (route, *s, v)))
-                .collect();
-            rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-            let mut m = enc.encode_descriptor(
-                "lameduck_http_requests",
-                "Requests answered, by route template and status",
-                None,
-                MetricType::Counter,
-            )?;
-            for (route, status, s) in &rows {
-                let labels = [("route", route.to_string()), ("status", status.to_string())];
-                ConstCounter::new(s.count.load(Ordering::Relaxed))
-                    .encode(m.encode_family(&labels)?)?;
-            }
-            let mut m = enc.encode_descriptor(
-                "lameduck_http_request_duration_seconds",
-                "Time to response headers, by route template and status",
-                None,
-                MetricType::Histogram,
-            )?;
-            for (route, status, s) in &rows {
-                let labels = [("route", route.to_string()), ("status", status.to_string())];
-                let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-                    .iter()
-                    .zip(&s.buckets)
-                    .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
-                    .collect();
-                let count = s.count.load(Ordering::Relaxed);
-                let below: u64 = buckets.iter().map(|b| b.1).sum();
-                buckets.push((f64::INFINITY, count.saturating_sub(below)));
-                let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-                m.encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-            }
-        }
+        encode_requests(&mut enc, &read(&r.series))?;
         let in_flight = r.in_flight.get().map_or(0, InFlight::len);
         gauge(
             &mut enc,
@@ -299,46 +261,94 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Requests still running at the shutdown deadline",
             &r.abandoned,
         )?;
-        if let Some(sd) = r.shutdown.get() {
-            let now = sd.phase();
-            let mut m = enc.encode_descriptor(
-                "lameduck_phase",
-                "Current lifecycle phase (1 for the current one)",
-                None,
-                MetricType::Gauge,
-            )?;
-            for p in Phase::ALL {
-                let labels = [("phase", p.to_string())];
-                ConstGauge::new(i64::from(p == now)).encode(m.encode_family(&labels)?)?;
-            }
-        }
-        let drain = r.drain_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let m = enc.encode_descriptor(
-            "lameduck_drain_duration_seconds",
-            "Duration of the last completed drain (0 before any)",
+        encode_lifecycle(&mut enc, r)
+    }
+}
+
+/// The request counters and latency histograms, by route and status, sorted.
+fn encode_requests(enc: &mut DescriptorEncoder<'_>, map: &RouteSeries) -> std::fmt::Result {
+    let mut rows: Vec<(&Arc<str>, u16, &Arc<Series>)> = map
+        .iter()
+        .flat_map(|(route, by)| by.iter().map(move |(s, v)| (route, *s, v)))
+        .collect();
+    rows.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let labels = |route: &Arc<str>, status: u16| {
+        [("route", route.to_string()), ("status", status.to_string())]
+    };
+    let mut m = enc.encode_descriptor(
+        "lameduck_http_requests",
+        "Requests answered, by route template and status",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, status, s) in &rows {
+        ConstCounter::new(s.count.load(Ordering::Relaxed))
+            .encode(m.encode_family(&labels(route, *status))?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_http_request_duration_seconds",
+        "Time to response headers, by route template and status",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (route, status, s) in &rows {
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .zip(&s.buckets)
+            .map(|(le, n)| (*le, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = s.count.load(Ordering::Relaxed);
+        let below: u64 = buckets.iter().map(|b| b.1).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(below)));
+        let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        m.encode_family(&labels(route, *status))?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+/// The phase, the last drain's duration and the shutdown hooks' durations.
+fn encode_lifecycle(enc: &mut DescriptorEncoder<'_>, r: &Registry) -> std::fmt::Result {
+    if let Some(sd) = r.shutdown.get() {
+        let now = sd.phase();
+        let mut m = enc.encode_descriptor(
+            "lameduck_phase",
+            "Current lifecycle phase (1 for the current one)",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(drain).encode(m)?;
-        let hooks = lock(&r.hooks);
-        if !hooks.is_empty() {
-            let mut m = enc.encode_descriptor(
-                "lameduck_hook_duration_seconds",
-                "How long each shutdown hook ran, with how it ended",
-                None,
-                MetricType::Gauge,
-            )?;
-            for h in hooks.iter() {
-                let labels = [
-                    ("hook", h.name.as_str()),
-                    ("phase", h.phase),
-                    ("status", h.status),
-                ];
-                ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
-            }
+        for p in Phase::ALL {
+            let labels = [("phase", p.to_string())];
+            ConstGauge::new(i64::from(p == now)).encode(m.encode_family(&labels)?)?;
         }
-        Ok(())
     }
+    let drain = r.drain_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let m = enc.encode_descriptor(
+        "lameduck_drain_duration_seconds",
+        "Duration of the last completed drain (0 before any)",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(drain).encode(m)?;
+    let hooks = lock(&r.hooks);
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_hook_duration_seconds",
+        "How long each shutdown hook ran, with how it ended",
+        None,
+        MetricType::Gauge,
+    )?;
+    for h in hooks.iter() {
+        let labels = [
+            ("hook", h.name.as_str()),
+            ("phase", h.phase),
+            ("status", h.status),
+        ];
+        ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {

@@ -134,7 +134,8 @@ async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Ou
     })
 }
 
-/// Send one request on `conn` (opening one if needed); returns the outcome.
+/// Send one request on `conn` (opening one if needed); returns the outcome. One function,
+/// better whole: its two attempts share the deadline, the connection and the request.
 pub(crate) async fn one(
     conn: &mut Option<Conn>,
     t: &Template,

@@ -1,19 +1,4 @@
-//! A log file that never blocks a request on the disk and never loses a line at exit.
-//!
-//! Each log line is appended to an in-memory buffer under a short lock; a writer thread
-//! writes the buffer out in batches (when it passes [`BATCH_BYTES`], else after
-//! [`BATCH_DELAY`]). [`LogFile::flush`] writes everything logged so far and `fsync`s the
-//! file; dropping the [`LogFile`] does the same and stops the thread. So a shutdown that
-//! flushes in a final hook, and again when `main` returns, has every line on disk, the
-//! shutdown report included.
-//!
-//! The buffer is bounded ([`MAX_BUFFER_BYTES`]): when the disk cannot keep up, logging
-//! waits for the writer instead of dropping lines. A write error is kept and returned by
-//! the next [`LogFile::flush`]; the lines of the failed batch are lost, later ones are
-//! still tried.
-//!
-//! `tracing-appender`'s non-blocking writer is the usual choice for the first half; it has
-//! no way to flush on demand or to `fsync`, which is the half that matters at exit.
+//! The log file behind [`LogFile`](super::LogFile).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -59,7 +44,33 @@ impl Shared {
     }
 }
 
-/// An open log file with its writer thread. See the [module docs](self).
+/// A log file that never blocks a request on the disk and never loses a line at exit.
+///
+/// Each log line is appended to an in-memory buffer under a short lock; a writer thread
+/// writes the buffer out in batches (when it passes [`BATCH_BYTES`], else after
+/// [`BATCH_DELAY`]). [`LogFile::flush`] writes everything logged so far and `fsync`s the
+/// file; dropping the [`LogFile`] does the same and stops the thread. So a shutdown that
+/// flushes in a final hook, and again when `main` returns, has every line on disk, the
+/// shutdown report included.
+///
+/// The buffer is bounded ([`MAX_BUFFER_BYTES`]): when the disk cannot keep up, logging
+/// waits for the writer instead of dropping lines. A write error is kept and returned by
+/// the next [`LogFile::flush`]; the lines of the failed batch are lost, later ones are
+/// still tried.
+///
+/// `tracing-appender`'s non-blocking writer is the usual choice for the first half; it has
+/// no way to flush on demand or to `fsync`, which is the half that matters at exit.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use lameduck::logs::{init_logs_to_file, LogFormat};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let file = init_logs_to_file(LogFormat::Json, "info", "service.log".as_ref())?;
+/// tracing::info!("written by a thread, in batches");
+/// file.flusher().flush(Duration::from_secs(2)).await?; // on disk and fsync'd
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct LogFile {
     shared: Arc<Shared>,

@@ -9,6 +9,20 @@
 //! Handing over the *same* listening socket is what keeps connections that wait in its
 //! accept queue from being reset when a process is replaced (closing a listener resets its
 //! queue; a second socket on the same port has a queue of its own).
+//!
+//! [`Builder::bind`](super::Builder::bind) does this itself; to see what a process was
+//! given:
+//!
+//! ```no_run
+//! use lameduck::server::activation;
+//!
+//! # fn main() -> Result<(), lameduck::Error> {
+//! match activation::from_env()? {
+//!     Some(sockets) => println!("inherited: http {}", sockets.http.is_some()),
+//!     None => println!("no sockets passed: bind as configured"),
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

@@ -137,7 +137,8 @@ impl Builder {
     /// The access log (default [`AccessLog::Off`]): one line per request when its response
     /// is over, with method, route template (never the raw path), status, latency,
     /// response bytes, whether the body was sent in full, client address and request id.
-    /// [`AccessLog::Tracing`] emits `tracing` events on [`ACCESS_LOG_TARGET`];
+    /// [`AccessLog::Tracing`] emits `tracing` events on
+    /// [`ACCESS_LOG_TARGET`](super::ACCESS_LOG_TARGET);
     /// [`AccessLog::Json`] formats the line itself and is several times cheaper (see
     /// docs/benchmarks.md); `lameduck::logs::LogWriter` (feature `logs`) is a sink that
     /// never blocks on the disk.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::upgrade::Stop;
+use super::upgrade::{Handoff, Stop};
 use super::{activation, Builder, Listeners, Shared};
 use crate::hooks::{HookOutcome, HookPhase, Hooks};
 use crate::in_flight::InFlight;
@@ -36,17 +36,7 @@ pub(super) async fn shut_down(
         handoff,
         upgrade_status: _,
     } = listeners;
-    // Only a handover keeps the sockets open beyond this process: close the duplicates
-    // now, or they would keep a closed listener's socket alive (connects would hang).
-    drop(handoff);
-    if !matches!(stop, Stop::Handover(_)) {
-        // After a handover systemd follows the new process; only a real stop is announced.
-        activation::notify_stopping();
-    }
-    let mut report = ShutdownReport {
-        reason: stop.reason(),
-        ..ShutdownReport::default()
-    };
+    let mut report = announce(stop, handoff);
     let t0 = Instant::now();
     lifecycle.begin_drain(config.drain_delay + config.shutdown_timeout);
     let mut hooks = config.hooks;
@@ -62,9 +52,7 @@ pub(super) async fn shut_down(
     } else if !forced {
         forced = !keep_accepting_for(lifecycle, config.drain_delay).await;
     }
-    stop_accepting.cancel();
-    let _ = accept_task.await;
-    shared.tracker.close();
+    close_listener(stop_accepting, accept_task, shared).await;
     if !forced {
         if let Some(why) = wait_for_connections(lifecycle, shared).await {
             forced = true;
@@ -86,6 +74,23 @@ pub(super) async fn shut_down(
     report
 }
 
+/// The stop is final: close the sockets kept for an upgrade, tell systemd, start the
+/// report.
+fn announce(stop: Stop, handoff: Option<Handoff>) -> ShutdownReport {
+    // Only a handover keeps the sockets open beyond this process: close the duplicates
+    // now, or they would keep a closed listener's socket alive (connects would hang).
+    #[allow(clippy::drop_non_drop)] // without `fd-handoff` the stand-in owns nothing
+    drop(handoff);
+    if !matches!(stop, Stop::Handover(_)) {
+        // After a handover systemd follows the new process; only a real stop is announced.
+        activation::notify_stopping();
+    }
+    ShutdownReport {
+        reason: stop.reason(),
+        ..ShutdownReport::default()
+    }
+}
+
 /// Start the before-drain hooks (deregistration and the like) in a task of their own: they
 /// run alongside the drain, which does not wait for them until its end.
 fn start_before_drain_hooks(hooks: &mut Hooks) -> JoinHandle<Vec<HookOutcome>> {
@@ -104,6 +109,18 @@ async fn keep_accepting_for(lifecycle: &mut Lifecycle, delay: Duration) -> bool 
         _ = tokio::time::sleep(delay) => true,
         _ = next_stop_signal(lifecycle) => false,
     }
+}
+
+/// Stop the accept loop (which takes what is queued, then closes or leaves the listener to
+/// the new process) and let the connection tracker finish when its tasks do.
+async fn close_listener(
+    stop_accepting: tokio_util::sync::CancellationToken,
+    accept_task: JoinHandle<()>,
+    shared: &Shared,
+) {
+    stop_accepting.cancel();
+    let _ = accept_task.await;
+    shared.tracker.close();
 }
 
 /// Wait for every connection to finish; `Some(why)` when the deadline passed or a second
