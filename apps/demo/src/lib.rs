@@ -2,8 +2,9 @@
 //!
 //! Routes: `GET /ping` -> `pong`; `GET /work?ms=N` waits N ms (0..=600000) then answers
 //! `done`; `GET /events` streams a server-sent event every 100 ms and ends with a final
-//! event when the server starts draining. `GET /panic` panics (the server answers 500 and
-//! lives on). Admin: `/livez`, `/readyz`, `/metrics`.
+//! event when the server starts draining; `POST /upload` reads the whole body and answers
+//! its length. `GET /panic` panics (the server answers 500 and lives on). Admin: `/livez`,
+//! `/readyz`, `/metrics`, `/upgrade`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -37,13 +38,14 @@ pub const EVENT_INTERVAL: Duration = Duration::from_millis(100);
 )]
 pub struct Args {
     /// Address of the HTTP listener (port 0 picks one and prints it).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
     /// Address of the admin listener (/livez, /readyz, /metrics).
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    #[arg(long, default_value = "127.0.0.1:9091")]
     pub admin_listen: SocketAddr,
-    /// Grace period for in-flight requests after the drain delay.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Grace period for in-flight requests after the drain delay (20s: with the default
+    /// hooks, the whole shutdown fits Kubernetes' 30 s terminationGracePeriodSeconds).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
     /// Keep accepting this long after SIGTERM while load balancers notice.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -57,6 +59,15 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// Longest wait between two pieces of a request body (then 408).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Longest time for a whole request body, from its head (then 408).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Connections the kernel queues for accepting (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = server::DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
+    pub listen_backlog: u32,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -180,6 +191,9 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .idle_grace(args.idle_grace)
         .header_read_timeout(args.header_read_timeout)
         .body_limit(args.body_limit)
+        .body_read_timeout(args.body_read_timeout)
+        .body_timeout(args.body_timeout)
+        .listen_backlog(args.listen_backlog)
         .admin(args.admin_listen)
         .bind(args.listen, lifecycle)
         .await?;
@@ -195,6 +209,11 @@ pub fn app() -> Router {
         .route("/work", get(work))
         .route("/events", get(events))
         .route("/panic", get(panics))
+        .route("/upload", axum::routing::post(upload))
+}
+
+async fn upload(body: axum::body::Bytes) -> String {
+    format!("received {} bytes", body.len())
 }
 
 async fn work(RawQuery(query): RawQuery) -> Result<&'static str, (StatusCode, String)> {

@@ -79,6 +79,18 @@ pub struct Overrides {
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
     pub body_limit: Option<usize>,
+    /// Longest wait between two pieces of a request body, then 408 [default: 10s].
+    #[arg(long, env = "LAMEDUCK_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub body_read_timeout: Option<Duration>,
+    /// Longest time for a whole request body, from its head, then 408 [default: 60s].
+    #[arg(long, env = "LAMEDUCK_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub body_timeout: Option<Duration>,
+    /// Connections the kernel queues for accepting, capped by net.core.somaxconn
+    /// [default: 1024].
+    #[arg(long, env = "LAMEDUCK_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// Log format on stdout [default: json].
     #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -112,6 +124,14 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// Largest request body.
     pub body_limit: usize,
+    /// Longest wait between two pieces of a request body.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Longest time for a whole request body.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// The listen backlog.
+    pub listen_backlog: u32,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -131,6 +151,9 @@ impl Overrides {
             audit_fsync: self.audit_fsync.or(lower.audit_fsync),
             db_max_connections: self.db_max_connections.or(lower.db_max_connections),
             body_limit: self.body_limit.or(lower.body_limit),
+            body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
+            body_timeout: self.body_timeout.or(lower.body_timeout),
+            listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             log_format: self.log_format.or(lower.log_format),
         }
     }
@@ -174,6 +197,21 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if body_limit == 0 {
         bail!("body_limit must be at least 1");
     }
+    let body_read_timeout = o
+        .body_read_timeout
+        .unwrap_or(lameduck::server::DEFAULT_BODY_READ_TIMEOUT);
+    let body_timeout = o
+        .body_timeout
+        .unwrap_or(lameduck::server::DEFAULT_BODY_TIMEOUT);
+    if body_read_timeout.is_zero() || body_timeout.is_zero() {
+        bail!("body_read_timeout and body_timeout must be above zero");
+    }
+    let listen_backlog = o
+        .listen_backlog
+        .unwrap_or(lameduck::server::DEFAULT_LISTEN_BACKLOG);
+    if listen_backlog == 0 {
+        bail!("listen_backlog must be at least 1");
+    }
     Ok(Settings {
         listen: o
             .listen
@@ -190,6 +228,9 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),
         db_max_connections,
         body_limit,
+        body_read_timeout,
+        body_timeout,
+        listen_backlog,
         log_format: o.log_format.unwrap_or(LogFormat::Json),
     })
 }

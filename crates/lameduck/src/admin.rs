@@ -9,7 +9,10 @@
 //!   back), or `no upgrade yet`.
 //!
 //! [`Server`](crate::server::Server) serves it when given
-//! [`Builder::admin`](crate::server::Builder::admin); readiness checks come from
+//! [`Builder::admin`](crate::server::Builder::admin), with the same header and idle
+//! timeouts as the main listener and a small connection cap
+//! ([`Builder::admin_max_connections`](crate::server::Builder::admin_max_connections));
+//! readiness checks come from
 //! [`Builder::readiness_check`](crate::server::Builder::readiness_check):
 //!
 //! ```
@@ -28,7 +31,6 @@
 //! # }
 //! ```
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,9 +39,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 use crate::lifecycle::{Phase, Shutdown};
 use crate::metrics::Metrics;
@@ -184,32 +183,6 @@ impl Admin {
                 res
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-        }
-    }
-
-    /// Serve the admin endpoints on `listener` until the returned future is dropped.
-    pub async fn serve(self, listener: TcpListener) {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let admin = self.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
-                });
-                if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                    tracing::debug!(error = %e, "admin connection error");
-                }
-            });
         }
     }
 }

@@ -27,7 +27,7 @@
 //! `logs`, `otel`) only read them.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -233,6 +233,8 @@ struct ContextInner {
     peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
     route: OnceLock<Route>,
+    /// The server cut the request body at a body timeout.
+    body_timed_out: AtomicBool,
 }
 
 /// The route template a request matched, once the router knows it.
@@ -256,7 +258,19 @@ impl RequestContext {
             peer,
             shutdown,
             route: OnceLock::new(),
+            body_timed_out: AtomicBool::new(false),
         }))
+    }
+
+    /// Note that the server cut the request's body at a body timeout.
+    pub(crate) fn set_body_timed_out(&self) {
+        self.0.body_timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server cut the request's body at a body timeout (the answer is then
+    /// 408, whatever the handler made of the failed body).
+    pub fn body_timed_out(&self) -> bool {
+        self.0.body_timed_out.load(Ordering::Relaxed)
     }
 
     /// The request id (also sent back in `x-request-id`).

@@ -3,6 +3,7 @@
 mod activation;
 mod bad_input;
 mod drain;
+mod hostile;
 mod keepalive;
 mod logs;
 mod metrics;

@@ -329,3 +329,69 @@ async fn as_pid_1_a_sighup_is_refused_and_sigterm_still_drains() {
         .expect("PID 1 drains on SIGTERM");
     assert!(report.contains("\"exit_code\":0"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_handover_the_new_process_shows_whom_it_took_over_from() {
+    let s = start(&["--log-format", "json"]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let old = s.pid();
+    let _ = kill(Pid::from_raw(old as i32), Signal::SIGHUP);
+    let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
+        .await
+        .expect("upgraded");
+    newest.store(new_pid as usize, Ordering::Relaxed);
+    // The admin socket is shared: once the old process has let go, the new one answers.
+    let want = format!("took over from pid {old} at ");
+    let shown = poll_until(SOON, || async {
+        let res = lameduck_testkit::get(s.admin, "/upgrade").await.ok()?;
+        let text = String::from_utf8_lossy(res.body()).into_owned();
+        text.contains(&want).then_some(text)
+    })
+    .await;
+    let shown = shown.expect("/upgrade names the old pid");
+    assert!(
+        shown.contains(&format!("this process ({new_pid}) serves")),
+        "{shown}"
+    );
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_a_handover_drain_does_not_abandon_the_requests_in_flight() {
+    let mut s = start(&["--log-format", "json"]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let http = s.http;
+    let slow = tokio::spawn(async move {
+        let mut c = lameduck_testkit::connect_h1(http).await.expect("connect");
+        c.get("/work?ms=1500").await
+    });
+    crate::wait_in_flight(&s, 1).await;
+    let _ = kill(Pid::from_raw(s.pid() as i32), Signal::SIGHUP);
+    let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
+        .await
+        .expect("upgraded");
+    newest.store(new_pid as usize, Ordering::Relaxed);
+    // `systemctl stop` during the upgrade's drain: the old process is already draining.
+    s.signal(Signal::SIGTERM);
+    s.wait_for_log(&["already draining after a handover"], SOON)
+        .await
+        .expect("the first SIGTERM is noted, not obeyed");
+    let res = slow
+        .await
+        .expect("task")
+        .expect("the in-flight request is answered");
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        s.wait_exit(SOON).await,
+        Some(0),
+        "the old process exits clean"
+    );
+    let report = s
+        .wait_for_log(&["shutdown report"], SOON)
+        .await
+        .expect("report");
+    assert!(!report.contains("second signal"), "{report}");
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+}

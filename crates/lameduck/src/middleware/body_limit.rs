@@ -17,14 +17,11 @@
 //! # let _ = app;
 //! ```
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full, Limited};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error_response::error_response;
@@ -97,55 +94,15 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         if declares_over(&req, self.limit) {
-            return ResponseFuture {
-                kind: Kind::TooLarge {
-                    res: Some(too_large(self.limit, req.version())),
-                },
-            };
+            return ResponseFuture::early(too_large(self.limit, req.version()));
         }
         let limit = self.limit;
-        ResponseFuture {
-            kind: Kind::Inner {
-                fut: self.inner.call(req.map(|b| Limited::new(b, limit))),
-            },
-        }
+        ResponseFuture::inner(self.inner.call(req.map(|b| Limited::new(b, limit))))
     }
 }
 
-pin_project! {
-    /// Response future of [`BodyLimit`].
-    #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    #[derive(Debug)]
-    enum Kind<F, B> {
-        Inner { #[pin] fut: F },
-        TooLarge { res: Option<Response<Either<B, Full<Bytes>>>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<Either<B, Full<Bytes>>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { fut } => Poll::Ready(Ok(ready!(fut.poll(cx))?.map(Either::Left))),
-            KindProj::TooLarge { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => Poll::Pending,
-            },
-        }
-    }
-}
+/// Response future of [`BodyLimit`].
+pub type ResponseFuture<F, B> = super::early::EarlyOr<F, B>;
 
 #[cfg(test)]
 mod tests {

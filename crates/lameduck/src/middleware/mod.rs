@@ -5,8 +5,8 @@
 //! [`in_flight`](crate::in_flight)).
 //!
 //! The order [`Server`](crate::server::Server) applies them in, outermost first:
-//! [`request_context`] -> [`metrics`] -> [`in_flight`] -> [`drain`] -> [`body_limit`] ->
-//! [`catch_panic`] -> the application. Catch-panic wraps the application alone, so the 500
+//! [`request_context`] -> [`metrics`] -> [`in_flight`] -> [`drain`] -> [`host`] ->
+//! [`body_limit`] -> [`catch_panic`] -> the application. Catch-panic wraps the application alone, so the 500
 //! a panic becomes carries the request id, is counted under its route and is marked while
 //! draining, as any other answer. The server does not stack them: its per-connection
 //! service runs the same steps, by calling the same functions, in one service and one
@@ -32,6 +32,8 @@
 pub mod body_limit;
 pub mod catch_panic;
 pub mod drain;
+mod early;
+pub mod host;
 pub mod in_flight;
 pub mod metrics;
 pub mod propagate_trace;

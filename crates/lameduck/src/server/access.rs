@@ -204,6 +204,13 @@ fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     out.extend_from_slice(&buf[..width]);
 }
 
+/// `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_rfc3339(&mut out, t);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), as `tracing-subscriber` writes it.
 fn write_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();

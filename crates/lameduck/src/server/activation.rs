@@ -134,6 +134,9 @@ pub struct Inherited {
     pub http: Option<TcpListener>,
     /// The socket named `admin` (or the second unnamed one).
     pub admin: Option<TcpListener>,
+    /// The pid of the lameduck process that handed the sockets over in an upgrade (`None`
+    /// when they come from systemd).
+    pub upgraded_from: Option<u32>,
 }
 
 /// The sockets passed to this process by the `LISTEN_FDS` protocol, or `None` when the
@@ -162,7 +165,10 @@ pub fn from_env() -> Result<Option<Inherited>, Error> {
     let names: Vec<String> = var("LISTEN_FDNAMES")
         .map(|v| v.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
-    let mut inherited = Inherited::default();
+    let mut inherited = Inherited {
+        upgraded_from: is_parent_upgrade().then(std::os::unix::process::parent_id),
+        ..Inherited::default()
+    };
     for i in 0..n {
         let fd = LISTEN_FDS_START + i as RawFd;
         let listener = take_listener(fd)?;

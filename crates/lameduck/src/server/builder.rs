@@ -29,8 +29,22 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request head (HTTP/1 read buffer and HTTP/2 header list), in bytes.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Connections the kernel queues for accepting (the `listen(2)` backlog). A burst of new
+/// connections beyond it is dropped by the kernel (clients retry after a second); the
+/// kernel caps it at `net.core.somaxconn` (4096 on Linux 5.4 and later).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// Most connections open at once; further connections wait in the accept queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Longest wait between two pieces of a request body. A healthy client sending its body
+/// does not pause this long (the header read timeout's value: the same patience for the
+/// head and the body).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time for a whole request body, from its head: the default body limit (2 MiB) at
+/// about 35 KiB/s, a slow mobile uplink.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most admin connections open at once: probes and scrapes need a few; a client that holds
+/// more only queues behind its own.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Largest request body, in bytes; larger ones get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// How long a new process started by an upgrade may take to report ready.
@@ -48,7 +62,11 @@ pub struct Builder {
     pub(super) idle_timeout: Duration,
     pub(super) max_header_bytes: usize,
     pub(super) max_connections: usize,
+    pub(super) listen_backlog: u32,
+    pub(super) admin_max_connections: usize,
     pub(super) body_limit: usize,
+    pub(super) body_read_timeout: Duration,
+    pub(super) body_timeout: Duration,
     pub(super) access_log: AccessLog,
     pub(super) request_spans: RequestSpans,
     pub(super) drain_policy: DrainPolicy,
@@ -68,7 +86,11 @@ impl Default for Builder {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             access_log: AccessLog::Off,
             request_spans: RequestSpans::Off,
             drain_policy: DrainPolicy::Serve,
@@ -128,6 +150,29 @@ impl Builder {
         self
     }
 
+    /// Longest wait between two pieces of a request body (default
+    /// [`DEFAULT_BODY_READ_TIMEOUT`]). When it passes, the body the application reads fails
+    /// and the answer is 408 with code `request_timeout` (see [`TimedBody`](super::TimedBody)).
+    pub fn body_read_timeout(mut self, d: Duration) -> Self {
+        self.body_read_timeout = d;
+        self
+    }
+
+    /// Longest time for a whole request body, from the request head (default
+    /// [`DEFAULT_BODY_TIMEOUT`]); past it, as for [`body_read_timeout`](Self::body_read_timeout).
+    pub fn body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = d;
+        self
+    }
+
+    /// The listen backlog of the sockets this process binds, and of those a lameduck
+    /// upgrade hands it (default [`DEFAULT_LISTEN_BACKLOG`], at least 1; the kernel caps it
+    /// at `net.core.somaxconn`). Sockets from systemd keep their unit's `Backlog=`.
+    pub fn listen_backlog(mut self, n: u32) -> Self {
+        self.listen_backlog = n;
+        self
+    }
+
     /// Largest request body in bytes (default [`DEFAULT_BODY_LIMIT`]); larger get 413.
     pub fn body_limit(mut self, n: usize) -> Self {
         self.body_limit = n;
@@ -169,6 +214,13 @@ impl Builder {
         self
     }
 
+    /// Most admin connections open at once (default [`DEFAULT_ADMIN_MAX_CONNECTIONS`]); the
+    /// admin listener has the main listener's header and idle timeouts too.
+    pub fn admin_max_connections(mut self, n: usize) -> Self {
+        self.admin_max_connections = n;
+        self
+    }
+
     /// Serve `/livez`, `/readyz` and `/metrics` on this address.
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
@@ -207,10 +259,23 @@ impl Builder {
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
-        if self.header_read_timeout.is_zero() || self.idle_timeout.is_zero() {
+        if self.admin_max_connections == 0 {
             return Err(Error::Config(
-                "header_read_timeout and idle_timeout must be above zero".into(),
+                "admin_max_connections must be at least 1".into(),
             ));
+        }
+        if self.listen_backlog == 0 {
+            return Err(Error::Config("listen_backlog must be at least 1".into()));
+        }
+        for (name, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("body_timeout", self.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be above zero")));
+            }
         }
         Ok(())
     }
@@ -226,13 +291,16 @@ impl Builder {
     pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
         self.validate()?;
         let mut inherited = activation::from_env()?.unwrap_or_default();
+        // Sockets handed over by a lameduck upgrade get this process's backlog; under
+        // systemd the socket unit's `Backlog=` stays.
+        let relisten = inherited.upgraded_from.map(|_| self.listen_backlog);
         let http = match inherited.http.take() {
-            Some(l) => adopt("HTTP", l)?,
-            None => bind("HTTP", addr).await?,
+            Some(l) => adopt("HTTP", l, relisten)?,
+            None => bind("HTTP", addr, self.listen_backlog)?,
         };
         let admin = match (inherited.admin.take(), self.admin) {
-            (Some(l), _) => Some(adopt("admin", l)?),
-            (None, Some(a)) => Some(bind("admin", a).await?),
+            (Some(l), _) => Some(adopt("admin", l, relisten)?),
+            (None, Some(a)) => Some(bind("admin", a, self.listen_backlog)?),
             (None, None) => None,
         };
         Ok(Server {
@@ -240,27 +308,50 @@ impl Builder {
             lifecycle,
             http,
             admin,
+            upgraded_from: inherited.upgraded_from,
         })
     }
 }
 
-/// Serve on an inherited listening socket.
-fn adopt(which: &'static str, listener: std::net::TcpListener) -> Result<TcpListener, Error> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
-    let listener = TcpListener::from_std(listener)
-        .map_err(|e| Error::Activation(format!("{which} socket: {e}")))?;
+/// Serve on an inherited listening socket, listening again with `backlog` when given.
+fn adopt(
+    which: &'static str,
+    listener: std::net::TcpListener,
+    backlog: Option<u32>,
+) -> Result<TcpListener, Error> {
+    let bad = |e: std::io::Error| Error::Activation(format!("{which} socket: {e}"));
+    let addr = listener.local_addr().map_err(bad)?;
+    if let Some(n) = backlog {
+        socket2::SockRef::from(&listener)
+            .listen(backlog_arg(n))
+            .map_err(bad)?;
+    }
+    let listener = TcpListener::from_std(listener).map_err(bad)?;
     tracing::info!(which, %addr, "serving on an inherited socket");
     Ok(listener)
 }
 
-async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+/// A listening socket on `addr` with room for `backlog` connections waiting to be
+/// accepted (`SO_REUSEADDR`, non-blocking, close-on-exec). Must run in a runtime.
+fn bind(which: &'static str, addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let fail = |source| Error::Bind {
         which,
         addr,
         source,
-    })
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(backlog_arg(backlog)).map_err(fail)?;
+    TcpListener::from_std(socket.into()).map_err(fail)
+}
+
+/// `listen(2)`'s argument (the kernel caps it at `net.core.somaxconn`).
+fn backlog_arg(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 impl Builder {
@@ -273,7 +364,9 @@ impl Builder {
         // request, which would make it an idle timeout; lameduck enforces both itself.
         b.http1()
             .header_read_timeout(None)
-            .max_buf_size(self.max_header_bytes)
+            // lameduck answers heads over `max_header_bytes` itself (JSON 431, see
+            // `head_limit.rs`); hyper's buffer is the backstop behind it.
+            .max_buf_size(2 * self.max_header_bytes)
             .keep_alive(true);
         b.http2().max_header_list_size(self.max_header_bytes as u32);
         b

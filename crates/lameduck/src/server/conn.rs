@@ -10,12 +10,16 @@
 //!   has been idle for `idle_grace` counted from the later of its last response and the
 //!   start of the drain, so a client reusing it gets a response with `Connection: close`
 //!   rather than a reset;
+//! - a connection that has not sent a byte counts as idle during the drain: it is closed
+//!   after `idle_grace` (at least one second from its accept) too, not held until its
+//!   header timeout; a client that connected just before or during the drain and sends its
+//!   request within that time is answered;
 //! - a connection asked to close that stays idle for another `idle_grace` is dropped.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -25,7 +29,12 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use super::head_limit::{too_large_response, HeadCheck, HeadLimit};
 use crate::lifecycle::Shutdown;
+
+/// During the drain, the least time a connection that has sent nothing gets, from the
+/// later of its accept and the drain's start, to start its request.
+pub(crate) const SILENT_GRACE: Duration = Duration::from_secs(1);
 
 const VERSION_UNKNOWN: u8 = 0;
 const VERSION_H1: u8 = 1;
@@ -39,6 +48,8 @@ pub(crate) struct ConnState {
     active: AtomicUsize,
     last_active: AtomicU64,
     head_started: AtomicU64,
+    /// Whether any byte has arrived.
+    heard: AtomicBool,
     version: AtomicU8,
     changed: Notify,
 }
@@ -51,6 +62,7 @@ impl ConnState {
             last_active: AtomicU64::new(0),
             // The first request head is due from the accept on.
             head_started: AtomicU64::new(1),
+            heard: AtomicBool::new(false),
             version: AtomicU8::new(VERSION_UNKNOWN),
             changed: Notify::new(),
         }
@@ -78,15 +90,24 @@ impl ConnState {
         }
     }
 
-    /// Bytes arrived: if no request is running on an HTTP/1 connection, a head has started.
-    fn on_read(&self) {
-        if self.active.load(Ordering::Acquire) == 0
-            && self.version.load(Ordering::Relaxed) != VERSION_H2
-            && self.head_started.load(Ordering::Relaxed) == 0
+    /// Bytes arrived. When no request is running on an HTTP/1 connection they belong to a
+    /// request head: `Some(true)` when they start a new one, `Some(false)` when one was in
+    /// progress; `None` when a request is running (or on HTTP/2).
+    fn on_read(&self) -> Option<bool> {
+        if self.active.load(Ordering::Acquire) != 0
+            || self.version.load(Ordering::Relaxed) == VERSION_H2
         {
-            self.head_started
-                .store(self.nanos(Instant::now()), Ordering::Relaxed);
+            return None;
         }
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        if self.head_started.load(Ordering::Relaxed) != 0 {
+            return Some(false);
+        }
+        self.head_started
+            .store(self.nanos(Instant::now()), Ordering::Relaxed);
+        Some(true)
     }
 
     fn snapshot(&self) -> ConnSnapshot {
@@ -96,6 +117,7 @@ impl ConnState {
             idle_since: self.instant(last).unwrap_or(self.born),
             head_started: self.instant(self.head_started.load(Ordering::Relaxed)),
             http2: self.version.load(Ordering::Relaxed) == VERSION_H2,
+            silent: !self.heard.load(Ordering::Relaxed),
         }
     }
 }
@@ -123,11 +145,15 @@ pub(crate) struct ConnSnapshot {
     pub(crate) idle_since: Instant,
     pub(crate) head_started: Option<Instant>,
     pub(crate) http2: bool,
+    /// No byte has arrived yet.
+    pub(crate) silent: bool,
 }
 
 /// The connection timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ConnLimits {
+    /// Largest HTTP/1 request head (lameduck's own check, below hyper's buffer).
+    pub(crate) max_header_bytes: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) idle_grace: Duration,
@@ -175,6 +201,17 @@ pub(crate) fn decide(
     }
     match drain_started {
         Some(_) if c.http2 => Action::Graceful,
+        // Silent so far: idle, whatever its header timeout says, but with at least
+        // SILENT_GRACE from its accept to start its request (one accepted during the drain,
+        // from the backlog or during the drain delay, is a client that just connected).
+        Some(t0) if c.silent => {
+            let idle = ConnSnapshot {
+                head_started: None,
+                ..c
+            };
+            let grace = limits.idle_grace.max(SILENT_GRACE);
+            idle_for(now, idle, t0.max(c.idle_since), grace, next)
+        }
         Some(t0) => idle_for(now, c, t0.max(c.idle_since), limits.idle_grace, next),
         None => idle_for(now, c, c.idle_since, limits.idle_timeout, next),
     }
@@ -264,34 +301,102 @@ where
 }
 
 pin_project! {
-    /// A socket that tells its [`ConnState`] when bytes arrive.
+    /// A socket that tells its [`ConnState`] when bytes arrive, and holds HTTP/1 request
+    /// heads to lameduck's limit (see `head_limit.rs`): a head over it is answered 431 here,
+    /// before hyper sees it.
     #[derive(Debug)]
     pub(crate) struct TrackedIo<T> {
         #[pin]
         io: T,
         state: Arc<ConnState>,
+        head: HeadLimit,
+        reject: Option<Box<Reject>>,
     }
 }
 
 impl<T> TrackedIo<T> {
-    pub(crate) fn new(io: T, state: Arc<ConnState>) -> Self {
-        Self { io, state }
+    /// `io` with its connection's state; request heads of at most `max_head` bytes.
+    pub(crate) fn new(io: T, state: Arc<ConnState>, max_head: usize) -> Self {
+        Self {
+            io,
+            state,
+            head: HeadLimit::new(max_head),
+            reject: None,
+        }
     }
 }
 
-impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(reject) = this.reject.as_mut() {
+            return reject.poll(this.io, cx);
+        }
         let before = buf.filled().len();
-        ready!(this.io.poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            this.state.on_read();
+        ready!(this.io.as_mut().poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        if new.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(new_head) = this.state.on_read() {
+            if new_head {
+                this.head.new_head();
+            }
+            if this.head.on_bytes(new) == HeadCheck::TooLarge {
+                // hyper never sees these bytes; the connection answers 431 and closes.
+                buf.set_filled(before);
+                tracing::debug!("request head over the limit: answered 431");
+                let reject = this.reject.insert(Box::new(Reject {
+                    answer: too_large_response(this.head.limit()),
+                    written: 0,
+                    shut: false,
+                }));
+                return reject.poll(this.io, cx);
+            }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Answering a request head over the limit: write the 431, close the writing side, then
+/// read and drop what the client still sends until it closes (closing with unread bytes
+/// would reset the connection and could take the answer with it); hyper then reads the
+/// end of the stream.
+#[derive(Debug)]
+pub(crate) struct Reject {
+    answer: Vec<u8>,
+    written: usize,
+    shut: bool,
+}
+
+impl Reject {
+    fn poll<T: AsyncRead + AsyncWrite>(
+        &mut self,
+        mut io: Pin<&mut T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.written < self.answer.len() {
+                match ready!(io.as_mut().poll_write(cx, &self.answer[self.written..])) {
+                    Ok(n) if n > 0 => self.written += n,
+                    _ => return Poll::Ready(Ok(())),
+                }
+            } else if !self.shut {
+                let _ = ready!(io.as_mut().poll_shutdown(cx));
+                self.shut = true;
+            } else {
+                let mut scratch = [0u8; 1024];
+                let mut drop_buf = ReadBuf::new(&mut scratch);
+                match ready!(io.as_mut().poll_read(cx, &mut drop_buf)) {
+                    Ok(()) if !drop_buf.filled().is_empty() => {}
+                    _ => return Poll::Ready(Ok(())),
+                }
+            }
+        }
     }
 }
 
@@ -330,6 +435,7 @@ mod tests {
     use super::*;
 
     const LIMITS: ConnLimits = ConnLimits {
+        max_header_bytes: 65536,
         header_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(120),
         idle_grace: Duration::from_secs(1),
@@ -341,6 +447,7 @@ mod tests {
             idle_since: since,
             head_started: None,
             http2: false,
+            silent: false,
         }
     }
 
@@ -450,6 +557,53 @@ mod tests {
             decide(t + secs(1), c, LIMITS, Some(t), Some(t)),
             Action::Close
         );
+    }
+
+    #[test]
+    fn a_connection_that_sent_nothing_goes_after_the_idle_grace_not_its_header_timeout() {
+        let t = Instant::now();
+        let silent = ConnSnapshot {
+            head_started: Some(t),
+            silent: true,
+            ..idle(t)
+        };
+        // Serving: the header timeout governs (slowloris).
+        assert_eq!(
+            decide(t + secs(10), silent, LIMITS, None, None),
+            Action::Close
+        );
+        // Draining from t + 2: closed at t + 3, not at t + 10.
+        let t0 = t + secs(2);
+        assert_eq!(
+            decide(t0, silent, LIMITS, Some(t0), None),
+            Action::Wait(t0 + secs(1))
+        );
+        assert_eq!(
+            decide(t0 + secs(1), silent, LIMITS, Some(t0), None),
+            Action::Graceful
+        );
+        // With no idle grace, a silent connection still gets SILENT_GRACE from its accept.
+        let new = ConnSnapshot {
+            idle_since: t0,
+            ..silent
+        };
+        let no_grace = ConnLimits {
+            idle_grace: Duration::ZERO,
+            ..LIMITS
+        };
+        assert_eq!(
+            decide(t0, new, no_grace, Some(t0), None),
+            Action::Wait(t0 + SILENT_GRACE)
+        );
+        // Once it has sent part of a head, the header timeout governs again.
+        let heard = ConnSnapshot {
+            silent: false,
+            ..silent
+        };
+        assert!(matches!(
+            decide(t0 + secs(1), heard, LIMITS, Some(t0), None),
+            Action::Wait(_)
+        ));
     }
 
     #[test]

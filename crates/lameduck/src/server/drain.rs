@@ -54,7 +54,8 @@ pub(super) async fn shut_down(
     }
     close_listener(stop_accepting, accept_task, shared).await;
     if !forced {
-        if let Some(why) = wait_for_connections(lifecycle, shared).await {
+        let after_handover = matches!(stop, Stop::Handover(_));
+        if let Some(why) = wait_for_connections(lifecycle, shared, after_handover).await {
             forced = true;
             report.reason.push_str(why);
         }
@@ -107,7 +108,7 @@ async fn keep_accepting_for(lifecycle: &mut Lifecycle, delay: Duration) -> bool 
     }
     tokio::select! {
         _ = tokio::time::sleep(delay) => true,
-        _ = next_stop_signal(lifecycle) => false,
+        _ = next_stop_signal(lifecycle, false) => false,
     }
 }
 
@@ -123,9 +124,15 @@ async fn close_listener(
     shared.tracker.close();
 }
 
-/// Wait for every connection to finish; `Some(why)` when the deadline passed or a second
-/// signal came first.
-async fn wait_for_connections(lifecycle: &mut Lifecycle, shared: &Shared) -> Option<&'static str> {
+/// Wait for every connection to finish; `Some(why)` when the deadline passed or a stop
+/// signal came first. After a handover the drain was not started by a signal, so the first
+/// SIGTERM or SIGINT only says so (`systemctl stop` during an upgrade signals the whole
+/// cgroup); a second one, or SIGQUIT, forces.
+async fn wait_for_connections(
+    lifecycle: &mut Lifecycle,
+    shared: &Shared,
+    after_handover: bool,
+) -> Option<&'static str> {
     let deadline = tokio::time::Instant::from_std(
         lifecycle.shutdown().deadline().unwrap_or_else(Instant::now),
     );
@@ -133,7 +140,7 @@ async fn wait_for_connections(lifecycle: &mut Lifecycle, shared: &Shared) -> Opt
     tokio::select! {
         _ = shared.tracker.wait() => None,
         _ = tokio::time::sleep_until(deadline) => Some(", deadline passed"),
-        _ = next_stop_signal(lifecycle) => Some(", second signal"),
+        _ = next_stop_signal(lifecycle, after_handover) => Some(", second signal"),
         never = log_drain_progress(&stack.in_flight, &stack.metrics, deadline) => match never {},
     }
 }
@@ -150,11 +157,18 @@ async fn abandon(lifecycle: &Lifecycle, shared: &Shared, report: &mut ShutdownRe
     shared.tracker.wait().await;
 }
 
-/// The next signal that ends a drain early; upgrades are ignored while draining.
-async fn next_stop_signal(lifecycle: &mut Lifecycle) {
+/// The next signal that ends a drain early; upgrades are ignored while draining, and so is
+/// the first graceful signal when `already_draining` (the drain was not a signal's doing).
+async fn next_stop_signal(lifecycle: &mut Lifecycle, mut already_draining: bool) {
     loop {
         match lifecycle.next_signal().await {
             Signal::Upgrade => tracing::warn!("upgrade refused: this process is draining"),
+            Signal::Graceful if already_draining => {
+                already_draining = false;
+                tracing::info!(
+                    "already draining after a handover; a second signal (or SIGQUIT) forces the exit"
+                );
+            }
             _ => return,
         }
     }

@@ -41,20 +41,25 @@
 mod accept;
 mod access;
 pub mod activation;
+mod admin_listener;
+mod body_timeout;
 mod builder;
 mod conn;
 mod drain;
 #[cfg(feature = "fd-handoff")]
 mod handoff;
+mod head_limit;
 mod service;
 mod upgrade;
 
 pub use crate::context::{RequestSpans, REQUEST_SPAN_TARGET};
 pub use access::{AccessLog, AccessSink, ACCESS_LOG_TARGET};
+pub use body_timeout::{BodyTimeoutError, TimedBody};
 pub use builder::{
-    Builder, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_DELAY, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
+    Builder, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT,
+    DEFAULT_BODY_TIMEOUT, DEFAULT_DRAIN_DELAY, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
 };
 pub use drain::DRAIN_PROGRESS_INTERVAL;
 #[cfg(feature = "fd-handoff")]
@@ -67,7 +72,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -85,8 +89,9 @@ use conn::{ConnLimits, ConnState, Ended, TrackedIo};
 use service::{ConnService, Stack};
 use upgrade::Handoff;
 
-/// The request body type the application sees: hyper's body under the body-size limit.
-pub type RequestBody = http_body_util::Limited<Incoming>;
+/// The request body type the application sees: hyper's body under the body timeouts and
+/// the body-size limit.
+pub type RequestBody = http_body_util::Limited<TimedBody>;
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +103,8 @@ pub struct Server {
     lifecycle: Lifecycle,
     http: TcpListener,
     admin: Option<TcpListener>,
+    /// The pid of the process this one took the listeners over from, in an upgrade.
+    upgraded_from: Option<u32>,
 }
 
 /// What the connection tasks share, and the drain waits on.
@@ -176,12 +183,16 @@ impl Server {
             mut lifecycle,
             http,
             admin,
+            upgraded_from,
         } = self;
         let shared = Shared::new(&config, lifecycle.shutdown());
         let listeners = start_listening(&config, &shared, http, admin, app);
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
         activation::notify_ready();
+        if let Some(pid) = upgraded_from {
+            announce_takeover(pid, &listeners.upgrade_status);
+        }
         let stop = upgrade::serve_until_stop(
             &mut lifecycle,
             listeners.handoff.as_ref(),
@@ -208,12 +219,17 @@ impl Shared {
             metrics,
             in_flight,
             body_limit: config.body_limit,
+            body_timeouts: body_timeout::BodyTimeouts {
+                read: config.body_read_timeout,
+                whole: config.body_timeout,
+            },
             access_log: config.access_log.clone(),
             request_spans: config.request_spans,
         };
         Shared {
             builder: Arc::new(config.connection_builder()),
             limits: ConnLimits {
+                max_header_bytes: config.max_header_bytes,
                 header_read_timeout: config.header_read_timeout,
                 idle_timeout: config.idle_timeout,
                 idle_grace: config.idle_grace,
@@ -222,6 +238,17 @@ impl Shared {
             stack: Arc::new(stack),
         }
     }
+}
+
+/// This process serves now in place of `pid`: say so in the log and on `/upgrade` (the old
+/// process no longer answers on the shared admin socket; its own view is its log).
+fn announce_takeover(pid: u32, status: &UpgradeStatus) {
+    let at = access::rfc3339(std::time::SystemTime::now());
+    tracing::info!(from_pid = pid, "upgrade: took over the listeners");
+    status.set(format!(
+        "took over from pid {pid} at {at}; this process ({}) serves",
+        std::process::id()
+    ));
 }
 
 /// Start the admin listener and the accept loop, keeping duplicates of the sockets for an
@@ -253,7 +280,12 @@ where
             config.checks.clone(),
         )
         .with_upgrade_status(upgrade_status.clone());
-        tokio::spawn(a.serve(l))
+        tokio::spawn(admin_listener::serve(
+            l,
+            a,
+            shared.limits,
+            config.admin_max_connections,
+        ))
     });
     let stop_accepting = CancellationToken::new();
     let handed_over = Arc::new(AtomicBool::new(false));
@@ -300,7 +332,11 @@ fn spawn_connection<S, B>(
     shared.stack.metrics.connection_opened();
     shared.tracker.clone().spawn(async move {
         let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(TrackedIo::new(stream, state.clone()));
+        let io = TokioIo::new(TrackedIo::new(
+            stream,
+            state.clone(),
+            shared.limits.max_header_bytes,
+        ));
         let service = ConnService {
             inner: svc,
             peer,

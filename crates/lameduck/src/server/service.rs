@@ -31,6 +31,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::access::{Access, AccessLog};
+use super::body_timeout::{request_timeout, BodyTimeouts, TimedBody};
 use super::conn::{ActiveGuard, ConnState};
 use super::RequestBody;
 use crate::context::{request_span, RequestContext, RequestSpans};
@@ -40,6 +41,7 @@ use crate::metrics::Metrics;
 use crate::middleware::body_limit::{declares_over, too_large};
 use crate::middleware::catch_panic::{catching, internal_error};
 use crate::middleware::drain::{mark_if_draining, DrainAdmissionLayer};
+use crate::middleware::host::{bad_request, host_problem};
 use crate::middleware::metrics::{response_route, route_label};
 use crate::middleware::request_context::{attach, set_response_headers};
 
@@ -51,6 +53,7 @@ pub(crate) struct Stack {
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
     pub(crate) body_limit: usize,
+    pub(crate) body_timeouts: BodyTimeouts,
     /// Where access-log lines go.
     pub(crate) access_log: AccessLog,
     /// How request ids reach the handler's log lines.
@@ -167,10 +170,13 @@ where
         };
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
+        } else if let Some(why) = host_problem(&req) {
+            (None, Early::BadHost(why))
         } else if declares_over(&req, self.stack.body_limit) {
             (None, Early::TooLarge)
         } else {
-            let req = req.map(|b| Limited::new(b, self.stack.body_limit));
+            let (limit, timeouts) = (self.stack.body_limit, self.stack.body_timeouts);
+            let req = req.map(|b| Limited::new(TimedBody::new(b, timeouts, started, &ctx), limit));
             let svc = self.inner.clone();
             (catching(|| svc.oneshot(req)), Early::Panicked)
         };
@@ -212,6 +218,8 @@ pub(crate) enum Early {
     Panicked,
     /// `Content-Length` is over the body limit.
     TooLarge,
+    /// An HTTP/1.1 request without a valid `Host`.
+    BadHost(&'static str),
 }
 
 pin_project! {
@@ -246,6 +254,7 @@ where
                 Early::Refused => this.stack.drain.refusal(*this.version),
                 Early::Panicked => internal_error(),
                 Early::TooLarge => too_large(this.stack.body_limit, *this.version),
+                Early::BadHost(why) => bad_request(why, *this.version),
             },
             Some(fut) => match catching(|| {
                 let _current = this.ctx.enter(*this.ids_in_logs);
@@ -262,6 +271,10 @@ where
                 }
             },
         };
+        if this.ctx.body_timed_out() {
+            // Whatever the handler made of the failed read, the client was too slow.
+            res = request_timeout(*this.version);
+        }
         mark_if_draining(&this.stack.shutdown, *this.version, &mut res);
         set_response_headers(&mut res, this.ctx);
         let status = res.status().as_u16();

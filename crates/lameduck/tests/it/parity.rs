@@ -15,6 +15,7 @@ use lameduck::metrics::Metrics;
 use lameduck::middleware::body_limit::BodyLimitLayer;
 use lameduck::middleware::catch_panic::CatchPanicLayer;
 use lameduck::middleware::drain::{DrainAdmissionLayer, DrainPolicy};
+use lameduck::middleware::host::ValidateHostLayer;
 use lameduck::middleware::in_flight::TrackInFlightLayer;
 use lameduck::middleware::metrics::RecordMetricsLayer;
 use lameduck::middleware::request_context::SetRequestContextLayer;
@@ -165,6 +166,7 @@ async fn layers(policy: DrainPolicy, lifecycle: &Lifecycle) -> Side {
                 .policy(policy)
                 .metrics(metrics.clone()),
         )
+        .layer(ValidateHostLayer::new())
         .layer(BodyLimitLayer::new(LIMIT))
         .layer(CatchPanicLayer::new())
         .service(app().layer(RouteLabelLayer::new()).with_state(()));
@@ -255,10 +257,12 @@ async fn the_server_answers_as_the_layers_on_an_axum_router_do() {
             oversized_post(),
             get_request("/orders/7"),
             get_request("/nope"),
+            "GET /ok HTTP/1.1\r\n\r\n".to_owned(),
         ];
         let answers = both(&stack, &server, &serving).await;
         let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
-        assert_eq!(statuses, [200, 500, 413, 200, 404]);
+        assert_eq!(statuses, [200, 500, 413, 200, 404, 400]);
+        assert!(answers[5].body.contains(r#""code":"bad_request""#));
         assert!(answers[1].body.contains(r#""code":"internal""#));
         assert!(answers[2].body.contains(r#""code":"payload_too_large""#));
         assert_eq!(header(&answers[2], "connection"), Some("close"));

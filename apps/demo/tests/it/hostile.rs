@@ -1,0 +1,283 @@
+//! Hostile and careless clients cannot hold the server: stalled request bodies, slow heads
+//! on the admin listener, silent connections at shutdown, requests without a proper
+//! `Host`, and a burst of connects larger than the default listen backlog.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{start, wait_in_flight, SOON};
+
+/// Send `raw` and read until the server closes the connection (or `SOON` passes).
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A POST that declares 1,000 bytes and sends 10: the body stalls.
+const STALLED_POST: &[u8] =
+    b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_answered_408_at_the_body_read_timeout() {
+    let s = start(&["--body-read-timeout", "500ms"]);
+    let t0 = Instant::now();
+    let answer = exchange(s.http, STALLED_POST).await;
+    let took = t0.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(
+        (Duration::from_millis(450)..Duration::from_secs(5)).contains(&took),
+        "cut after {took:?}"
+    );
+    // A body that trickles in faster than the read timeout but never ends meets the
+    // whole-body timeout.
+    let s = start(&["--body-read-timeout", "1s", "--body-timeout", "1500ms"]);
+    let mut c = TcpStream::connect(s.http).await.expect("connect");
+    c.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .expect("head");
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    while t0.elapsed() < SOON {
+        if c.write_all(b"x").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_with_stalled_uploads_ends_at_their_timeout_not_the_shutdown_deadline() {
+    let mut s = start(&["--body-read-timeout", "1s", "--shutdown-timeout", "30s"]);
+    let mut uploads = Vec::new();
+    for _ in 0..5 {
+        let addr = s.http;
+        uploads.push(tokio::spawn(
+            async move { exchange(addr, STALLED_POST).await },
+        ));
+    }
+    wait_in_flight(&s, 5).await;
+    let t0 = Instant::now();
+    s.signal(Signal::SIGTERM);
+    assert_eq!(
+        s.wait_exit(SOON).await,
+        Some(0),
+        "every request was answered"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        t0.elapsed()
+    );
+    for u in uploads {
+        let answer = u.await.expect("task");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_stalled_stream_gets_408_and_the_others_go_on() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, StreamBody};
+    let s = start(&["--body-read-timeout", "500ms"]);
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(s.http).await.expect("connect"));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    // One frame, then nothing: the sender is kept, so the stream stays open.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+        b"0123456789",
+    ))))
+    .await
+    .expect("frame");
+    let body = StreamBody::new(tokio_stream_from(rx)).boxed();
+    let req = http::Request::post(format!("http://{}/upload", s.http))
+        .header("content-length", "1000")
+        .body(body)
+        .expect("request");
+    send.ready().await.expect("ready");
+    let stalled = send.send_request(req);
+    let ping = http::Request::get(format!("http://{}/ping", s.http))
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .expect("request");
+    let mut other = send.clone();
+    let (stalled, ping) = tokio::join!(stalled, async move {
+        other.ready().await.expect("ready");
+        other.send_request(ping).await
+    });
+    let stalled = stalled.expect("a response on the stalled stream");
+    assert_eq!(stalled.status(), 408);
+    assert_eq!(ping.expect("the other stream").status(), 200);
+    // The connection is still usable.
+    let again = http::Request::get(format!("http://{}/ping", s.http))
+        .body(
+            http_body_util::Empty::<Bytes>::new()
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+        .expect("request");
+    send.ready().await.expect("the connection lives on");
+    assert_eq!(send.send_request(again).await.expect("ping").status(), 200);
+    drop(tx);
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_cuts_slow_and_silent_clients() {
+    let s = start(&["--header-read-timeout", "1s"]);
+    let before = fd_count(s.pid());
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let mut c = TcpStream::connect(s.admin).await.expect("connect");
+        if i % 2 == 0 {
+            // Half a request head, never finished.
+            c.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
+                .await
+                .expect("write");
+        }
+        held.push(c);
+    }
+    let t0 = Instant::now();
+    for mut c in held {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(SOON, c.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "closed by the server: {n:?}"
+        );
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "cut after {:?}",
+        t0.elapsed()
+    );
+    let settled = lameduck_testkit::poll_until(SOON, || async {
+        (fd_count(s.pid()) <= before + 2).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "descriptors {} -> {}",
+        before,
+        fd_count(s.pid())
+    );
+    assert_eq!(
+        crate::admin_status(&s, "/livez").await,
+        200,
+        "probes still served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_hold_the_exit_past_the_idle_grace() {
+    let mut s = start(&["--header-read-timeout", "10s", "--idle-grace", "1s"]);
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(s.http).await.expect("connect"));
+    }
+    let t0 = Instant::now();
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "exit took {:?} (the header timeout is 10 s)",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_requests_without_exactly_one_valid_host_get_400() {
+    let s = start(&[]);
+    for raw in [
+        &b"GET /ping HTTP/1.1\r\n\r\n"[..],
+        b"GET /ping HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nhost: a/b\r\n\r\n",
+        b"GET /ping HTTP/1.1\r\nhost: user@a\r\n\r\n",
+    ] {
+        let answer = exchange(s.http, raw).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{raw:?}: {answer}");
+        assert!(answer.contains(r#""code":"bad_request""#), "{answer}");
+    }
+    // HTTP/1.0 may leave Host out.
+    let answer = exchange(s.http, b"GET /ping HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_a_setting() {
+    let s = start(&["--listen-backlog", "2048"]);
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", s.http.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // LISTEN sockets show the backlog as Send-Q, the third column.
+    let send_q: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, ["2048"], "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_the_limit_gets_a_json_431_and_a_large_body_does_not() {
+    let s = start(&[]);
+    let mut raw = b"GET /ping HTTP/1.1\r\nhost: x\r\nx-big: ".to_vec();
+    raw.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    raw.extend_from_slice(b"\r\n\r\n");
+    let answer = exchange(s.http, &raw).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.contains(r#""code":"headers_too_large""#), "{answer}");
+    // A small head with a body of 1 MiB in the same writes is no head over the limit.
+    let mut raw = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        1 << 20
+    )
+    .into_bytes();
+    raw.extend(std::iter::repeat_n(b'b', 1 << 20));
+    let answer = exchange(s.http, &raw).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("received 1048576 bytes"), "{answer}");
+}

@@ -1,0 +1,197 @@
+//! `Host` checks for HTTP/1.1 (RFC 9112, section 3.2): a request without `Host`, with more
+//! than one, or with one that is not a valid `host[:port]` is answered 400 with code
+//! `bad_request` (and `Connection: close`). HTTP/1.0 may leave `Host` out; HTTP/2 carries
+//! `:authority` instead and is not checked. An empty `Host` is valid (the RFC asks for one
+//! when the target has no authority).
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use lameduck::middleware::host::ValidateHostLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "ok" }))
+//!     .layer(ValidateHostLayer::new());
+//! # let _ = app;
+//! ```
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use tower::{Layer, Service};
+
+use crate::error_response::error_response;
+use crate::middleware::drain::mark_connection_close;
+
+/// Answers HTTP/1.1 requests with a missing, repeated or invalid `Host` with 400. See the
+/// [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidateHostLayer;
+
+impl ValidateHostLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<S> Layer<S> for ValidateHostLayer {
+    type Service = ValidateHost<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ValidateHost { inner }
+    }
+}
+
+/// The service of [`ValidateHostLayer`].
+#[derive(Debug, Clone)]
+pub struct ValidateHost<S> {
+    inner: S,
+}
+
+/// Response future of [`ValidateHost`].
+pub type ResponseFuture<F, B> = super::early::EarlyOr<F, B>;
+
+impl<S, B, ResB> Service<Request<B>> for ValidateHost<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<Either<ResB, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match host_problem(&req) {
+            Some(why) => ResponseFuture::early(bad_request(why, req.version())),
+            None => ResponseFuture::inner(self.inner.call(req)),
+        }
+    }
+}
+
+/// The layer's step: what is wrong with an HTTP/1.1 request's `Host`, if anything.
+#[inline]
+pub(crate) fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return Some("an HTTP/1.1 request needs a Host header");
+    };
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    (!valid_host(host.as_bytes())).then_some("the Host header is not a valid host[:port]")
+}
+
+/// `uri-host [ ":" port ]` as RFC 3986 allows it, or empty: a registered name or IPv4
+/// address (unreserved, sub-delims and percent-encoded characters), or an IP literal in
+/// brackets; then an optional port of digits.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = match h.first() {
+        Some(b'[') => match h.iter().position(|&b| b == b']') {
+            Some(end) => (&h[..=end], &h[end + 1..]),
+            None => return false,
+        },
+        _ => match h.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&h[..colon], &h[colon..]),
+            None => (h, &h[h.len()..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let host_ok = match host.first() {
+        Some(b'[') => host[1..host.len() - 1]
+            .iter()
+            .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V')),
+        _ => host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                )
+        }),
+    };
+    port_ok && host_ok
+}
+
+/// The 400 answer to a request with a bad `Host`: code `bad_request`, and the connection
+/// is not reused (the request may not be what the client meant to send).
+pub(crate) fn bad_request<B>(why: &str, version: Version) -> Response<Either<B, Full<Bytes>>> {
+    let mut res = error_response(StatusCode::BAD_REQUEST, "bad_request", why);
+    mark_connection_close(version, &mut res);
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, hosts: &[&str]) -> Request<()> {
+        let mut r = Request::builder().version(version);
+        for h in hosts {
+            r = r.header(header::HOST, *h);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "[::1]",
+            "",
+            "a-b_c~d.%41",
+            "host:",
+        ] {
+            assert_eq!(host_problem(&req(Version::HTTP_11, &[ok])), None, "{ok:?}");
+        }
+        for bad in [
+            "a b",
+            "a/b",
+            "user@host",
+            "host:80x",
+            "[::1",
+            "[::1]x",
+            "h\"x",
+        ] {
+            assert!(
+                host_problem(&req(Version::HTTP_11, &[bad])).is_some(),
+                "{bad:?}"
+            );
+        }
+        assert!(host_problem(&req(Version::HTTP_11, &[])).is_some());
+        assert!(host_problem(&req(Version::HTTP_11, &["a", "b"])).is_some());
+    }
+
+    #[test]
+    fn http10_and_http2_are_not_checked() {
+        assert_eq!(host_problem(&req(Version::HTTP_10, &[])), None);
+        assert_eq!(host_problem(&req(Version::HTTP_2, &[])), None);
+    }
+}
