@@ -59,6 +59,7 @@ impl HeadLimit {
     }
 
     /// `bytes` arrived while no request is in progress.
+    #[inline]
     pub(crate) fn on_bytes(&mut self, bytes: &[u8]) -> HeadCheck {
         if self.first {
             self.first = false;
@@ -82,8 +83,11 @@ impl HeadLimit {
     }
 
     fn remember_tail(&mut self, bytes: &[u8]) {
-        for &b in bytes.iter().rev().take(3).rev() {
-            self.tail = [self.tail[1], self.tail[2], b];
+        match *bytes {
+            [.., a, b, c] => self.tail = [a, b, c],
+            [a, b] => self.tail = [self.tail[2], a, b],
+            [a] => self.tail = [self.tail[1], self.tail[2], a],
+            [] => {}
         }
     }
 }
