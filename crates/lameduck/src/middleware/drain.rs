@@ -178,62 +178,42 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let version = req.version();
         if self.layer.refuses_now() {
-            return ResponseFuture {
-                kind: Kind::Refused {
-                    res: Some(self.layer.refusal(version)),
-                },
-            };
+            return ResponseFuture::early(self.layer.refusal(version));
         }
-        ResponseFuture {
-            kind: Kind::Inner {
-                fut: self.inner.call(req),
-                version,
-                shutdown: self.layer.shutdown.clone(),
-            },
-        }
+        ResponseFuture::inner(MarkWhileDraining {
+            fut: self.inner.call(req),
+            version,
+            shutdown: self.layer.shutdown.clone(),
+        })
     }
 }
 
+/// Response future of [`DrainAdmission`].
+pub type ResponseFuture<F, B> = super::early::EarlyOr<MarkWhileDraining<F>, B>;
+
 pin_project! {
-    /// Response future of [`DrainAdmission`].
+    /// The inner service's response future, its response marked `Connection: close` when
+    /// it is ready while the server drains.
     #[derive(Debug)]
-    pub struct ResponseFuture<F, B> {
+    pub struct MarkWhileDraining<F> {
         #[pin]
-        kind: Kind<F, B>,
+        fut: F,
+        version: Version,
+        shutdown: Shutdown,
     }
 }
 
-pin_project! {
-    #[project = KindProj]
-    #[derive(Debug)]
-    enum Kind<F, B> {
-        Inner { #[pin] fut: F, version: Version, shutdown: Shutdown },
-        Refused { res: Option<Response<Either<B, Full<Bytes>>>> },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
+impl<F, B, E> Future for MarkWhileDraining<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<Either<B, Full<Bytes>>>, E>;
+    type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner {
-                fut,
-                version,
-                shutdown,
-            } => {
-                let mut res = ready!(fut.poll(cx))?.map(Either::Left);
-                mark_if_draining(shutdown, *version, &mut res);
-                Poll::Ready(Ok(res))
-            }
-            KindProj::Refused { res } => match res.take() {
-                Some(res) => Poll::Ready(Ok(res)),
-                None => Poll::Pending,
-            },
-        }
+        let this = self.project();
+        let mut res = ready!(this.fut.poll(cx))?;
+        mark_if_draining(this.shutdown, *this.version, &mut res);
+        Poll::Ready(Ok(res))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The response future of a layer that either calls its inner service or answers at once
-//! ([`BodyLimit`](super::body_limit::BodyLimit),
-//! [`ValidateHost`](super::host::ValidateHost)): the body stays unboxed,
-//! `Either<inner body, Full<Bytes>>`.
+//! ([`DrainAdmission`](super::drain::DrainAdmission),
+//! [`ValidateHost`](super::host::ValidateHost), [`BodyLimit`](super::body_limit::BodyLimit)):
+//! the body stays unboxed, `Either<inner body, Full<Bytes>>`.
 
 use std::future::Future;
 use std::pin::Pin;
