@@ -219,10 +219,12 @@ impl std::fmt::Display for RequestId {
 /// What a handler knows about its request and the process lifecycle.
 ///
 /// Stored in the request extensions by
-/// [`SetRequestContextLayer`](crate::middleware::request_context::SetRequestContextLayer)
-/// (and by lameduck's [`Server`](crate::server::Server)); with the `axum` feature it is
-/// also an extractor (a request without the layer is answered 500). Cloning is cheap:
-/// clones share one context.
+/// [`SetRequestContextLayer`](crate::middleware::request_context::SetRequestContextLayer);
+/// under lameduck's [`Server`](crate::server::Server) it is the
+/// [`current`](Self::current) context while the application handles the request (not in
+/// the extensions: inserting and dropping one costs every request). With the `axum`
+/// feature it is an extractor that finds it either way (without either, the request is
+/// answered 500). Cloning is cheap: clones share one context.
 #[derive(Debug, Clone)]
 pub struct RequestContext(Arc<ContextInner>);
 
@@ -323,6 +325,15 @@ impl RequestContext {
         CURRENT.with(|c| c.borrow().as_ref().map(|c| c.ctx.clone()))
     }
 
+    /// `f` of the [`current`](Self::current) context, without cloning it.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+        CURRENT
+            .try_with(|c| c.borrow().as_ref().map(|c| f(&c.ctx)))
+            .ok()
+            .flatten()
+    }
+
     /// Make this the [`current`](Self::current) context until the guard is dropped;
     /// `in_logs`: its ids go on every log line lameduck's JSON output makes meanwhile
     /// ([`RequestSpans::IdsInLogs`]).
@@ -393,9 +404,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
         parts: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<RequestContext>().cloned().ok_or((
-            http::StatusCode::INTERNAL_SERVER_ERROR,
-            "SetRequestContextLayer is missing from the middleware stack",
-        ))
+        // The standalone layer puts it in the extensions; lameduck's server makes it the
+        // current context while the handler runs.
+        parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .or_else(RequestContext::current)
+            .ok_or((
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "SetRequestContextLayer is missing from the middleware stack",
+            ))
     }
 }

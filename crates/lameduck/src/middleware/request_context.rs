@@ -36,10 +36,13 @@ use crate::context::{RequestContext, RequestId, X_REQUEST_ID};
 use crate::lifecycle::Shutdown;
 use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
-/// The layer's first step: give `req` its id (the client's, if valid, else a new one) and
-/// a [`RequestContext`], which is returned too.
-pub(crate) fn attach<B>(
-    req: &mut Request<B>,
+/// The layer's first step: the [`RequestContext`] of `req`, with its id (the client's, if
+/// valid, else a new one) and its trace context. The layer puts it in the request
+/// extensions; lameduck's server makes it the thread's current context instead while the
+/// application runs (no extension to insert and drop on every request), which the
+/// extractor and the route label read.
+pub(crate) fn context_for<B>(
+    req: &Request<B>,
     shutdown: &Shutdown,
     peer: Option<std::net::SocketAddr>,
 ) -> RequestContext {
@@ -49,9 +52,7 @@ pub(crate) fn attach<B>(
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
     let trace = TraceContext::from_headers(req.headers());
-    let ctx = RequestContext::new(id, trace, peer, shutdown.clone());
-    req.extensions_mut().insert(ctx.clone());
-    ctx
+    RequestContext::new(id, trace, peer, shutdown.clone())
 }
 
 /// The layer's last step: return the request id and the trace context (`traceparent`,
@@ -114,7 +115,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = attach(&mut req, &self.shutdown, None);
+        let ctx = context_for(&req, &self.shutdown, None);
+        req.extensions_mut().insert(ctx.clone());
         ResponseFuture {
             inner: self.inner.call(req),
             ctx: Some(ctx),

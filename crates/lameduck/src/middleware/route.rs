@@ -1,7 +1,7 @@
 //! Route labels for axum: records the matched route template where
 //! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer) and access logs
-//! read it: in
-//! the request's [`RequestContext`] when there is one (see [`RequestContext::route`]),
+//! read it: in the request's [`RequestContext`] when there is one (in the request
+//! extensions, or the current one under lameduck's server; see [`RequestContext::route`]),
 //! else in the response extensions.
 //!
 //! Apply it with `Router::layer` (not around the router): axum only knows the matched
@@ -66,9 +66,17 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut path = req.extensions().get::<MatchedPath>().cloned();
-        if let Some(ctx) = req.extensions().get::<RequestContext>() {
-            if let Some(p) = path.take() {
-                ctx.set_matched_path(p);
+        if path.is_some() {
+            let mut record = |ctx: &RequestContext| {
+                if let Some(p) = path.take() {
+                    ctx.set_matched_path(p);
+                }
+            };
+            match req.extensions().get::<RequestContext>() {
+                Some(ctx) => record(ctx),
+                None => {
+                    RequestContext::with_current(record);
+                }
             }
         }
         ResponseFuture {

@@ -43,7 +43,7 @@ use crate::middleware::catch_panic::{catching, internal_error};
 use crate::middleware::drain::{mark_if_draining, DrainAdmissionLayer};
 use crate::middleware::host::{bad_request, host_problem};
 use crate::middleware::metrics::{response_route, route_label};
-use crate::middleware::request_context::{attach, set_response_headers};
+use crate::middleware::request_context::{context_for, set_response_headers};
 
 /// What every connection's service shares.
 #[derive(Debug)]
@@ -148,11 +148,11 @@ where
     type Error = Infallible;
     type Future = ServerFuture<S>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let version = req.version();
         let conn = self.state.begin(version);
-        let ctx = attach(&mut req, &self.stack.shutdown, Some(self.peer));
+        let ctx = context_for(&req, &self.stack.shutdown, Some(self.peer));
         let flight = self
             .stack
             .in_flight
