@@ -79,7 +79,7 @@ async fn connection(
     let conn_state = state.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The request counts on its connection until its response is sent.
-        let active = conn_state.begin(req.version());
+        let (active, _) = conn_state.begin(req.version());
         let admin = admin.clone();
         async move {
             let res = admin.handle(req).await;

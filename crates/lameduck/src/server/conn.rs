@@ -76,7 +76,10 @@ impl ConnState {
         (nanos != 0).then(|| self.born + Duration::from_nanos(nanos - 1))
     }
 
-    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> ActiveGuard {
+    /// A request was handed over: it counts on the connection until the guard drops.
+    /// Also gives when its head's first byte arrived (HTTP/1; `None` on HTTP/2), which
+    /// serves as the request's start: one clock read fewer per request.
+    pub(crate) fn begin(self: &Arc<Self>, version: Version) -> (ActiveGuard, Option<Instant>) {
         let v = if version == Version::HTTP_2 {
             VERSION_H2
         } else {
@@ -84,10 +87,11 @@ impl ConnState {
         };
         self.version.store(v, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::AcqRel);
-        self.head_started.store(0, Ordering::Relaxed);
-        ActiveGuard {
+        let head = self.head_started.swap(0, Ordering::Relaxed);
+        let guard = ActiveGuard {
             state: self.clone(),
-        }
+        };
+        (guard, self.instant(head))
     }
 
     /// Bytes arrived. When no request is running on an HTTP/1 connection they belong to a
@@ -99,10 +103,11 @@ impl ConnState {
         {
             return None;
         }
-        if !self.heard.load(Ordering::Relaxed) {
+        // The first bytes of the connection replace the accept as its first head's start.
+        let first = !self.heard.load(Ordering::Relaxed);
+        if first {
             self.heard.store(true, Ordering::Relaxed);
-        }
-        if self.head_started.load(Ordering::Relaxed) != 0 {
+        } else if self.head_started.load(Ordering::Relaxed) != 0 {
             return Some(false);
         }
         self.head_started

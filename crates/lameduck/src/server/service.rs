@@ -149,9 +149,10 @@ where
     type Future = ServerFuture<S>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let started = Instant::now();
         let version = req.version();
-        let conn = self.state.begin(version);
+        let (conn, head_started) = self.state.begin(version);
+        // From the first byte of its head.
+        let started = head_started.unwrap_or_else(Instant::now);
         let ctx = context_for(&req, &self.stack.shutdown, Some(self.peer));
         let flight = self
             .stack
