@@ -78,6 +78,9 @@ pub struct Args {
     /// request id).
     #[arg(long)]
     pub access_log: bool,
+    /// Do not return x-request-id and traceparent on responses (they are on by default).
+    #[arg(long)]
+    pub no_response_ids: bool,
     /// Run each request's handler in a tracing span carrying its request id and trace id.
     #[arg(long)]
     pub request_spans: bool,
@@ -186,6 +189,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         } else {
             RequestSpans::Off
         })
+        .response_ids(!args.no_response_ids)
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)

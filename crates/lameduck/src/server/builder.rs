@@ -69,6 +69,7 @@ pub struct Builder {
     pub(super) body_timeout: Duration,
     pub(super) access_log: AccessLog,
     pub(super) request_spans: RequestSpans,
+    pub(super) response_ids: bool,
     pub(super) drain_policy: DrainPolicy,
     pub(super) upgrade_timeout: Duration,
     pub(super) admin: Option<SocketAddr>,
@@ -93,6 +94,7 @@ impl Default for Builder {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             access_log: AccessLog::Off,
             request_spans: RequestSpans::Off,
+            response_ids: true,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             admin: None,
@@ -198,6 +200,16 @@ impl Builder {
     /// takes the setting its output supports from `Logs::request_spans`.
     pub fn request_spans(mut self, spans: RequestSpans) -> Self {
         self.request_spans = spans;
+        self
+    }
+
+    /// Return each request's id in `x-request-id` and its trace context in `traceparent`
+    /// (and `tracestate`) on the response, unless the application set them (default on).
+    /// Off saves two header values (two allocations) and their encoding per request, about
+    /// 1,600 instructions (`benches/instructions`, lameduck-demo `--no-response-ids`); the
+    /// ids are still made, logged and reachable from handlers.
+    pub fn response_ids(mut self, on: bool) -> Self {
+        self.response_ids = on;
         self
     }
 

@@ -225,6 +225,7 @@ impl Shared {
             },
             access_log: config.access_log.clone(),
             request_spans: config.request_spans,
+            response_ids: config.response_ids,
         };
         Shared {
             builder: Arc::new(config.connection_builder()),

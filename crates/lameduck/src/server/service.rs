@@ -58,6 +58,8 @@ pub(crate) struct Stack {
     pub(crate) access_log: AccessLog,
     /// How request ids reach the handler's log lines.
     pub(crate) request_spans: RequestSpans,
+    /// Return `x-request-id` and `traceparent` on responses.
+    pub(crate) response_ids: bool,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -277,7 +279,9 @@ where
             res = request_timeout(*this.version);
         }
         mark_if_draining(&this.stack.shutdown, *this.version, &mut res);
-        set_response_headers(&mut res, this.ctx);
+        if this.stack.response_ids {
+            set_response_headers(&mut res, this.ctx);
+        }
         let status = res.status().as_u16();
         let route = route_label(Some(&*this.ctx), &res);
         this.stack

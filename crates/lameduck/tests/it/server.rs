@@ -423,3 +423,22 @@ async fn raw_request(addr: std::net::SocketAddr, head: &[u8]) -> Vec<u8> {
     let _ = tokio::time::timeout(SOON, s.read_to_end(&mut out)).await;
     out
 }
+
+#[tokio::test]
+async fn response_ids_can_be_turned_off() {
+    let app = Router::new().route("/ping", get(|| async { "pong" }));
+    for on in [true, false] {
+        let (addr, trigger, task) = run(quick().response_ids(on), app.clone()).await;
+        let out = raw_request(
+            addr,
+            b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert_eq!(text.contains("x-request-id:"), on, "{text}");
+        assert_eq!(text.contains("traceparent:"), on, "{text}");
+        trigger.drain();
+        let _ = tokio::time::timeout(SOON, task).await;
+    }
+}
