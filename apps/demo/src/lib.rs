@@ -65,6 +65,13 @@ pub struct Args {
     /// Longest time for a whole request body, from its head (then 408).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
+    /// The orchestrator's stop timeout: start-up fails, naming each part, when the drain
+    /// delay, shutdown timeout and hook timeouts do not fit in it.
+    #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
+    pub grace_budget: Option<Duration>,
+    /// Write the pid here once serving (rewritten by the new process of an upgrade).
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
     /// Connections the kernel queues for accepting (capped by net.core.somaxconn).
     #[arg(long, default_value_t = server::DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
     pub listen_backlog: u32,
@@ -181,6 +188,12 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
             timeout,
             move || async move { otlp.flush(timeout).await.map_err(Into::into) },
         );
+    }
+    if let Some(budget) = args.grace_budget {
+        builder = builder.grace_budget(budget);
+    }
+    if let Some(path) = &args.pid_file {
+        builder = builder.pid_file(path);
     }
     let server = builder
         .access_log(access_log)

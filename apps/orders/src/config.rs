@@ -49,7 +49,7 @@ pub struct Overrides {
     /// Admin listener address (/livez, /readyz, /metrics) [default: 127.0.0.1:9090].
     #[arg(long, env = "LAMEDUCK_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
-    /// Grace period for in-flight requests after the drain delay [default: 30s].
+    /// Grace period for in-flight requests after the drain delay [default: 20s].
     #[arg(long, env = "LAMEDUCK_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
@@ -87,6 +87,16 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub body_timeout: Option<Duration>,
+    /// The orchestrator's stop timeout (Kubernetes terminationGracePeriodSeconds, systemd
+    /// TimeoutStopSec): start-up fails, naming each part, when the drain delay, shutdown
+    /// timeout and hook timeouts do not fit in it [default: none].
+    #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub grace_budget: Option<Duration>,
+    /// Write the pid here once serving (rewritten by the new process of an upgrade)
+    /// [default: none].
+    #[arg(long, env = "LAMEDUCK_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Connections the kernel queues for accepting, capped by net.core.somaxconn
     /// [default: 1024].
     #[arg(long, env = "LAMEDUCK_LISTEN_BACKLOG")]
@@ -130,6 +140,12 @@ pub struct Settings {
     /// Longest time for a whole request body.
     #[serde(with = "duration")]
     pub body_timeout: Duration,
+    /// The orchestrator's stop timeout, when given.
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    pub grace_budget: Option<Duration>,
+    /// The pid file, when one is written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
     /// The listen backlog.
     pub listen_backlog: u32,
     /// Log format.
@@ -153,6 +169,8 @@ impl Overrides {
             body_limit: self.body_limit.or(lower.body_limit),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
+            grace_budget: self.grace_budget.or(lower.grace_budget),
+            pid_file: self.pid_file.or(lower.pid_file),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             log_format: self.log_format.or(lower.log_format),
         }
@@ -219,7 +237,9 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         admin_listen: o
             .admin_listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
-        shutdown_timeout: o.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
+        shutdown_timeout: o
+            .shutdown_timeout
+            .unwrap_or(lameduck::server::DEFAULT_SHUTDOWN_TIMEOUT),
         drain_delay: o.drain_delay.unwrap_or(Duration::ZERO),
         idle_grace: o.idle_grace.unwrap_or(Duration::from_secs(1)),
         audit_log: o.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
@@ -230,6 +250,8 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         body_limit,
         body_read_timeout,
         body_timeout,
+        grace_budget: o.grace_budget,
+        pid_file: o.pid_file,
         listen_backlog,
         log_format: o.log_format.unwrap_or(LogFormat::Json),
     })
@@ -281,6 +303,16 @@ mod opt_duration {
     use serde::Deserialize;
     use std::time::Duration;
 
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
@@ -311,7 +343,7 @@ mod tests {
         assert_eq!(s.listen.port(), 2);
         assert_eq!(s.drain_delay, Duration::from_secs(2));
         assert_eq!(s.audit_fsync, AuditFsync::Each);
-        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
         assert!(s.database_url.ends_with("data/orders.db"));
     }
 

@@ -28,11 +28,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Args, Settings};
 
 /// Timeout of the hook that waits for writes in progress.
-pub const FINISH_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+pub const FINISH_WRITES_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of the audit log's final fsync.
-pub const AUDIT_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+pub const AUDIT_SYNC_TIMEOUT: Duration = Duration::from_secs(1);
 /// Timeout of the database checkpoint and close.
-pub const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DB_CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Timeout of the final flush of stdout.
+pub const FLUSH_LOGS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `/readyz` waits for the database.
 pub const READINESS_DB_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -79,7 +81,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         audit: audit.clone(),
         work: TaskTracker::new(),
     };
-    let server = with_hooks(Server::builder(), &app, audit_thread)
+    let mut builder = Server::builder();
+    if let Some(budget) = settings.grace_budget {
+        builder = builder.grace_budget(budget);
+    }
+    if let Some(path) = &settings.pid_file {
+        builder = builder.pid_file(path);
+    }
+    let server = with_hooks(builder, &app, audit_thread)
         .drain_delay(settings.drain_delay)
         .shutdown_timeout(settings.shutdown_timeout)
         .idle_grace(settings.idle_grace)
@@ -136,7 +145,7 @@ fn with_hooks(
     .hook(
         HookPhase::Final,
         "flush-logs",
-        Duration::from_secs(1),
+        FLUSH_LOGS_TIMEOUT,
         || async { std::io::stdout().flush().map_err(Into::into) },
     )
 }

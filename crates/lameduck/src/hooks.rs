@@ -143,6 +143,13 @@ impl Hooks {
             .sum()
     }
 
+    /// Each registered hook's phase, name and timeout, in registration order.
+    pub fn timeouts(&self) -> impl Iterator<Item = (HookPhase, &str, Duration)> {
+        self.hooks
+            .iter()
+            .map(|h| (h.phase, h.name.as_str(), h.timeout))
+    }
+
     /// `true` when no hook is registered.
     pub fn is_empty(&self) -> bool {
         self.hooks.is_empty()

@@ -395,3 +395,41 @@ async fn a_sigterm_during_a_handover_drain_does_not_abandon_the_requests_in_flig
     assert!(!report.contains("second signal"), "{report}");
     let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pid_file_follows_the_upgrade_and_goes_with_a_clean_exit() {
+    let dir = std::env::temp_dir().join(format!("ld-demo-pid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("demo.pid");
+    let mut s = start(&["--pid-file", path.to_str().unwrap()]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+    };
+    let first = poll_until(SOON, || async { read() }).await;
+    assert_eq!(first, Some(s.pid()), "written once serving");
+    let _ = kill(Pid::from_raw(s.pid() as i32), Signal::SIGHUP);
+    let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
+        .await
+        .expect("upgraded");
+    newest.store(new_pid as usize, Ordering::Relaxed);
+    let now = poll_until(SOON, || async { read().filter(|p| *p == new_pid) }).await;
+    assert_eq!(now, Some(new_pid), "the new process wrote its own");
+    assert_eq!(
+        s.wait_exit(SOON).await,
+        Some(0),
+        "the old process drains and exits"
+    );
+    assert_eq!(
+        read(),
+        Some(new_pid),
+        "the old process left the new pid in place"
+    );
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+    let gone = poll_until(SOON, || async { (!path.exists()).then_some(()) }).await;
+    assert!(gone.is_some(), "a clean exit removes its own pid file");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -57,7 +57,7 @@ fn flags_beat_environment_which_beats_the_file_and_passwords_are_redacted() {
     );
     assert!(text.contains("audit_fsync = \"each\""), "{text}");
     assert!(
-        text.contains("shutdown_timeout = \"30s\""),
+        text.contains("shutdown_timeout = \"20s\""),
         "defaults fill the rest: {text}"
     );
     assert!(!text.contains("hunter2"), "password shown: {text}");
@@ -119,5 +119,36 @@ fn an_unusable_database_location_exits_1_with_one_clear_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not-a-dir"), "names the location: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_grace_budget_too_small_for_the_stop_exits_1_naming_each_part() {
+    let dir = std::env::temp_dir().join(format!("ld-orders-budget-{}", std::process::id()));
+    let data = dir.to_str().unwrap().to_owned();
+    let out = run(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+        ],
+        &[("LAMEDUCK_GRACE_BUDGET", "10s")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [
+        "grace budget is 10s",
+        "shutdown timeout 20s",
+        "hook close-database 3s",
+        "hook finish-writes 3s",
+        "margin 1s",
+        "takes up to 29s",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -18,8 +18,12 @@ use crate::Error;
 
 /// Keep accepting this long after draining starts (default: no delay).
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::ZERO;
-/// How long in-flight work may run after the drain delay before it is abandoned.
-pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight work may run after the drain delay before it is abandoned: with a
+/// few seconds of hooks it fits Kubernetes' default 30 s `terminationGracePeriodSeconds`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// What [`Builder::grace_budget`] keeps aside beyond the drain and the hooks: the runtime's
+/// bounded shutdown and the exit itself.
+pub const GRACE_MARGIN: Duration = Duration::from_secs(1);
 /// How long an idle keep-alive connection is kept during the drain.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Longest time a request head may take to arrive, from its first byte (or the accept).
@@ -72,6 +76,8 @@ pub struct Builder {
     pub(super) response_ids: bool,
     pub(super) drain_policy: DrainPolicy,
     pub(super) upgrade_timeout: Duration,
+    pub(super) grace_budget: Option<Duration>,
+    pub(super) pid_file: Option<std::path::PathBuf>,
     pub(super) admin: Option<SocketAddr>,
     pub(super) hooks: Hooks,
     pub(super) checks: Vec<ReadinessCheck>,
@@ -97,6 +103,8 @@ impl Default for Builder {
             response_ids: true,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            grace_budget: None,
+            pid_file: None,
             admin: None,
             hooks: Hooks::new(),
             checks: Vec::new(),
@@ -233,6 +241,24 @@ impl Builder {
         self
     }
 
+    /// The whole time the orchestrator gives a stop (Kubernetes'
+    /// `terminationGracePeriodSeconds`, systemd's `TimeoutStopSec`). [`bind`](Self::bind)
+    /// refuses a configuration whose drain delay, shutdown timeout, hook timeouts and
+    /// [`GRACE_MARGIN`] do not fit in it, naming each part. Without it, the sum is logged
+    /// at start-up.
+    pub fn grace_budget(mut self, budget: Duration) -> Self {
+        self.grace_budget = Some(budget);
+        self
+    }
+
+    /// Write this process's pid to `path` once it serves (atomically: a temporary file
+    /// renamed over it). A process that takes over in an upgrade writes its own; a clean
+    /// exit removes the file if it still holds this process's pid.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
     /// Serve `/livez`, `/readyz` and `/metrics` on this address.
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
@@ -271,6 +297,10 @@ impl Builder {
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
+        self.check_grace_budget()?;
+        if let Some(path) = &self.pid_file {
+            super::pid_file::check(path)?;
+        }
         if self.admin_max_connections == 0 {
             return Err(Error::Config(
                 "admin_max_connections must be at least 1".into(),
@@ -290,6 +320,41 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// The parts of a stop and their sum: drain delay, shutdown timeout, each hook.
+    fn stop_parts(&self) -> (Vec<String>, Duration) {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut parts = vec![
+            format!("drain delay {}", d(self.drain_delay)),
+            format!("shutdown timeout {}", d(self.shutdown_timeout)),
+        ];
+        let mut total = self.drain_delay + self.shutdown_timeout;
+        for (phase, name, timeout) in self.hooks.timeouts() {
+            // Before-drain hooks run alongside the drain, within its time.
+            if phase != HookPhase::BeforeDrain {
+                parts.push(format!("hook {name} {}", d(timeout)));
+                total += timeout;
+            }
+        }
+        parts.push(format!("margin {}", d(GRACE_MARGIN)));
+        (parts, total + GRACE_MARGIN)
+    }
+
+    fn check_grace_budget(&self) -> Result<(), Error> {
+        let Some(budget) = self.grace_budget else {
+            return Ok(());
+        };
+        let (parts, total) = self.stop_parts();
+        if total <= budget {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "the stop takes up to {} but the grace budget is {}: {}",
+            humantime::format_duration(total),
+            humantime::format_duration(budget),
+            parts.join(" + ")
+        )))
     }
 
     /// Bind the HTTP listener on `addr` (and the admin listener, if configured), or take

@@ -49,6 +49,7 @@ mod drain;
 #[cfg(feature = "fd-handoff")]
 mod handoff;
 mod head_limit;
+mod pid_file;
 mod service;
 mod upgrade;
 
@@ -59,7 +60,7 @@ pub use builder::{
     Builder, DEFAULT_ADMIN_MAX_CONNECTIONS, DEFAULT_BODY_LIMIT, DEFAULT_BODY_READ_TIMEOUT,
     DEFAULT_BODY_TIMEOUT, DEFAULT_DRAIN_DELAY, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_GRACE,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT, GRACE_MARGIN,
 };
 pub use drain::DRAIN_PROGRESS_INTERVAL;
 #[cfg(feature = "fd-handoff")]
@@ -189,6 +190,14 @@ impl Server {
         let listeners = start_listening(&config, &shared, http, admin, app);
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
+        // Before readiness is reported: once the old process of an upgrade hears it, the
+        // pid file already names this one.
+        let pid_path = config.pid_file.clone();
+        if let Some(path) = &pid_path {
+            if let Err(e) = pid_file::write(path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the pid file");
+            }
+        }
         activation::notify_ready();
         if let Some(pid) = upgraded_from {
             announce_takeover(pid, &listeners.upgrade_status);
@@ -200,7 +209,13 @@ impl Server {
             &listeners.upgrade_status,
         )
         .await;
-        drain::shut_down(&mut lifecycle, stop, config, &shared, listeners).await
+        let report = drain::shut_down(&mut lifecycle, stop, config, &shared, listeners).await;
+        if let (Some(path), true) = (&pid_path, report.is_clean()) {
+            if let Err(e) = pid_file::remove_if_ours(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the pid file");
+            }
+        }
+        report
     }
 }
 
