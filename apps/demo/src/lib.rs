@@ -69,6 +69,10 @@ pub struct Args {
     /// delay, shutdown timeout and hook timeouts do not fit in it.
     #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
     pub grace_budget: Option<Duration>,
+    /// Read the admin bearer token (for POST /drain and /undrain) from this file; else
+    /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Write the pid here once serving (rewritten by the new process of an upgrade).
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<std::path::PathBuf>,
@@ -194,6 +198,11 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     }
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
+    }
+    if let Some(token) =
+        cli::admin_token(args.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
+    {
+        builder = builder.admin_token(token);
     }
     let server = builder
         .access_log(access_log)

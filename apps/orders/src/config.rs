@@ -93,6 +93,10 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// Read the admin bearer token (POST /drain, /undrain) from this file; else
+    /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404 [default: none].
+    #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Write the pid here once serving (rewritten by the new process of an upgrade)
     /// [default: none].
     #[arg(long, env = "LAMEDUCK_PID_FILE")]
@@ -143,6 +147,9 @@ pub struct Settings {
     /// The orchestrator's stop timeout, when given.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// The admin token file, when one is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// The pid file, when one is written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
@@ -171,6 +178,7 @@ impl Overrides {
             body_timeout: self.body_timeout.or(lower.body_timeout),
             grace_budget: self.grace_budget.or(lower.grace_budget),
             pid_file: self.pid_file.or(lower.pid_file),
+            admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             log_format: self.log_format.or(lower.log_format),
         }
@@ -252,6 +260,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         body_timeout,
         grace_budget: o.grace_budget,
         pid_file: o.pid_file,
+        admin_token_file: o.admin_token_file,
         listen_backlog,
         log_format: o.log_format.unwrap_or(LogFormat::Json),
     })

@@ -88,6 +88,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     if let Some(path) = &settings.pid_file {
         builder = builder.pid_file(path);
     }
+    if let Some(token) =
+        cli::admin_token(settings.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
+    {
+        builder = builder.admin_token(token);
+    }
     let server = with_hooks(builder, &app, audit_thread)
         .drain_delay(settings.drain_delay)
         .shutdown_timeout(settings.shutdown_timeout)

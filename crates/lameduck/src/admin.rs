@@ -93,6 +93,46 @@ pub struct Admin {
     metrics: Metrics,
     checks: Arc<[ReadinessCheck]>,
     upgrade: UpgradeStatus,
+    operator: OperatorDrain,
+    /// The bearer token of `POST /drain` and `/undrain`; without one they answer 404.
+    token: Option<Arc<str>>,
+}
+
+/// Lame-duck mode set by an operator (`POST /drain` on the admin listener): `/readyz`
+/// answers 503 and the process leaves its service registry, while it keeps serving what
+/// arrives; `POST /undrain` undoes it. Cheap to clone; clones share the mode. Follow it
+/// with [`subscribe`](Self::subscribe) (a registry does, to deregister and register
+/// again).
+#[derive(Debug, Clone)]
+pub struct OperatorDrain(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for OperatorDrain {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl OperatorDrain {
+    /// Not drained.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Enter (`true`) or leave (`false`) lame-duck mode; `true` when that changed it.
+    pub fn set(&self, drained: bool) -> bool {
+        self.0
+            .send_if_modified(|now| std::mem::replace(now, drained) != drained)
+    }
+
+    /// Whether the process is drained by an operator.
+    pub fn is_drained(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Follow the mode as it changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.subscribe()
+    }
 }
 
 /// The outcome of the last upgrade, shared between the server and `/upgrade`.
@@ -119,7 +159,21 @@ impl Admin {
             metrics,
             checks: checks.into(),
             upgrade: UpgradeStatus::default(),
+            operator: OperatorDrain::default(),
+            token: None,
         }
+    }
+
+    /// Serve `POST /drain` and `POST /undrain` over `operator`, for requests that carry
+    /// `Authorization: Bearer <token>`. Without this they answer 404.
+    pub fn with_operator_drain(
+        mut self,
+        operator: OperatorDrain,
+        token: impl Into<Arc<str>>,
+    ) -> Self {
+        self.operator = operator;
+        self.token = Some(token.into());
+        self
     }
 
     /// Show `status` at `/upgrade`.
@@ -134,6 +188,9 @@ impl Admin {
         if phase != Phase::Serving {
             return Err(format!("phase is {phase}"));
         }
+        if self.operator.is_drained() {
+            return Err("drained by an operator (POST /undrain to undo)".into());
+        }
         let mut failed = Vec::new();
         for c in self.checks.iter() {
             if let Err(e) = c.run().await {
@@ -147,15 +204,31 @@ impl Admin {
         }
     }
 
-    /// Answer one admin request.
+    /// Answer one admin request (404 for a path it does not serve).
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-            );
+        match self.answer(&req).await {
+            Some(res) => res,
+            None => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
-        match req.uri().path() {
+    }
+
+    /// The answer of a built-in route, or `None` for a path it does not serve (which the
+    /// application's own admin routes may).
+    pub async fn answer<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let path = req.uri().path();
+        if matches!(path, "/drain" | "/undrain") {
+            return Some(self.operator_request(req, path == "/drain"));
+        }
+        if !matches!(path, "/livez" | "/readyz" | "/upgrade" | "/metrics") {
+            return None;
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return Some(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: the admin routes are read-only\n".into(),
+            ));
+        }
+        Some(match path {
             "/livez" => text(
                 StatusCode::OK,
                 format!("alive, phase {}\n", self.shutdown.phase()),
@@ -174,7 +247,7 @@ impl Admin {
                     .unwrap_or_else(|| "no upgrade yet".into());
                 text(StatusCode::OK, format!("{outcome}\n"))
             }
-            "/metrics" => {
+            _ => {
                 let mut res = text(StatusCode::OK, self.metrics.render());
                 res.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -182,9 +255,50 @@ impl Admin {
                 );
                 res
             }
-            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
-        }
+        })
     }
+
+    /// `POST /drain` (`drain`) or `POST /undrain`: 404 without a configured token, 401
+    /// (logged) without the right one, 405 for another method.
+    fn operator_request<B>(&self, req: &Request<B>, drain: bool) -> Response<Full<Bytes>> {
+        let Some(token) = &self.token else {
+            return text(StatusCode::NOT_FOUND, "not found\n".into());
+        };
+        if req.method() != Method::POST {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+        }
+        let offered = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !offered.is_some_and(|t| same_secret(t, token.as_bytes())) {
+            tracing::warn!(
+                path = req.uri().path(),
+                token_sent = offered.is_some(),
+                "admin request refused: wrong or missing bearer token"
+            );
+            return text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+        }
+        let changed = self.operator.set(drain);
+        let (now, verb) = if drain {
+            (
+                "drained: readiness fails, requests are still served",
+                "drain",
+            )
+        } else {
+            ("undrained: ready again", "undrain")
+        };
+        tracing::info!(changed, "operator {verb}: {now}");
+        text(StatusCode::OK, format!("{now}\n"))
+    }
+}
+
+/// `a == b` in a time that depends on their lengths only, not on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -204,6 +318,54 @@ mod tests {
 
     fn get(path: &str) -> Request<()> {
         Request::builder().uri(path).body(()).unwrap()
+    }
+
+    fn post(path: &str, token: Option<&str>) -> Request<()> {
+        let mut r = Request::builder().method(Method::POST).uri(path);
+        if let Some(t) = token {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn operator_drain_needs_a_configured_token_and_the_right_one() {
+        let lc = Lifecycle::new();
+        lc.set_phase(Phase::Serving);
+        let closed = Admin::new(lc.shutdown(), Metrics::new(), vec![]);
+        assert_eq!(closed.handle(post("/drain", Some("x"))).await.status(), 404);
+        let operator = OperatorDrain::new();
+        let admin = Admin::new(lc.shutdown(), Metrics::new(), vec![])
+            .with_operator_drain(operator.clone(), "s3cret");
+        for bad in [None, Some("wrong"), Some("s3cre"), Some("s3cretx")] {
+            assert_eq!(
+                admin.handle(post("/drain", bad)).await.status(),
+                401,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(admin.handle(get("/drain")).await.status(), 405);
+        assert!(!operator.is_drained());
+        assert_eq!(
+            admin.handle(post("/drain", Some("s3cret"))).await.status(),
+            200
+        );
+        assert!(operator.is_drained());
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 503);
+        assert_eq!(admin.handle(get("/livez")).await.status(), 200);
+        assert_eq!(
+            admin.handle(post("/livez", Some("s3cret"))).await.status(),
+            405
+        );
+        assert_eq!(
+            admin
+                .handle(post("/undrain", Some("s3cret")))
+                .await
+                .status(),
+            200
+        );
+        assert!(!operator.is_drained());
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 200);
     }
 
     #[tokio::test]

@@ -52,6 +52,33 @@ pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {
     A::try_parse().map_err(usage_exit)
 }
 
+/// The environment variable that holds the admin bearer token (see [`admin_token`]).
+pub const ADMIN_TOKEN_ENV: &str = "LAMEDUCK_ADMIN_TOKEN";
+
+/// The admin bearer token (`Builder::admin_token`): the contents of `file` when given
+/// (`--admin-token-file`; surrounding white space dropped), else [`ADMIN_TOKEN_ENV`], else
+/// none.
+///
+/// # Errors
+/// The file cannot be read, or the token is empty.
+pub fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => match std::env::var(ADMIN_TOKEN_ENV) {
+            Ok(t) => t.trim().to_owned(),
+            Err(_) => return Ok(None),
+        },
+    };
+    if token.is_empty() {
+        let from = file.map_or(ADMIN_TOKEN_ENV.to_owned(), |p| p.display().to_string());
+        return Err(format!("the admin token in {from} is empty"));
+    }
+    Ok(Some(token))
+}
+
 /// Print a clap error (help and version included) and give its exit code: clap's
 /// `--help`/`--version` give [`OK`](crate::exit::OK), usage errors
 /// [`USAGE`](crate::exit::USAGE).

@@ -7,6 +7,7 @@ mod hostile;
 mod keepalive;
 mod logs;
 mod metrics;
+mod operator;
 mod otel;
 mod signals;
 mod streams;

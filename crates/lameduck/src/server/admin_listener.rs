@@ -2,7 +2,8 @@
 //! request head must arrive within the header timeout (a slow or silent client is cut), an
 //! idle keep-alive connection is closed after the idle timeout, and at most
 //! `admin_max_connections` are open at once (further ones wait in the accept queue). The
-//! endpoints themselves are [`Admin::handle`](crate::admin::Admin::handle).
+//! built-in endpoints are [`Admin::answer`](crate::admin::Admin::answer); the application's
+//! own admin routes (`Builder::admin_routes`) take the rest.
 
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
@@ -23,12 +24,44 @@ use crate::lifecycle::{Lifecycle, Shutdown};
 /// The largest admin request head: probes and scrapes send a few hundred bytes.
 const ADMIN_MAX_HEADER_BYTES: usize = 8192;
 
-/// Serve `admin` on `listener` until the task is dropped (the server aborts it at exit).
+/// What the admin listener answers: the built-in routes, then the application's.
+#[derive(Debug, Clone)]
+pub(super) struct Routes {
+    pub(super) admin: Admin,
+    #[cfg(feature = "axum")]
+    pub(super) app: Option<axum::Router>,
+}
+
+type AdminBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, super::BoxError>;
+
+impl Routes {
+    async fn answer(&self, req: Request<Incoming>) -> http::Response<AdminBody> {
+        use http_body_util::BodyExt as _;
+        if let Some(res) = self.admin.answer(&req).await {
+            return res.map(|b| b.map_err(|never| match never {}).boxed_unsync());
+        }
+        #[cfg(feature = "axum")]
+        if let Some(app) = &self.app {
+            use tower::ServiceExt as _;
+            let res = match app.clone().oneshot(req.map(axum::body::Body::new)).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            return res.map(|b| b.map_err(Into::into).boxed_unsync());
+        }
+        self.admin
+            .handle(req)
+            .await
+            .map(|b| b.map_err(|never| match never {}).boxed_unsync())
+    }
+}
+
+/// Serve `routes` on `listener` until the task is dropped (the server aborts it at exit).
 /// Its connections follow the serving rules throughout, also while the server drains:
 /// probes must be answered until the process exits.
 pub(super) async fn serve(
     listener: TcpListener,
-    admin: Admin,
+    routes: Routes,
     limits: ConnLimits,
     max_connections: usize,
 ) {
@@ -53,7 +86,7 @@ pub(super) async fn serve(
                 builder.clone(),
                 stream,
                 permit,
-                admin.clone(),
+                routes.clone(),
                 limits,
                 shutdown.clone(),
             ));
@@ -66,7 +99,7 @@ async fn connection(
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     permit: Option<OwnedSemaphorePermit>,
-    admin: Admin,
+    routes: Routes,
     limits: ConnLimits,
     shutdown: Shutdown,
 ) {
@@ -80,9 +113,9 @@ async fn connection(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         // The request counts on its connection until its response is sent.
         let (active, _) = conn_state.begin(req.version());
-        let admin = admin.clone();
+        let routes = routes.clone();
         async move {
-            let res = admin.handle(req).await;
+            let res = routes.answer(req).await;
             Ok::<_, Infallible>(res.map(|b| GuardedBody::new(b, Some(active))))
         }
     });

@@ -79,6 +79,9 @@ pub struct Builder {
     pub(super) grace_budget: Option<Duration>,
     pub(super) pid_file: Option<std::path::PathBuf>,
     pub(super) admin: Option<SocketAddr>,
+    pub(super) admin_token: Option<std::sync::Arc<str>>,
+    #[cfg(feature = "axum")]
+    pub(super) admin_routes: Option<axum::Router>,
     pub(super) hooks: Hooks,
     pub(super) checks: Vec<ReadinessCheck>,
 }
@@ -106,6 +109,9 @@ impl Default for Builder {
             grace_budget: None,
             pid_file: None,
             admin: None,
+            admin_token: None,
+            #[cfg(feature = "axum")]
+            admin_routes: None,
             hooks: Hooks::new(),
             checks: Vec::new(),
         }
@@ -259,6 +265,26 @@ impl Builder {
         self
     }
 
+    /// Enable `POST /drain` and `POST /undrain` on the admin listener for requests with
+    /// `Authorization: Bearer <token>` (compared in constant time; a wrong or missing one
+    /// answers 401 and is logged). Without a token those routes answer 404.
+    ///
+    /// # Panics
+    /// Never; an empty token is refused by [`bind`](Self::bind).
+    pub fn admin_token(mut self, token: impl Into<std::sync::Arc<str>>) -> Self {
+        self.admin_token = Some(token.into());
+        self
+    }
+
+    /// The application's own routes on the admin listener, after the built-in ones
+    /// (`/livez`, `/readyz`, `/metrics`, `/upgrade`, `/drain`, `/undrain` win on a shared
+    /// path). They are served under the admin listener's limits, never on the main one.
+    #[cfg(feature = "axum")]
+    pub fn admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = Some(routes);
+        self
+    }
+
     /// Serve `/livez`, `/readyz` and `/metrics` on this address.
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
@@ -298,6 +324,9 @@ impl Builder {
             return Err(Error::Config("max_connections must be at least 1".into()));
         }
         self.check_grace_budget()?;
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::Config("the admin token is empty".into()));
+        }
         if let Some(path) = &self.pid_file {
             super::pid_file::check(path)?;
         }
@@ -386,6 +415,7 @@ impl Builder {
             http,
             admin,
             upgraded_from: inherited.upgraded_from,
+            operator: crate::admin::OperatorDrain::new(),
         })
     }
 }

@@ -106,6 +106,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     /// The pid of the process this one took the listeners over from, in an upgrade.
     upgraded_from: Option<u32>,
+    operator: crate::admin::OperatorDrain,
 }
 
 /// What the connection tasks share, and the drain waits on.
@@ -149,6 +150,11 @@ impl Server {
         self.lifecycle.shutdown()
     }
 
+    /// The operator's lame-duck mode (`POST /drain`), for code that follows it.
+    pub fn operator_drain(&self) -> crate::admin::OperatorDrain {
+        self.operator.clone()
+    }
+
     /// A handle that can start the drain without an OS signal.
     pub fn trigger(&self) -> Trigger {
         self.lifecycle.trigger()
@@ -185,9 +191,10 @@ impl Server {
             http,
             admin,
             upgraded_from,
+            operator,
         } = self;
         let shared = Shared::new(&config, lifecycle.shutdown());
-        let listeners = start_listening(&config, &shared, http, admin, app);
+        let listeners = start_listening(&config, &shared, http, admin, app, operator);
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
         // Before readiness is reported: once the old process of an upgrade hears it, the
@@ -275,6 +282,7 @@ fn start_listening<S, B>(
     http: TcpListener,
     admin: Option<TcpListener>,
     app: S,
+    operator: crate::admin::OperatorDrain,
 ) -> Listeners
 where
     S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
@@ -290,15 +298,23 @@ where
     let upgrade_status = UpgradeStatus::default();
     let stack = &shared.stack;
     let admin_task = admin.map(|l| {
-        let a = Admin::new(
+        let mut a = Admin::new(
             stack.shutdown.clone(),
             stack.metrics.clone(),
             config.checks.clone(),
         )
         .with_upgrade_status(upgrade_status.clone());
+        if let Some(token) = &config.admin_token {
+            a = a.with_operator_drain(operator, token.clone());
+        }
+        let routes = admin_listener::Routes {
+            admin: a,
+            #[cfg(feature = "axum")]
+            app: config.admin_routes.clone(),
+        };
         tokio::spawn(admin_listener::serve(
             l,
-            a,
+            routes,
             shared.limits,
             config.admin_max_connections,
         ))

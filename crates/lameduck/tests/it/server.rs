@@ -442,3 +442,29 @@ async fn response_ids_can_be_turned_off() {
         let _ = tokio::time::timeout(SOON, task).await;
     }
 }
+
+#[tokio::test]
+async fn the_application_adds_its_own_admin_routes_after_the_built_in_ones() {
+    let extra = Router::new()
+        .route("/hello", get(|| async { "hello from the app" }))
+        .route("/livez", get(|| async { "shadowed" }));
+    let server = quick()
+        .admin("127.0.0.1:0".parse().unwrap())
+        .admin_routes(extra)
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
+        .await
+        .expect("bind");
+    let admin = server.admin_addr().expect("admin").expect("addr");
+    let trigger = server.trigger();
+    let task = tokio::spawn(server.serve_router(Router::new()));
+    assert_eq!(lameduck_get(admin, "/hello").await, "hello from the app");
+    assert!(
+        lameduck_get(admin, "/livez").await.starts_with("alive"),
+        "built-ins win"
+    );
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await;
+}
