@@ -93,6 +93,19 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// Register in etcd at these client URLs, comma-separated (off when absent).
+    #[arg(long, env = "LAMEDUCK_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The registry key's prefix [default: /services/lameduck-orders/].
+    #[arg(long, env = "LAMEDUCK_REGISTRY_PREFIX")]
+    pub registry_prefix: Option<String>,
+    /// The registration's lease: how long the key outlives a crash [default: 10s].
+    #[arg(long, env = "LAMEDUCK_REGISTRY_TTL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub registry_ttl: Option<Duration>,
+    /// This instance's name in the registry [default: HOSTNAME-PORT].
+    #[arg(long, env = "LAMEDUCK_INSTANCE_ID")]
+    pub instance_id: Option<String>,
     /// Read the admin bearer token (POST /drain, /undrain) from this file; else
     /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404 [default: none].
     #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN_FILE")]
@@ -147,6 +160,17 @@ pub struct Settings {
     /// The orchestrator's stop timeout, when given.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// etcd's client URLs, when registering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The registry key's prefix.
+    pub registry_prefix: String,
+    /// The registration's lease.
+    #[serde(with = "duration")]
+    pub registry_ttl: Duration,
+    /// The instance's name in the registry, when given (else HOSTNAME-PORT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// The admin token file, when one is given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
@@ -179,6 +203,10 @@ impl Overrides {
             grace_budget: self.grace_budget.or(lower.grace_budget),
             pid_file: self.pid_file.or(lower.pid_file),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
+            etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
+            registry_prefix: self.registry_prefix.or(lower.registry_prefix),
+            registry_ttl: self.registry_ttl.or(lower.registry_ttl),
+            instance_id: self.instance_id.or(lower.instance_id),
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             log_format: self.log_format.or(lower.log_format),
         }
@@ -232,6 +260,25 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if body_read_timeout.is_zero() || body_timeout.is_zero() {
         bail!("body_read_timeout and body_timeout must be above zero");
     }
+    let registry_ttl = o.registry_ttl.unwrap_or(Duration::from_secs(10));
+    if registry_ttl < Duration::from_secs(1) {
+        bail!("registry_ttl must be at least 1s");
+    }
+    if let Some(urls) = &o.etcd_endpoints {
+        if urls.is_empty()
+            || urls
+                .iter()
+                .any(|u| !u.starts_with("http://") && !u.starts_with("https://"))
+        {
+            bail!("etcd_endpoints must be http:// or https:// URLs, got {urls:?}");
+        }
+    }
+    let registry_prefix = o
+        .registry_prefix
+        .unwrap_or_else(|| "/services/lameduck-orders/".into());
+    if !registry_prefix.starts_with('/') {
+        bail!("registry_prefix must start with /, got {registry_prefix:?}");
+    }
     let listen_backlog = o
         .listen_backlog
         .unwrap_or(lameduck::server::DEFAULT_LISTEN_BACKLOG);
@@ -261,6 +308,10 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         grace_budget: o.grace_budget,
         pid_file: o.pid_file,
         admin_token_file: o.admin_token_file,
+        etcd_endpoints: o.etcd_endpoints,
+        registry_prefix,
+        registry_ttl,
+        instance_id: o.instance_id,
         listen_backlog,
         log_format: o.log_format.unwrap_or(LogFormat::Json),
     })

@@ -106,6 +106,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .bind(settings.listen, lifecycle)
         .await?;
     cli::announce(&server, settings.listen, settings.admin_listen)?;
+    let server = match registry(&settings, &server)? {
+        Some(r) => server.with_registry(r),
+        None => server,
+    };
     let report = server.serve_router(api::router(app)).await;
     Ok(report.exit_code())
 }
@@ -153,6 +157,48 @@ fn with_hooks(
         FLUSH_LOGS_TIMEOUT,
         || async { std::io::stdout().flush().map_err(Into::into) },
     )
+}
+
+/// The etcd registration `settings` ask for: key `{prefix}{instance}`, the instance
+/// `HOSTNAME-PORT` unless named, the value the bound addresses, pid and version as JSON.
+fn registry(
+    settings: &Settings,
+    server: &Server,
+) -> anyhow::Result<Option<std::sync::Arc<dyn lameduck::registry::Registry>>> {
+    let Some(endpoints) = settings.etcd_endpoints.clone() else {
+        return Ok(None);
+    };
+    let http = server.local_addr()?;
+    let admin = server.admin_addr().transpose()?;
+    let instance = settings
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), http.port()));
+    let value = serde_json::json!({
+        "http": http.to_string(),
+        "admin": admin.map(|a| a.to_string()),
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let config = lameduck::registry::etcd::EtcdConfig {
+        endpoints,
+        key: format!("{}{instance}", settings.registry_prefix),
+        value: value.to_string(),
+        ttl: settings.registry_ttl,
+    };
+    tracing::info!(key = %config.key, "registering in etcd once serving");
+    Ok(Some(std::sync::Arc::new(
+        lameduck::registry::etcd::EtcdRegistry::new(config),
+    )))
+}
+
+/// The machine's host name (Linux), or `localhost`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn readiness(app: &api::App) -> ReadinessCheck {

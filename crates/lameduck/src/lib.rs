@@ -37,7 +37,8 @@
 //! - `logs` (feature `logs`): the `tracing` subscriber, lameduck's JSON output and a log
 //!   file that is flushed and `fsync`'d at exit;
 //! - `cli` (feature `cli`): what a service binary's `main` needs;
-//! - `otel` (feature `otel`): request spans exported over OTLP, flushed at exit.
+//! - `otel` (feature `otel`): request spans exported over OTLP, flushed at exit;
+//! - [`registry`]: registration in a service registry (etcd with the feature `etcd`).
 //!
 //! Dependencies point down: `server` stacks `middleware` over `context`, `metrics`,
 //! `in_flight` and `lifecycle`; `logs`, `otel` and `cli` sit on top and are never imported
@@ -62,6 +63,7 @@ pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod registry;
 pub mod server;
 mod sync;
 pub mod trace_context;

@@ -110,6 +110,8 @@ struct Registry {
     drain_micros: AtomicU64,
     rejected: AtomicU64,
     abandoned: AtomicU64,
+    registered: AtomicI64,
+    registry_failures: AtomicU64,
     hooks: std::sync::Mutex<Vec<HookSample>>,
     in_flight: OnceLock<InFlight>,
     shutdown: OnceLock<Shutdown>,
@@ -181,6 +183,18 @@ impl Metrics {
     /// A request was refused by the drain policy (503 during the drain).
     pub fn request_rejected(&self) {
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the process is registered in its service registry now.
+    pub fn set_registered(&self, registered: bool) {
+        self.inner
+            .registered
+            .store(i64::from(registered), Ordering::Relaxed);
+    }
+
+    /// A registry operation failed (registration, keep-alive).
+    pub fn registry_failure(&self) {
+        self.inner.registry_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Requests still running when the shutdown deadline passed.
@@ -260,6 +274,18 @@ impl prometheus_client::collector::Collector for Snapshot {
             "lameduck_http_requests_abandoned",
             "Requests still running at the shutdown deadline",
             &r.abandoned,
+        )?;
+        gauge(
+            &mut enc,
+            "lameduck_registry_registered",
+            "1 while registered in the service registry",
+            r.registered.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_registry_failures",
+            "Failed registrations and lost registrations",
+            &r.registry_failures,
         )?;
         encode_lifecycle(&mut enc, r)
     }

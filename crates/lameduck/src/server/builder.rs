@@ -80,6 +80,7 @@ pub struct Builder {
     pub(super) pid_file: Option<std::path::PathBuf>,
     pub(super) admin: Option<SocketAddr>,
     pub(super) admin_token: Option<std::sync::Arc<str>>,
+    pub(super) registry: Option<std::sync::Arc<dyn crate::registry::Registry>>,
     #[cfg(feature = "axum")]
     pub(super) admin_routes: Option<axum::Router>,
     pub(super) hooks: Hooks,
@@ -110,6 +111,7 @@ impl Default for Builder {
             pid_file: None,
             admin: None,
             admin_token: None,
+            registry: None,
             #[cfg(feature = "axum")]
             admin_routes: None,
             hooks: Hooks::new(),
@@ -262,6 +264,23 @@ impl Builder {
     /// exit removes the file if it still holds this process's pid.
     pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Register in `registry` once serving, and keep it registered (again after it is
+    /// lost, with back-off; not while an operator drains the process). A before-drain hook
+    /// named `deregister`, bounded by
+    /// [`DEFAULT_DEREGISTER_TIMEOUT`](crate::registry::DEFAULT_DEREGISTER_TIMEOUT), removes
+    /// this process's registration when the drain starts, before the listener closes.
+    pub fn registry(mut self, registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
+        let r = registry.clone();
+        self = self.hook(
+            HookPhase::BeforeDrain,
+            "deregister",
+            crate::registry::DEFAULT_DEREGISTER_TIMEOUT,
+            move || async move { r.deregister().await.map_err(Into::into) },
+        );
+        self.registry = Some(registry);
         self
     }
 

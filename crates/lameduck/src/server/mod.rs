@@ -150,6 +150,16 @@ impl Server {
         self.lifecycle.shutdown()
     }
 
+    /// Register in `registry` (see [`Builder::registry`]), when what it registers depends
+    /// on the bound addresses (port 0).
+    pub fn with_registry(
+        mut self,
+        registry: std::sync::Arc<dyn crate::registry::Registry>,
+    ) -> Self {
+        self.config = self.config.registry(registry);
+        self
+    }
+
     /// The operator's lame-duck mode (`POST /drain`), for code that follows it.
     pub fn operator_drain(&self) -> crate::admin::OperatorDrain {
         self.operator.clone()
@@ -194,7 +204,7 @@ impl Server {
             operator,
         } = self;
         let shared = Shared::new(&config, lifecycle.shutdown());
-        let listeners = start_listening(&config, &shared, http, admin, app, operator);
+        let listeners = start_listening(&config, &shared, http, admin, app, operator.clone());
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
         // Before readiness is reported: once the old process of an upgrade hears it, the
@@ -206,6 +216,16 @@ impl Server {
             }
         }
         activation::notify_ready();
+        let registration = config.registry.clone().map(|r| {
+            let sd = shared.stack.shutdown.clone();
+            let metrics = shared.stack.metrics.clone();
+            tokio::spawn(crate::registry::keep_registered(
+                r,
+                sd,
+                operator.clone(),
+                metrics,
+            ))
+        });
         if let Some(pid) = upgraded_from {
             announce_takeover(pid, &listeners.upgrade_status);
         }
@@ -217,6 +237,9 @@ impl Server {
         )
         .await;
         let report = drain::shut_down(&mut lifecycle, stop, config, &shared, listeners).await;
+        if let Some(task) = registration {
+            task.abort();
+        }
         if let (Some(path), true) = (&pid_path, report.is_clean()) {
             if let Err(e) = pid_file::remove_if_ours(path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove the pid file");

@@ -1,0 +1,309 @@
+//! Registration in a real etcd (Debian's etcd-server, started here on loopback): the key
+//! appears once the service is ready, is gone before the listener closes, follows an
+//! upgrade, expires after a crash, comes back after etcd does, and leaves with an operator
+//! drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use lameduck_testkit::{poll_until, Spawned};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{Store, SOON};
+
+/// An etcd server on loopback, killed (and its data removed) on drop.
+struct Etcd {
+    child: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    /// Start etcd on free ports.
+    async fn start(name: &str) -> Etcd {
+        let dir = std::env::temp_dir().join(format!("ld-etcd-{}-{name}", std::process::id()));
+        let mut e = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+        };
+        e.run().await;
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// (Re)start the server on the same ports, with an empty data directory.
+    async fn run(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "default",
+                "--data-dir",
+                self.dir.to_str().expect("path"),
+                "--listen-client-urls",
+                &self.url(),
+                "--advertise-client-urls",
+                &self.url(),
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("default={peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian's etcd-server) is installed");
+        self.child = Some(child);
+        let url = self.url();
+        let up = poll_until(SOON, || async {
+            let mut c = Client::connect([url.as_str()], None).await.ok()?;
+            c.get("probe", None).await.ok().map(|_| ())
+        })
+        .await;
+        assert!(up.is_some(), "etcd did not come up");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The value of `key`, and its lease.
+    async fn get(&self, key: &str) -> Option<(serde_json::Value, i64)> {
+        let mut c = Client::connect([self.url()], None).await.ok()?;
+        let res = c.get(key, None).await.ok()?;
+        let kv = res.kvs().first()?;
+        Some((serde_json::from_slice(kv.value()).ok()?, kv.lease()))
+    }
+
+    /// Poll until `key`'s presence is `present` (and its value satisfies `check`).
+    async fn until(
+        &self,
+        key: &str,
+        within: Duration,
+        check: impl Fn(Option<&serde_json::Value>) -> bool,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let v = self.get(key).await;
+            if check(v.as_ref().map(|(v, _)| v)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const KEY: &str = "/services/lameduck-orders/it";
+
+fn start(store: &Store, etcd_url: &str, extra: &[&str]) -> Spawned {
+    let mut args = vec![
+        "--etcd-endpoints",
+        etcd_url,
+        "--instance-id",
+        "it",
+        "--registry-ttl",
+        "2s",
+        "--log-format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    store.start(&args)
+}
+
+fn pid_of(v: Option<&serde_json::Value>) -> Option<u64> {
+    v?["pid"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_appears_when_ready_and_is_gone_before_the_listener_closes() {
+    let etcd = Etcd::start("drain").await;
+    let store = Store::sqlite("registry-drain");
+    let mut s = start(&store, &etcd.url(), &["--drain-delay", "1s"]);
+    let pid = u64::from(s.pid());
+    assert!(
+        etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
+        "registered"
+    );
+    let (value, _) = etcd.get(KEY).await.expect("value");
+    assert_eq!(value["http"], s.http.to_string());
+    s.signal(Signal::SIGTERM);
+    let t0 = Instant::now();
+    assert!(
+        etcd.until(KEY, Duration::from_millis(500), |v| v.is_none())
+            .await,
+        "deregistered within 0.5 s"
+    );
+    // The drain delay (1 s) is not over: the listener still accepts.
+    assert!(t0.elapsed() < Duration::from_millis(900));
+    assert!(
+        tokio::net::TcpStream::connect(s.http).await.is_ok(),
+        "still accepting"
+    );
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_lease_removes_the_key() {
+    let etcd = Etcd::start("kill").await;
+    let store = Store::sqlite("registry-kill");
+    let mut s = start(&store, &etcd.url(), &[]);
+    let pid = u64::from(s.pid());
+    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await);
+    s.signal(Signal::SIGKILL);
+    let _ = s.wait_exit(SOON).await;
+    // TTL 2 s, plus a second.
+    assert!(
+        etcd.until(KEY, Duration::from_secs(3), |v| v.is_none())
+            .await,
+        "expired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_leaves_the_key_in_place_owned_by_the_new_process() {
+    let etcd = Etcd::start("upgrade").await;
+    let store = Store::sqlite("registry-upgrade");
+    let mut s = start(&store, &etcd.url(), &[]);
+    let old = u64::from(s.pid());
+    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(old)).await);
+    let (_, old_lease) = etcd.get(KEY).await.expect("key");
+    s.signal(Signal::SIGHUP);
+    // The old process exits after the handover; the key never disappears meanwhile.
+    let deadline = Instant::now() + SOON;
+    let mut new_pid = None;
+    while Instant::now() < deadline {
+        let (v, lease) = etcd
+            .get(KEY)
+            .await
+            .expect("the key stays registered throughout");
+        if pid_of(Some(&v)) != Some(old) && s.has_exited() {
+            assert_ne!(lease, old_lease, "under the new process's own lease");
+            new_pid = pid_of(Some(&v));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_pid = new_pid.expect("the new process owns the key after the old one exited");
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
+    assert!(
+        etcd.until(KEY, SOON, |v| v.is_none()).await,
+        "the new process deregisters at its own stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_comes_back_after_etcd_does_and_without_etcd_the_service_serves() {
+    let mut etcd = Etcd::start("restart").await;
+    etcd.stop();
+    let store = Store::sqlite("registry-restart");
+    let s = start(&store, &etcd.url(), &[]);
+    crate::wait_ready(&s).await;
+    let res = lameduck_testkit::get(s.http, "/orders")
+        .await
+        .expect("serves without etcd");
+    assert_eq!(res.status(), 200);
+    etcd.run().await;
+    let pid = u64::from(s.pid());
+    assert!(
+        etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
+        "registers once etcd appears"
+    );
+    // etcd restarts with nothing: the registration is lost and made again.
+    etcd.stop();
+    etcd.run().await;
+    assert!(
+        etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
+        "registers again"
+    );
+    let metrics = lameduck_testkit::get(s.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    assert!(text.contains("lameduck_registry_registered 1"), "{text}");
+    assert!(
+        !text.contains("lameduck_registry_failures_total 0\n"),
+        "failures counted: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drain_deregisters_and_undrain_registers_again() {
+    let etcd = Etcd::start("operator").await;
+    let store = Store::sqlite("registry-operator");
+    let s = Spawned::start_env(
+        crate::BIN,
+        &[
+            "--data-dir",
+            store.dir.to_str().expect("path"),
+            "--etcd-endpoints",
+            &etcd.url(),
+            "--instance-id",
+            "it",
+        ],
+        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret")],
+    )
+    .expect("start");
+    let pid = u64::from(s.pid());
+    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await);
+    assert_eq!(post(s.admin, "/drain").await, 200);
+    assert!(etcd.until(KEY, SOON, |v| v.is_none()).await, "deregistered");
+    let res = lameduck_testkit::get(s.http, "/orders")
+        .await
+        .expect("still serving");
+    assert_eq!(res.status(), 200);
+    assert_eq!(post(s.admin, "/undrain").await, 200);
+    assert!(
+        etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
+        "registered again"
+    );
+}
+
+async fn post(admin: SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(admin)
+        .await
+        .expect("connect");
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    c.write_all(head.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SOON, c.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
