@@ -69,6 +69,10 @@ pub struct Args {
     /// delay, shutdown timeout and hook timeouts do not fit in it.
     #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
     pub grace_budget: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v2 or v1) naming the client, as
+    /// HAProxy sends with send-proxy-v2; connections without one are closed.
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Read the admin bearer token (for POST /drain and /undrain) from this file; else
     /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404.
     #[arg(long, value_name = "PATH")]
@@ -212,6 +216,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
             RequestSpans::Off
         })
         .response_ids(!args.no_response_ids)
+        .proxy_protocol(args.proxy_protocol)
         .drain_delay(args.drain_delay)
         .shutdown_timeout(args.shutdown_timeout)
         .idle_grace(args.idle_grace)

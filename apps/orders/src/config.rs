@@ -93,6 +93,10 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// Every connection starts with a PROXY protocol header (v2 or v1) naming the client, as
+    /// HAProxy sends with send-proxy-v2; connections without one are closed [default: off].
+    #[arg(long, env = "LAMEDUCK_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_protocol: Option<bool>,
     /// Register in etcd at these client URLs, comma-separated (off when absent).
     #[arg(long, env = "LAMEDUCK_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
@@ -160,6 +164,8 @@ pub struct Settings {
     /// The orchestrator's stop timeout, when given.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     pub grace_budget: Option<Duration>,
+    /// Whether connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// etcd's client URLs, when registering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_endpoints: Option<Vec<String>>,
@@ -203,6 +209,7 @@ impl Overrides {
             grace_budget: self.grace_budget.or(lower.grace_budget),
             pid_file: self.pid_file.or(lower.pid_file),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
+            proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
             registry_prefix: self.registry_prefix.or(lower.registry_prefix),
             registry_ttl: self.registry_ttl.or(lower.registry_ttl),
@@ -308,6 +315,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         grace_budget: o.grace_budget,
         pid_file: o.pid_file,
         admin_token_file: o.admin_token_file,
+        proxy_protocol: o.proxy_protocol.unwrap_or(false),
         etcd_endpoints: o.etcd_endpoints,
         registry_prefix,
         registry_ttl,

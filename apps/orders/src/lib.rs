@@ -101,6 +101,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .body_read_timeout(settings.body_read_timeout)
         .body_timeout(settings.body_timeout)
         .listen_backlog(settings.listen_backlog)
+        .proxy_protocol(settings.proxy_protocol)
         .readiness_check(readiness(&app))
         .admin(settings.admin_listen)
         .bind(settings.listen, lifecycle)

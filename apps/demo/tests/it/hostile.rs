@@ -281,3 +281,33 @@ async fn a_head_over_the_limit_gets_a_json_431_and_a_large_body_does_not() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("received 1048576 bytes"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_protocol_balancer_the_client_is_the_one_it_names() {
+    let s = start(&["--proxy-protocol", "--access-log", "--log-format", "json"]);
+    // Version 2: signature, PROXY over TCP/IPv4, 12 address bytes.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[203, 0, 113, 7, 127, 0, 0, 1]);
+    v2.extend_from_slice(&51000u16.to_be_bytes());
+    v2.extend_from_slice(&8081u16.to_be_bytes());
+    v2.extend_from_slice(
+        b"GET /ping HTTP/1.1\r\nhost: x\r\nx-request-id: via-v2\r\nconnection: close\r\n\r\n",
+    );
+    let answer = exchange(s.http, &v2).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let line = s
+        .wait_for_log(&["via-v2", "\"client\""], SOON)
+        .await
+        .expect("an access line");
+    assert!(line.contains("\"client\":\"203.0.113.7:51000\""), "{line}");
+    let v1 = b"PROXY TCP4 198.51.100.9 127.0.0.1 40000 8081\r\nGET /ping HTTP/1.1\r\nhost: x\r\nx-request-id: via-v1\r\nconnection: close\r\n\r\n";
+    assert!(exchange(s.http, v1).await.starts_with("HTTP/1.1 200"));
+    let line = s
+        .wait_for_log(&["via-v1", "\"client\""], SOON)
+        .await
+        .expect("line");
+    assert!(line.contains("\"client\":\"198.51.100.9:40000\""), "{line}");
+    // Without the header the connection is closed unanswered.
+    let answer = exchange(s.http, b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert!(answer.is_empty(), "{answer}");
+}

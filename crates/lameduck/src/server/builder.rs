@@ -80,6 +80,7 @@ pub struct Builder {
     pub(super) pid_file: Option<std::path::PathBuf>,
     pub(super) admin: Option<SocketAddr>,
     pub(super) admin_token: Option<std::sync::Arc<str>>,
+    pub(super) proxy_protocol: bool,
     pub(super) registry: Option<std::sync::Arc<dyn crate::registry::Registry>>,
     #[cfg(feature = "axum")]
     pub(super) admin_routes: Option<axum::Router>,
@@ -111,6 +112,7 @@ impl Default for Builder {
             pid_file: None,
             admin: None,
             admin_token: None,
+            proxy_protocol: false,
             registry: None,
             #[cfg(feature = "axum")]
             admin_routes: None,
@@ -281,6 +283,16 @@ impl Builder {
             move || async move { r.deregister().await.map_err(Into::into) },
         );
         self.registry = Some(registry);
+        self
+    }
+
+    /// Require a PROXY protocol header (version 2 or 1) at the start of every connection
+    /// on the main listener, as a load balancer sends with `send-proxy-v2` (default off):
+    /// the client's address it names is the request's peer. A connection without a valid
+    /// header within the header read timeout is closed. Turn it on only behind a balancer
+    /// that always sends it: anyone who can connect directly could claim any address.
+    pub fn proxy_protocol(mut self, on: bool) -> Self {
+        self.proxy_protocol = on;
         self
     }
 

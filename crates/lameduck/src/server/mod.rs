@@ -50,6 +50,7 @@ mod drain;
 mod handoff;
 mod head_limit;
 mod pid_file;
+mod proxy_protocol;
 mod service;
 mod upgrade;
 
@@ -65,6 +66,7 @@ pub use builder::{
 pub use drain::DRAIN_PROGRESS_INTERVAL;
 #[cfg(feature = "fd-handoff")]
 pub use handoff::UpgradeError;
+pub use proxy_protocol::ProxyHeaderError;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -114,6 +116,8 @@ pub struct Server {
 struct Shared {
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     limits: ConnLimits,
+    /// Each connection starts with a PROXY protocol header.
+    proxy_protocol: bool,
     tracker: TaskTracker,
     stack: Arc<Stack>,
 }
@@ -280,6 +284,7 @@ impl Shared {
                 idle_timeout: config.idle_timeout,
                 idle_grace: config.idle_grace,
             },
+            proxy_protocol: config.proxy_protocol,
             tracker: TaskTracker::new(),
             stack: Arc::new(stack),
         }
@@ -386,6 +391,18 @@ fn spawn_connection<S, B>(
     let shared = shared.clone();
     shared.stack.metrics.connection_opened();
     shared.tracker.clone().spawn(async move {
+        let (mut stream, mut peer) = (stream, peer);
+        if shared.proxy_protocol {
+            match proxy_protocol::read_header(&mut stream, shared.limits.header_read_timeout).await {
+                Ok(Some(client)) => peer = client,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection closed: PROXY protocol header required");
+                    shared.stack.metrics.connection_closed();
+                    return;
+                }
+            }
+        }
         let state = Arc::new(ConnState::new());
         let io = TokioIo::new(TrackedIo::new(
             stream,
