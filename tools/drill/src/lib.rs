@@ -11,6 +11,8 @@
 //! a reused connection), `timeout`. Nothing is retried; a request that a closed keep-alive
 //! connection handed back unsent goes out on a new connection, as any client does.
 //!
+//! SIGINT or SIGTERM ends the load early; the report is still printed and written.
+//!
 //! The flags become a [`Plan`] (`args.rs`); the load (`load.rs`) and the faults
 //! (`faults.rs`) run from it; the report (`report.rs`, `svg.rs`) is made from what they
 //! recorded.
@@ -122,9 +124,29 @@ pub fn main_impl() -> ExitCode {
         }
     };
     cli::block_on_main("lameduck-drill", async move {
-        let report = run_plan(&plan, std::future::pending()).await;
+        let report = run_plan(&plan, stop_signal()).await;
         write_outputs(&plan, &report)
     })
+}
+
+/// Completes on SIGINT or SIGTERM: the load stops early and the report is still written
+/// (scripts end a drill that way when their faults are done).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("lameduck-drill: stopping on a signal; writing the report");
+        }
+        // Without handlers the default action applies: nothing to wait for here.
+        _ => std::future::pending::<()>().await,
+    }
 }
 
 /// Print the summary, write the JSON and SVG files, and judge `--expect-zero-errors`.

@@ -190,3 +190,51 @@ async fn workers_are_spread_over_several_urls() {
         );
     }
 }
+
+#[tokio::test]
+async fn sigterm_ends_the_load_and_the_report_is_still_written() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    let url = server(move |mut s| {
+        let counter = counter.clone();
+        async move {
+            while read_head(&mut s).await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                if s.write_all(OK).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("ld-drill-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let json = dir.join("report.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lameduck-drill"))
+        .args([&url, "--quiet", "--duration", "1h", "--rate", "200"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn drill");
+    // The load is running once the server has answered some requests.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while served.load(Ordering::Relaxed) < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "the drill sent nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the drill did not stop on SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
+    assert!(report["requests"].as_u64().expect("requests") >= 20, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
