@@ -80,6 +80,10 @@ pub struct Args {
     /// Write the pid here once serving (rewritten by the new process of an upgrade).
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<std::path::PathBuf>,
+    /// Record here that this process serves and, at exit, how it ended; the next process
+    /// exports that as lameduck_previous_shutdown{outcome} on /metrics.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<std::path::PathBuf>,
     /// Connections the kernel queues for accepting (capped by net.core.somaxconn).
     #[arg(long, default_value_t = server::DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
     pub listen_backlog: u32,
@@ -202,6 +206,9 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     }
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
+    }
+    if let Some(path) = &args.state_file {
+        builder = builder.state_file(path);
     }
     if let Some(token) =
         cli::admin_token(args.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?

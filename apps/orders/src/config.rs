@@ -118,6 +118,10 @@ pub struct Overrides {
     /// [default: none].
     #[arg(long, env = "LAMEDUCK_PID_FILE")]
     pub pid_file: Option<PathBuf>,
+    /// Record here that this process serves and, at exit, how it ended; the next process
+    /// exports it as lameduck_previous_shutdown{outcome} [default: DATA_DIR/shutdown-state].
+    #[arg(long, env = "LAMEDUCK_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
     /// Connections the kernel queues for accepting, capped by net.core.somaxconn
     /// [default: 1024].
     #[arg(long, env = "LAMEDUCK_LISTEN_BACKLOG")]
@@ -183,6 +187,8 @@ pub struct Settings {
     /// The pid file, when one is written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
+    /// The shutdown state file.
+    pub state_file: PathBuf,
     /// The listen backlog.
     pub listen_backlog: u32,
     /// Log format.
@@ -208,6 +214,7 @@ impl Overrides {
             body_timeout: self.body_timeout.or(lower.body_timeout),
             grace_budget: self.grace_budget.or(lower.grace_budget),
             pid_file: self.pid_file.or(lower.pid_file),
+            state_file: self.state_file.or(lower.state_file),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
@@ -305,6 +312,9 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         drain_delay: o.drain_delay.unwrap_or(Duration::ZERO),
         idle_grace: o.idle_grace.unwrap_or(Duration::from_secs(1)),
         audit_log: o.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
+        state_file: o
+            .state_file
+            .unwrap_or_else(|| data_dir.join("shutdown-state")),
         database_url,
         data_dir,
         audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),

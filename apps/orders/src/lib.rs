@@ -88,6 +88,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     if let Some(path) = &settings.pid_file {
         builder = builder.pid_file(path);
     }
+    if let Some(dir) = settings
+        .state_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    }
+    builder = builder.state_file(&settings.state_file);
     if let Some(token) =
         cli::admin_token(settings.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
     {

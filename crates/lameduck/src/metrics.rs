@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::in_flight::InFlight;
-use crate::lifecycle::{Phase, Shutdown};
+use crate::lifecycle::{read_previous, Phase, PreviousShutdown, Shutdown, ShutdownOutcome};
 use crate::sync::{lock, read, write};
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -115,6 +115,7 @@ struct Registry {
     hooks: std::sync::Mutex<Vec<HookSample>>,
     in_flight: OnceLock<InFlight>,
     shutdown: OnceLock<Shutdown>,
+    state_file: OnceLock<std::path::PathBuf>,
 }
 
 /// The metrics registry. Cheap to clone; clones share the data.
@@ -197,6 +198,14 @@ impl Metrics {
         self.inner.registry_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Export how the previous process ended (`lameduck_previous_shutdown{outcome}`, its
+    /// abandoned requests and when), read from the shutdown state file at each scrape: in
+    /// an upgrade, the old process records its end while the new one serves.
+    pub fn with_state_file(self, path: impl Into<std::path::PathBuf>) -> Self {
+        let _ = self.inner.state_file.set(path.into());
+        self
+    }
+
     /// Requests still running when the shutdown deadline passed.
     pub fn requests_abandoned(&self, n: usize) {
         self.inner.abandoned.fetch_add(n as u64, Ordering::Relaxed);
@@ -275,6 +284,9 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Requests still running at the shutdown deadline",
             &r.abandoned,
         )?;
+        if let Some(p) = r.state_file.get().and_then(|p| read_previous(p)) {
+            encode_previous(&mut enc, &p)?;
+        }
         gauge(
             &mut enc,
             "lameduck_registry_registered",
@@ -375,6 +387,32 @@ fn encode_lifecycle(enc: &mut DescriptorEncoder<'_>, r: &Registry) -> std::fmt::
         ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// How the previous process ended: one series per outcome, 1 for its own.
+fn encode_previous(enc: &mut DescriptorEncoder<'_>, p: &PreviousShutdown) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "lameduck_previous_shutdown",
+        "How the previous process ended, from the shutdown state file (1 for its outcome)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for o in ShutdownOutcome::ALL {
+        let labels = [("outcome", o.as_str())];
+        ConstGauge::new(i64::from(o == p.outcome)).encode(m.encode_family(&labels)?)?;
+    }
+    gauge(
+        enc,
+        "lameduck_previous_shutdown_abandoned_requests",
+        "Requests the previous process abandoned",
+        i64::try_from(p.abandoned).unwrap_or(i64::MAX),
+    )?;
+    gauge(
+        enc,
+        "lameduck_previous_shutdown_timestamp_seconds",
+        "When the previous process ended (Unix time; for killed, when it was noticed)",
+        i64::try_from(p.at).unwrap_or(i64::MAX),
+    )
 }
 
 fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {

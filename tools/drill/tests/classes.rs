@@ -222,7 +222,10 @@ async fn sigterm_ends_the_load_and_the_report_is_still_written() {
     // The load is running once the server has answered some requests.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while served.load(Ordering::Relaxed) < 20 {
-        assert!(tokio::time::Instant::now() < deadline, "the drill sent nothing");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drill sent nothing"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
@@ -234,7 +237,10 @@ async fn sigterm_ends_the_load_and_the_report_is_still_written() {
     assert!(status.success(), "{status:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("report written")).expect("json");
-    assert!(report["requests"].as_u64().expect("requests") >= 20, "{report}");
+    assert!(
+        report["requests"].as_u64().expect("requests") >= 20,
+        "{report}"
+    );
     assert_eq!(report["errors"], 0, "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

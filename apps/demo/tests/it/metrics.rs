@@ -107,3 +107,72 @@ async fn metrics_parse_and_count_every_request_by_route_template_and_status() {
         0.0
     );
 }
+
+/// A forced shutdown cannot be scraped from the process that had it: it records its outcome
+/// in the state file and the next process exports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_process_exports_a_forced_shutdown_and_its_abandoned_request() {
+    use nix::sys::signal::Signal;
+    let dir = std::env::temp_dir().join(format!("ld-demo-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = dir.join("state");
+    let state_arg = state.to_str().expect("utf-8 path");
+    let mut s = start(&["--state-file", state_arg, "--shutdown-timeout", "300ms"]);
+    let scrape = |s: &lameduck_testkit::Spawned| {
+        let admin = s.admin;
+        async move {
+            let res = get(admin, "/metrics").await.expect("metrics");
+            let text = String::from_utf8_lossy(res.body()).into_owned();
+            Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid")
+        }
+    };
+    // The first process has no previous one.
+    let first = scrape(&s).await;
+    assert!(sample(&first, "lameduck_previous_shutdown", &[]).is_none());
+    let mut c = connect_h1(s.http).await.expect("connect");
+    let stuck = tokio::spawn(async move { c.get("/work?ms=60000").await });
+    crate::wait_in_flight(&s, 1).await;
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(crate::SOON).await, Some(3));
+    let _ = stuck.await;
+
+    let s2 = start(&["--state-file", state_arg]);
+    let second = scrape(&s2).await;
+    for (outcome, want) in [
+        ("clean", 0.0),
+        ("forced", 1.0),
+        ("hook_failed", 0.0),
+        ("killed", 0.0),
+    ] {
+        assert_eq!(
+            number(sample(
+                &second,
+                "lameduck_previous_shutdown",
+                &[("outcome", outcome)]
+            )),
+            want,
+            "{outcome}"
+        );
+    }
+    assert_eq!(
+        number(sample(
+            &second,
+            "lameduck_previous_shutdown_abandoned_requests",
+            &[]
+        )),
+        1.0
+    );
+    let at = number(sample(
+        &second,
+        "lameduck_previous_shutdown_timestamp_seconds",
+        &[],
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - at).abs() < 120.0, "recorded at {at}, now {now}");
+    drop(s2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

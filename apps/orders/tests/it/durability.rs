@@ -149,6 +149,26 @@ async fn verify_after_restart(addr: SocketAddr, out: &Outcome) {
     }
 }
 
+/// The restarted process exports how the one before it ended (from its state file, in the
+/// data directory by default).
+async fn previous_shutdown_was(s: &lameduck_testkit::Spawned, outcome: &str) {
+    let res = lameduck_testkit::get(s.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(res.body()).into_owned();
+    for o in ["clean", "forced", "hook_failed", "killed"] {
+        let line = format!(
+            "lameduck_previous_shutdown{{outcome=\"{o}\"}} {}\n",
+            u8::from(o == outcome)
+        );
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("lameduck_previous_shutdown_abandoned_requests 0\n"),
+        "{text}"
+    );
+}
+
 async fn sigterm_under_load(store: Store) {
     let mut s = store.start(&[]);
     crate::wait_ready(&s).await;
@@ -163,6 +183,7 @@ async fn sigterm_under_load(store: Store) {
     let s2 = store.start(&[]);
     crate::wait_ready(&s2).await;
     verify_after_restart(s2.http, &out).await;
+    previous_shutdown_was(&s2, "clean").await;
     eprintln!(
         "SIGTERM: {} acknowledged, {} unknown, {} refused at connect",
         out.acked.len(),
@@ -194,6 +215,7 @@ async fn sigkill_under_load(store: Store) {
     let s2 = store.start(&[]);
     crate::wait_ready(&s2).await;
     verify_after_restart(s2.http, &out).await;
+    previous_shutdown_was(&s2, "killed").await;
     eprintln!(
         "SIGKILL: {} acknowledged, {} unknown, {} refused at connect",
         out.acked.len(),

@@ -28,9 +28,11 @@
 
 mod report;
 mod signal;
+pub(crate) mod state_file;
 
 pub use report::{AbandonedRequest, PhaseTiming, ShutdownReport};
 pub use signal::{install_os_signals, Signal, Trigger};
+pub use state_file::{read_previous, PreviousShutdown, ShutdownOutcome};
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

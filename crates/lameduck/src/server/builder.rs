@@ -78,6 +78,7 @@ pub struct Builder {
     pub(super) upgrade_timeout: Duration,
     pub(super) grace_budget: Option<Duration>,
     pub(super) pid_file: Option<std::path::PathBuf>,
+    pub(super) state_file: Option<std::path::PathBuf>,
     pub(super) admin: Option<SocketAddr>,
     pub(super) admin_token: Option<std::sync::Arc<str>>,
     pub(super) proxy_protocol: bool,
@@ -110,6 +111,7 @@ impl Default for Builder {
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             grace_budget: None,
             pid_file: None,
+            state_file: None,
             admin: None,
             admin_token: None,
             proxy_protocol: false,
@@ -269,6 +271,18 @@ impl Builder {
         self
     }
 
+    /// Record in `path` that this process serves, and at exit how it ended; export how the
+    /// previous process ended as `lameduck_previous_shutdown{outcome}` (`clean`, `forced`,
+    /// `hook_failed`, or `killed` for one that never recorded its end), so that an alert
+    /// can see forced and incomplete shutdowns after the process that had them is gone.
+    /// See [`ShutdownOutcome`](crate::lifecycle::ShutdownOutcome). Give each instance its
+    /// own file (a process that finds another live process named in it says so and leaves
+    /// it be); the new process of an upgrade uses the same file.
+    pub fn state_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.state_file = Some(path.into());
+        self
+    }
+
     /// Register in `registry` once serving, and keep it registered (again after it is
     /// lost, with back-off; not while an operator drains the process). A before-drain hook
     /// named `deregister`, bounded by
@@ -359,7 +373,10 @@ impl Builder {
             return Err(Error::Config("the admin token is empty".into()));
         }
         if let Some(path) = &self.pid_file {
-            super::pid_file::check(path)?;
+            super::pid_file::check("pid file", path)?;
+        }
+        if let Some(path) = &self.state_file {
+            super::pid_file::check("state file", path)?;
         }
         if self.admin_max_connections == 0 {
             return Err(Error::Config(

@@ -85,7 +85,7 @@ use tower::Service;
 
 use crate::admin::{Admin, UpgradeStatus};
 use crate::in_flight::InFlight;
-use crate::lifecycle::{Lifecycle, Phase, Shutdown, ShutdownReport, Trigger};
+use crate::lifecycle::{state_file, Lifecycle, Phase, Shutdown, ShutdownReport, Trigger};
 use crate::metrics::Metrics;
 use crate::middleware::drain::DrainAdmissionLayer;
 use conn::{ConnLimits, ConnState, Ended, TrackedIo};
@@ -219,6 +219,11 @@ impl Server {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the pid file");
             }
         }
+        if let Some(path) = &config.state_file {
+            if let Err(e) = state_file::record_start(path, upgraded_from.is_some()) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+            }
+        }
         activation::notify_ready();
         let registration = config.registry.clone().map(|r| {
             let sd = shared.stack.shutdown.clone();
@@ -240,7 +245,13 @@ impl Server {
             &listeners.upgrade_status,
         )
         .await;
+        let state_path = config.state_file.clone();
         let report = drain::shut_down(&mut lifecycle, stop, config, &shared, listeners).await;
+        if let Some(path) = &state_path {
+            if let Err(e) = state_file::record_end(path, &report) {
+                tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
+            }
+        }
         if let Some(task) = registration {
             task.abort();
         }
@@ -257,9 +268,12 @@ impl Shared {
     /// The per-request stack (see `service.rs`) and the per-connection settings.
     fn new(config: &Builder, shutdown: Shutdown) -> Self {
         let in_flight = InFlight::new();
-        let metrics = Metrics::new()
+        let mut metrics = Metrics::new()
             .with_in_flight(in_flight.clone())
             .with_shutdown(shutdown.clone());
+        if let Some(path) = &config.state_file {
+            metrics = metrics.with_state_file(path);
+        }
         let stack = Stack {
             drain: DrainAdmissionLayer::new(shutdown.clone())
                 .policy(config.drain_policy)

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 
-/// Check at start-up that the pid file's directory exists, so that a typo fails the start
-/// instead of an upgrade later.
-pub(super) fn check(path: &Path) -> Result<(), Error> {
+/// Check at start-up that the directory of a file the server writes later (`what`: "pid
+/// file", "state file") exists, so that a typo fails the start instead of an upgrade or
+/// the exit.
+pub(super) fn check(what: &str, path: &Path) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -18,7 +19,7 @@ pub(super) fn check(path: &Path) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "pid file {}: the directory {} does not exist",
+            "{what} {}: the directory {} does not exist",
             path.display(),
             dir.display()
         )))
@@ -70,8 +71,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lameduck-pid-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("svc.pid");
-        check(&path).expect("the directory exists");
-        assert!(check(&dir.join("missing/svc.pid")).is_err());
+        check("pid file", &path).expect("the directory exists");
+        assert!(check("pid file", &dir.join("missing/svc.pid")).is_err());
         write(&path).expect("write");
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("{}\n", std::process::id()));
