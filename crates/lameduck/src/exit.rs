@@ -17,7 +17,7 @@
 //! | code | constant | meaning |
 //! |---|---|---|
 //! | 0 | [`OK`] | clean shutdown: every request finished and every hook succeeded |
-//! | 1 | [`RUNTIME_ERROR`] | start-up or run-time error (bind failure, bad config), one line on stderr |
+//! | 1 | [`RUNTIME_ERROR`] | start-up or run-time error (bind failure, bad config), one line on stderr; or a background task with [`OnFailure::StopProcess`](crate::tasks::OnFailure::StopProcess) failed |
 //! | 2 | [`USAGE`] | usage error (bad flags or values), clap's message on stderr |
 //! | 3 | [`FORCED_SHUTDOWN`] | forced or incomplete shutdown: deadline passed, a hook failed or timed out, second signal |
 

@@ -66,6 +66,7 @@ pub mod otel;
 pub mod registry;
 pub mod server;
 mod sync;
+pub mod tasks;
 pub mod trace_context;
 
 pub use error::Error;

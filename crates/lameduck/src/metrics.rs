@@ -116,6 +116,7 @@ struct Registry {
     in_flight: OnceLock<InFlight>,
     shutdown: OnceLock<Shutdown>,
     state_file: OnceLock<std::path::PathBuf>,
+    tasks: OnceLock<crate::tasks::TaskStates>,
 }
 
 /// The metrics registry. Cheap to clone; clones share the data.
@@ -203,6 +204,13 @@ impl Metrics {
     /// an upgrade, the old process records its end while the new one serves.
     pub fn with_state_file(self, path: impl Into<std::path::PathBuf>) -> Self {
         let _ = self.inner.state_file.set(path.into());
+        self
+    }
+
+    /// Export the background tasks' state (`lameduck_tasks_running{task}`,
+    /// `lameduck_task_restarts_total{task}`).
+    pub(crate) fn with_tasks(self, tasks: crate::tasks::TaskStates) -> Self {
+        let _ = self.inner.tasks.set(tasks);
         self
     }
 
@@ -299,6 +307,9 @@ impl prometheus_client::collector::Collector for Snapshot {
             "Failed registrations and lost registrations",
             &r.registry_failures,
         )?;
+        if let Some(tasks) = r.tasks.get().filter(|t| !t.0.is_empty()) {
+            encode_tasks(&mut enc, tasks)?;
+        }
         encode_lifecycle(&mut enc, r)
     }
 }
@@ -385,6 +396,35 @@ fn encode_lifecycle(enc: &mut DescriptorEncoder<'_>, r: &Registry) -> std::fmt::
             ("status", h.status),
         ];
         ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Whether each background task runs, and how often it was restarted.
+fn encode_tasks(
+    enc: &mut DescriptorEncoder<'_>,
+    tasks: &crate::tasks::TaskStates,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "lameduck_tasks_running",
+        "1 while the background task runs (0 while it waits to restart, or has ended)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for t in tasks.0.iter() {
+        let labels = [("task", &*t.name)];
+        ConstGauge::new(i64::from(t.running.load(Ordering::Relaxed)))
+            .encode(m.encode_family(&labels)?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_task_restarts",
+        "Restarts of the background task after a failure",
+        None,
+        MetricType::Counter,
+    )?;
+    for t in tasks.0.iter() {
+        let labels = [("task", &*t.name)];
+        ConstCounter::new(t.restarts.load(Ordering::Relaxed)).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }

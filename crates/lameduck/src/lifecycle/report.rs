@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::{log_ms, Phase};
 use crate::exit;
 use crate::hooks::{HookOutcome, HookStatus};
+use crate::tasks::{TaskOutcome, TaskStatus};
 
 /// How long one phase lasted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,22 +46,34 @@ pub struct ShutdownReport {
     pub abandoned: Vec<AbandonedRequest>,
     /// Each hook, in the order they ran.
     pub hooks: Vec<HookOutcome>,
+    /// Each background task, in the order they were registered.
+    pub tasks: Vec<TaskOutcome>,
     /// Connections that were closed while still open at the deadline.
     pub connections_closed: usize,
 }
 
 impl ShutdownReport {
-    /// `true` when everything finished and every hook succeeded.
+    /// `true` when everything finished, every hook succeeded and every task stopped.
     pub fn is_clean(&self) -> bool {
         !self.forced
             && self.abandoned.is_empty()
             && self.hooks.iter().all(|h| h.status == HookStatus::Ok)
+            && self.tasks.iter().all(|t| t.status.is_clean())
     }
 
-    /// The process exit code this shutdown deserves: [`exit::OK`] or
-    /// [`exit::FORCED_SHUTDOWN`].
+    /// The task whose failure stopped the process, if one did.
+    pub fn failed_task(&self) -> Option<&TaskOutcome> {
+        self.tasks
+            .iter()
+            .find(|t| matches!(t.status, TaskStatus::StoppedTheProcess(_)))
+    }
+
+    /// The process exit code this shutdown deserves: [`exit::RUNTIME_ERROR`] when a task's
+    /// failure stopped the process, else [`exit::OK`] or [`exit::FORCED_SHUTDOWN`].
     pub fn exit_code(&self) -> u8 {
-        if self.is_clean() {
+        if self.failed_task().is_some() {
+            exit::RUNTIME_ERROR
+        } else if self.is_clean() {
             exit::OK
         } else {
             exit::FORCED_SHUTDOWN
@@ -93,6 +106,15 @@ impl ShutdownReport {
                 "hook finished"
             );
         }
+        for t in &self.tasks {
+            let status = match &t.status {
+                TaskStatus::Failed(e) | TaskStatus::StoppedTheProcess(e) => {
+                    format!("{}: {e}", t.status.as_str())
+                }
+                s => s.as_str().to_string(),
+            };
+            tracing::info!(task = %t.name, status = %status, restarts = t.restarts, "task finished");
+        }
         let phases: Vec<String> = self
             .phases
             .iter()
@@ -105,6 +127,7 @@ impl ShutdownReport {
             abandoned = self.abandoned.len(),
             connections_closed = self.connections_closed,
             hooks = self.hooks.len(),
+            tasks = self.tasks.len(),
             phases = %phases.join(" "),
             exit_code = self.exit_code(),
             "shutdown report"

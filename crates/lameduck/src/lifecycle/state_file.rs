@@ -38,6 +38,9 @@ pub enum ShutdownOutcome {
     Forced,
     /// Every request finished but a hook failed, timed out or was skipped (exit code 3).
     HookFailed,
+    /// A background task failed: it stopped the process (exit code 1) or failed while
+    /// stopping (exit code 3).
+    TaskFailed,
     /// The process never recorded how it ended: killed (SIGKILL, the OOM killer) or
     /// crashed.
     Killed,
@@ -45,19 +48,21 @@ pub enum ShutdownOutcome {
 
 impl ShutdownOutcome {
     /// Every outcome, in the order the metric lists them.
-    pub const ALL: [ShutdownOutcome; 4] = [
+    pub const ALL: [ShutdownOutcome; 5] = [
         ShutdownOutcome::Clean,
         ShutdownOutcome::Forced,
         ShutdownOutcome::HookFailed,
+        ShutdownOutcome::TaskFailed,
         ShutdownOutcome::Killed,
     ];
 
-    /// The label value: `clean`, `forced`, `hook_failed`, `killed`.
+    /// The label value: `clean`, `forced`, `hook_failed`, `task_failed`, `killed`.
     pub fn as_str(self) -> &'static str {
         match self {
             ShutdownOutcome::Clean => "clean",
             ShutdownOutcome::Forced => "forced",
             ShutdownOutcome::HookFailed => "hook_failed",
+            ShutdownOutcome::TaskFailed => "task_failed",
             ShutdownOutcome::Killed => "killed",
         }
     }
@@ -68,8 +73,12 @@ impl ShutdownOutcome {
 
     /// The outcome a shutdown report describes.
     pub fn of(report: &ShutdownReport) -> Self {
-        if report.forced || !report.abandoned.is_empty() {
+        use crate::tasks::TaskStatus;
+        let tasks = |f: fn(&TaskStatus) -> bool| report.tasks.iter().any(|t| f(&t.status));
+        if report.forced || !report.abandoned.is_empty() || tasks(|s| *s == TaskStatus::Abandoned) {
             ShutdownOutcome::Forced
+        } else if tasks(|s| matches!(s, TaskStatus::Failed(_) | TaskStatus::StoppedTheProcess(_))) {
+            ShutdownOutcome::TaskFailed
         } else if report.is_clean() {
             ShutdownOutcome::Clean
         } else {

@@ -86,6 +86,7 @@ pub struct Builder {
     #[cfg(feature = "axum")]
     pub(super) admin_routes: Option<axum::Router>,
     pub(super) hooks: Hooks,
+    pub(super) tasks: Vec<crate::tasks::Task>,
     pub(super) checks: Vec<ReadinessCheck>,
 }
 
@@ -119,6 +120,7 @@ impl Default for Builder {
             #[cfg(feature = "axum")]
             admin_routes: None,
             hooks: Hooks::new(),
+            tasks: Vec::new(),
             checks: Vec::new(),
         }
     }
@@ -352,6 +354,13 @@ impl Builder {
         self
     }
 
+    /// Run `task` in the background from the moment the server serves; the drain waits for
+    /// it as it waits for requests (see [`tasks`](crate::tasks)). Names must be unique.
+    pub fn task(mut self, task: crate::tasks::Task) -> Self {
+        self.tasks.push(task);
+        self
+    }
+
     /// Register a readiness check for `/readyz`.
     pub fn readiness_check(mut self, check: ReadinessCheck) -> Self {
         self.checks.push(check);
@@ -377,6 +386,13 @@ impl Builder {
         }
         if let Some(path) = &self.state_file {
             super::pid_file::check("state file", path)?;
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(t) = self.tasks.iter().find(|t| !names.insert(t.name())) {
+            return Err(Error::Config(format!(
+                "two background tasks are named {:?}",
+                t.name()
+            )));
         }
         if self.admin_max_connections == 0 {
             return Err(Error::Config(

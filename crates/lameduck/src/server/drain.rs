@@ -16,6 +16,7 @@ use crate::hooks::{HookOutcome, HookPhase, Hooks};
 use crate::in_flight::InFlight;
 use crate::lifecycle::{Lifecycle, Phase, ShutdownReport, Signal};
 use crate::metrics::Metrics;
+use crate::tasks::TaskSet;
 
 /// While draining, a progress line (in flight, connections, time left) is logged this often.
 pub const DRAIN_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,6 +28,7 @@ pub(super) async fn shut_down(
     config: Builder,
     shared: &Shared,
     listeners: Listeners,
+    tasks: TaskSet,
 ) -> ShutdownReport {
     let Listeners {
         stop_accepting,
@@ -53,15 +55,25 @@ pub(super) async fn shut_down(
         forced = !keep_accepting_for(lifecycle, config.drain_delay).await;
     }
     close_listener(stop_accepting, accept_task, shared).await;
+    let after_handover = matches!(stop, Stop::Handover(_));
     if !forced {
-        let after_handover = matches!(stop, Stop::Handover(_));
         if let Some(why) = wait_for_connections(lifecycle, shared, after_handover).await {
+            forced = true;
+            report.reason.push_str(why);
+        }
+    }
+    if !forced {
+        if let Some(why) = wait_for_tasks(lifecycle, &tasks, after_handover).await {
             forced = true;
             report.reason.push_str(why);
         }
     }
     if forced {
         abandon(lifecycle, shared, &mut report).await;
+    }
+    report.tasks = tasks.finish().await;
+    if let Some(t) = report.failed_task() {
+        report.reason = format!("task {} failed", t.name);
     }
     report.drain = t0.elapsed();
     let metrics = &shared.stack.metrics;
@@ -142,6 +154,29 @@ async fn wait_for_connections(
         _ = tokio::time::sleep_until(deadline) => Some(", deadline passed"),
         _ = next_stop_signal(lifecycle, after_handover) => Some(", second signal"),
         never = log_drain_progress(&stack.in_flight, &stack.metrics, deadline) => match never {},
+    }
+}
+
+/// Tell the tasks that stop after the requests to stop, and wait for every task; `Some(why)`
+/// when the deadline passed or a stop signal came first.
+async fn wait_for_tasks(
+    lifecycle: &mut Lifecycle,
+    tasks: &TaskSet,
+    after_handover: bool,
+) -> Option<&'static str> {
+    tasks.stop_after_requests();
+    let running = tasks.running();
+    if running == 0 {
+        return None;
+    }
+    tracing::info!(running, "connections done; waiting for background tasks");
+    let deadline = tokio::time::Instant::from_std(
+        lifecycle.shutdown().deadline().unwrap_or_else(Instant::now),
+    );
+    tokio::select! {
+        _ = tasks.wait() => None,
+        _ = tokio::time::sleep_until(deadline) => Some(", deadline passed"),
+        _ = next_stop_signal(lifecycle, after_handover) => Some(", second signal"),
     }
 }
 

@@ -88,6 +88,7 @@ use crate::in_flight::InFlight;
 use crate::lifecycle::{state_file, Lifecycle, Phase, Shutdown, ShutdownReport, Trigger};
 use crate::metrics::Metrics;
 use crate::middleware::drain::DrainAdmissionLayer;
+use crate::tasks::{TaskSet, TaskStates};
 use conn::{ConnLimits, ConnState, Ended, TrackedIo};
 use service::{ConnService, Stack};
 use upgrade::Handoff;
@@ -120,6 +121,8 @@ struct Shared {
     proxy_protocol: bool,
     tracker: TaskTracker,
     stack: Arc<Stack>,
+    /// The background tasks' states (the metrics read them).
+    task_states: TaskStates,
 }
 
 /// The accept side while serving, as the drain needs it.
@@ -200,7 +203,7 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let Server {
-            config,
+            mut config,
             mut lifecycle,
             http,
             admin,
@@ -211,6 +214,12 @@ impl Server {
         let listeners = start_listening(&config, &shared, http, admin, app, operator.clone());
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
+        let tasks = TaskSet::start(
+            std::mem::take(&mut config.tasks),
+            shared.task_states.clone(),
+            &lifecycle.shutdown(),
+            &lifecycle.trigger(),
+        );
         // Before readiness is reported: once the old process of an upgrade hears it, the
         // pid file already names this one.
         let pid_path = config.pid_file.clone();
@@ -246,7 +255,8 @@ impl Server {
         )
         .await;
         let state_path = config.state_file.clone();
-        let report = drain::shut_down(&mut lifecycle, stop, config, &shared, listeners).await;
+        let report =
+            drain::shut_down(&mut lifecycle, stop, config, &shared, listeners, tasks).await;
         if let Some(path) = &state_path {
             if let Err(e) = state_file::record_end(path, &report) {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
@@ -268,9 +278,11 @@ impl Shared {
     /// The per-request stack (see `service.rs`) and the per-connection settings.
     fn new(config: &Builder, shutdown: Shutdown) -> Self {
         let in_flight = InFlight::new();
+        let task_states = TaskSet::states(&config.tasks);
         let mut metrics = Metrics::new()
             .with_in_flight(in_flight.clone())
-            .with_shutdown(shutdown.clone());
+            .with_shutdown(shutdown.clone())
+            .with_tasks(task_states.clone());
         if let Some(path) = &config.state_file {
             metrics = metrics.with_state_file(path);
         }
@@ -301,6 +313,7 @@ impl Shared {
             proxy_protocol: config.proxy_protocol,
             tracker: TaskTracker::new(),
             stack: Arc::new(stack),
+            task_states,
         }
     }
 }

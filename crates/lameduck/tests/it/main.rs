@@ -5,6 +5,7 @@ mod hooks;
 mod layout;
 mod parity;
 mod server;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
