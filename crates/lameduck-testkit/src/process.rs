@@ -181,7 +181,8 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
             admin = v.parse().ok();
         }
     }
-    Some((http?, admin?))
+    // A binary without an admin listener (lameduck-fakes) prints the HTTP address only.
+    Some((http?, admin.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))))
 }
 
 #[cfg(test)]
@@ -191,5 +192,7 @@ mod tests {
         let (h, a) = super::parse_listening("listening http=127.0.0.1:1 admin=[::1]:2").unwrap();
         assert_eq!((h.port(), a.port()), (1, 2));
         assert!(super::parse_listening("ready").is_none());
+        let (h, a) = super::parse_listening("listening http=127.0.0.1:3").unwrap();
+        assert_eq!((h.port(), a.port()), (3, 0));
     }
 }

@@ -52,6 +52,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::lifecycle::{Shutdown, Trigger};
+pub use crate::lifecycle::{TaskOutcome, TaskStatus};
 use crate::sync::lock;
 
 /// The error a task may return.
@@ -183,51 +184,6 @@ impl TaskContext {
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
     }
-}
-
-/// How a task ended, in the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TaskStatus {
-    /// It returned after it was told to stop (or was waiting to restart then).
-    Stopped,
-    /// It returned `Ok` by itself while the server served: its work was done.
-    Finished,
-    /// It returned an error or panicked after it was told to stop (the message).
-    Failed(String),
-    /// It failed while serving with [`OnFailure::StopProcess`] and so stopped the process.
-    StoppedTheProcess(String),
-    /// It was still running at the deadline (or on a forced stop) and was aborted.
-    Abandoned,
-}
-
-impl TaskStatus {
-    /// Lower-case name used in logs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TaskStatus::Stopped => "stopped",
-            TaskStatus::Finished => "finished",
-            TaskStatus::Failed(_) => "failed",
-            TaskStatus::StoppedTheProcess(_) => "stopped_the_process",
-            TaskStatus::Abandoned => "abandoned",
-        }
-    }
-
-    /// `true` for an end that leaves nothing undone.
-    pub fn is_clean(&self) -> bool {
-        matches!(self, TaskStatus::Stopped | TaskStatus::Finished)
-    }
-}
-
-/// One task's end in the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskOutcome {
-    /// The task's name.
-    pub name: String,
-    /// How it ended.
-    pub status: TaskStatus,
-    /// How many times it was restarted after a failure.
-    pub restarts: u64,
 }
 
 /// A task's live state, shared with the metrics.

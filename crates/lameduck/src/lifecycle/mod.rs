@@ -30,7 +30,7 @@ mod report;
 mod signal;
 pub(crate) mod state_file;
 
-pub use report::{AbandonedRequest, PhaseTiming, ShutdownReport};
+pub use report::{AbandonedRequest, PhaseTiming, ShutdownReport, TaskOutcome, TaskStatus};
 pub use signal::{install_os_signals, Signal, Trigger};
 pub use state_file::{read_previous, PreviousShutdown, ShutdownOutcome};
 

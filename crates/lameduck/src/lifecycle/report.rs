@@ -5,7 +5,6 @@ use std::time::Duration;
 use super::{log_ms, Phase};
 use crate::exit;
 use crate::hooks::{HookOutcome, HookStatus};
-use crate::tasks::{TaskOutcome, TaskStatus};
 
 /// How long one phase lasted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +26,51 @@ pub struct AbandonedRequest {
     pub age: Duration,
     /// Its request id, if the request-context middleware gave it one.
     pub request_id: Option<String>,
+}
+
+/// How a task ended, in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskStatus {
+    /// It returned after it was told to stop (or was waiting to restart then).
+    Stopped,
+    /// It returned `Ok` by itself while the server served: its work was done.
+    Finished,
+    /// It returned an error or panicked after it was told to stop (the message).
+    Failed(String),
+    /// It failed while serving with [`OnFailure::StopProcess`](crate::tasks::OnFailure::StopProcess) and so stopped the process.
+    StoppedTheProcess(String),
+    /// It was still running at the deadline (or on a forced stop) and was aborted.
+    Abandoned,
+}
+
+impl TaskStatus {
+    /// Lower-case name used in logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TaskStatus::Stopped => "stopped",
+            TaskStatus::Finished => "finished",
+            TaskStatus::Failed(_) => "failed",
+            TaskStatus::StoppedTheProcess(_) => "stopped_the_process",
+            TaskStatus::Abandoned => "abandoned",
+        }
+    }
+
+    /// `true` for an end that leaves nothing undone.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, TaskStatus::Stopped | TaskStatus::Finished)
+    }
+}
+
+/// One task's end in the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOutcome {
+    /// The task's name.
+    pub name: String,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// How many times it was restarted after a failure.
+    pub restarts: u64,
 }
 
 /// What the shutdown did, returned by [`Server::serve`](crate::server::Server::serve) and

@@ -73,7 +73,7 @@ impl ShutdownOutcome {
 
     /// The outcome a shutdown report describes.
     pub fn of(report: &ShutdownReport) -> Self {
-        use crate::tasks::TaskStatus;
+        use super::TaskStatus;
         let tasks = |f: fn(&TaskStatus) -> bool| report.tasks.iter().any(|t| f(&t.status));
         if report.forced || !report.abandoned.is_empty() || tasks(|s| *s == TaskStatus::Abandoned) {
             ShutdownOutcome::Forced

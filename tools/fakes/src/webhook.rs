@@ -1,0 +1,235 @@
+//! The webhook receiver: accepts `POST` on any path with a JSON body
+//! `{"event_id", "type", "order_id", ...}` and an `Idempotency-Key` header equal to the
+//! event id, and records each accepted delivery, duplicates included. `GET /events`
+//! answers the records as a JSON array of `{"event_id", "type", "order_id",
+//! "received_at"}` in the order they arrived.
+//!
+//! - `--fail-rate F` (0 to 1): that share of deliveries is answered 500 and not recorded;
+//!   which ones is decided by a counter hashed with `--seed`, so a run can be repeated;
+//! - `--latency-ms N`: every delivery waits N ms before it is answered (and recorded);
+//! - a body that is not such JSON, or a key that is not the event id, is answered 400 and
+//!   not recorded: the receiver checks the sender's side of the contract.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// `lameduck-fakes webhook` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Listen address (port 0: any free port, printed once serving).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// Share of deliveries answered 500 and not recorded, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Wait this many milliseconds before answering each delivery.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Seed of the failure choice [default: from the clock].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// One accepted delivery, as `GET /events` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Received {
+    /// The event's id (also its `Idempotency-Key`).
+    pub event_id: String,
+    /// `order.created`, `order.cancelled`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The order it is about.
+    pub order_id: String,
+    /// When it was accepted (RFC 3339, milliseconds).
+    pub received_at: String,
+}
+
+/// What a delivery's body must carry.
+#[derive(Debug, Deserialize)]
+struct Delivery {
+    event_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    order_id: String,
+}
+
+/// The receiver's state.
+#[derive(Debug)]
+pub struct Receiver {
+    fail_below: u64,
+    latency: Duration,
+    seed: u64,
+    count: AtomicU64,
+    received: Mutex<Vec<Received>>,
+}
+
+impl Receiver {
+    /// A receiver with `options`' failure rate, latency and seed.
+    ///
+    /// # Errors
+    /// A failure rate outside 0 to 1.
+    pub fn new(options: &Options) -> anyhow::Result<Arc<Self>> {
+        let f = options.fail_rate;
+        if !(0.0..=1.0).contains(&f) {
+            anyhow::bail!("--fail-rate must be between 0 and 1, got {f}");
+        }
+        let seed = options.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        tracing::info!(
+            fail_rate = f,
+            latency_ms = options.latency_ms,
+            seed,
+            "webhook receiver"
+        );
+        Ok(Arc::new(Receiver {
+            // f = 1 fails every delivery: u64::MAX is above every hash but itself.
+            fail_below: if f >= 1.0 {
+                u64::MAX
+            } else {
+                (f * u64::MAX as f64) as u64
+            },
+            latency: Duration::from_millis(options.latency_ms),
+            seed,
+            count: AtomicU64::new(0),
+            received: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Whether the n-th delivery fails: SplitMix64 of the seed and n, below the threshold.
+    fn fails(&self, n: u64) -> bool {
+        if self.fail_below == u64::MAX {
+            return true;
+        }
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) < self.fail_below
+    }
+
+    /// The deliveries accepted so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The receiver's routes: `POST` on any path records, `GET /events` lists.
+pub fn router(receiver: Arc<Receiver>) -> Router {
+    Router::new()
+        .route("/events", get(list).post(deliver))
+        .fallback(deliver)
+        .with_state(receiver)
+}
+
+async fn list(State(r): State<Arc<Receiver>>) -> Json<Vec<Received>> {
+    Json(r.received())
+}
+
+async fn deliver(
+    State(r): State<Arc<Receiver>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    if method != axum::http::Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "POST a delivery, or GET /events\n",
+        )
+            .into_response();
+    }
+    let delivery: Delivery = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("not a delivery: {e}\n")).into_response()
+        }
+    };
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if key != delivery.event_id {
+        let msg = format!(
+            "Idempotency-Key {key:?} is not the event id {:?}\n",
+            delivery.event_id
+        );
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    if !r.latency.is_zero() {
+        tokio::time::sleep(r.latency).await;
+    }
+    if r.fails(r.count.fetch_add(1, Ordering::Relaxed)) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failing on purpose (--fail-rate)\n",
+        )
+            .into_response();
+    }
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    r.received
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(Received {
+            event_id: delivery.event_id,
+            kind: delivery.kind,
+            order_id: delivery.order_id,
+            received_at: at,
+        });
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receiver(fail_rate: f64) -> Arc<Receiver> {
+        Receiver::new(&Options {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            fail_rate,
+            latency_ms: 0,
+            seed: Some(7),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_failure_share_follows_the_rate() {
+        for (rate, lo, hi) in [(0.0, 0, 0), (0.2, 1_800, 2_200), (1.0, 10_000, 10_000)] {
+            let r = receiver(rate);
+            let failed = (0..10_000).filter(|n| r.fails(*n)).count();
+            assert!(
+                (lo..=hi).contains(&failed),
+                "rate {rate}: {failed} of 10000"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rate_outside_0_to_1_is_refused() {
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let o = Options {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                fail_rate: bad,
+                latency_ms: 0,
+                seed: None,
+            };
+            assert!(Receiver::new(&o).is_err(), "{bad}");
+        }
+    }
+}
