@@ -118,6 +118,18 @@ pub struct Overrides {
     /// [default: none].
     #[arg(long, env = "LAMEDUCK_PID_FILE")]
     pub pid_file: Option<PathBuf>,
+    /// Deliver every order event (order.created, order.cancelled) to this http:// URL, from
+    /// a transactional outbox (off when absent).
+    #[arg(long, env = "LAMEDUCK_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The longest wait between two delivery attempts [default: 5s].
+    #[arg(long, env = "LAMEDUCK_WEBHOOK_BACKOFF_MAX", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub webhook_backoff_max: Option<Duration>,
+    /// Set an event aside after the receiver refused it (4xx other than 408/429) this many
+    /// times [default: 5].
+    #[arg(long, env = "LAMEDUCK_WEBHOOK_SET_ASIDE_AFTER")]
+    pub webhook_set_aside_after: Option<u32>,
     /// Record here that this process serves and, at exit, how it ended; the next process
     /// exports it as lameduck_previous_shutdown{outcome} [default: DATA_DIR/shutdown-state].
     #[arg(long, env = "LAMEDUCK_STATE_FILE")]
@@ -187,6 +199,14 @@ pub struct Settings {
     /// The pid file, when one is written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
+    /// Where order events go, when delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// The longest back-off between delivery attempts.
+    #[serde(with = "duration")]
+    pub webhook_backoff_max: Duration,
+    /// Refusals after which an event is set aside.
+    pub webhook_set_aside_after: u32,
     /// The shutdown state file.
     pub state_file: PathBuf,
     /// The listen backlog.
@@ -215,6 +235,11 @@ impl Overrides {
             grace_budget: self.grace_budget.or(lower.grace_budget),
             pid_file: self.pid_file.or(lower.pid_file),
             state_file: self.state_file.or(lower.state_file),
+            webhook_url: self.webhook_url.or(lower.webhook_url),
+            webhook_backoff_max: self.webhook_backoff_max.or(lower.webhook_backoff_max),
+            webhook_set_aside_after: self
+                .webhook_set_aside_after
+                .or(lower.webhook_set_aside_after),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
@@ -293,6 +318,22 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if !registry_prefix.starts_with('/') {
         bail!("registry_prefix must start with /, got {registry_prefix:?}");
     }
+    if let Some(url) = &o.webhook_url {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("webhook_url {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            bail!("webhook_url must be an http:// URL with a host, got {url:?}");
+        }
+    }
+    let webhook_backoff_max = o.webhook_backoff_max.unwrap_or(Duration::from_secs(5));
+    if webhook_backoff_max < Duration::from_millis(100) {
+        bail!("webhook_backoff_max must be at least 100ms");
+    }
+    let webhook_set_aside_after = o.webhook_set_aside_after.unwrap_or(5);
+    if webhook_set_aside_after == 0 {
+        bail!("webhook_set_aside_after must be at least 1");
+    }
     let listen_backlog = o
         .listen_backlog
         .unwrap_or(lameduck::server::DEFAULT_LISTEN_BACKLOG);
@@ -312,6 +353,9 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         drain_delay: o.drain_delay.unwrap_or(Duration::ZERO),
         idle_grace: o.idle_grace.unwrap_or(Duration::from_secs(1)),
         audit_log: o.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
+        webhook_url: o.webhook_url,
+        webhook_backoff_max,
+        webhook_set_aside_after,
         state_file: o
             .state_file
             .unwrap_or_else(|| data_dir.join("shutdown-state")),

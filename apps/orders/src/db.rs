@@ -14,6 +14,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row as _};
 
 use crate::model::{new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED};
+use crate::outbox::{self, Outbox, ORDER_CANCELLED, ORDER_CREATED};
 
 /// How long a request waits for a database connection before it is answered 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -25,6 +26,10 @@ const COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, cre
 pub struct Db {
     pool: AnyPool,
     sqlite: bool,
+    /// Write an outbox event with each change (when a webhook receives them).
+    events: bool,
+    /// Notified when a change with an event commits (the relay waits on it when idle).
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The outcome of a create.
@@ -87,7 +92,29 @@ impl Db {
             sqlx::migrate!("./migrations/postgres").run(&pool).await
         };
         migrated.with_context(|| format!("cannot migrate database {shown}"))?;
-        Ok(Self { pool, sqlite })
+        Ok(Self {
+            pool,
+            sqlite,
+            events: false,
+            wake: std::sync::Arc::default(),
+        })
+    }
+
+    /// Write an outbox event in the transaction of each create and cancel (see
+    /// [`outbox`](crate::outbox)).
+    pub fn with_events(mut self, on: bool) -> Self {
+        self.events = on;
+        self
+    }
+
+    /// Notified after each commit that wrote an outbox event.
+    pub fn wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    /// The outbox's queries.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.pool.clone())
     }
 
     /// Create an order, once per idempotency key.
@@ -135,7 +162,13 @@ impl Db {
                 return self.replay(new, key).await;
             }
         }
+        if self.events {
+            outbox::enqueue(&mut tx, ORDER_CREATED, &order).await?;
+        }
         tx.commit().await?;
+        if self.events {
+            self.wake.notify_one();
+        }
         Ok(Created::New(order))
     }
 
@@ -187,14 +220,28 @@ impl Db {
     /// # Errors
     /// Database errors.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled, sqlx::Error> {
+        // The write comes first (see the module docs), the event in the same transaction.
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE orders SET status = $1 WHERE id = $2 AND status = $3")
             .bind(CANCELLED)
             .bind(id)
             .bind(CREATED)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-        Ok(match (done, self.get(id).await?) {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let order = row.map(|r| order_of(&r)).transpose()?;
+        if let (1, Some(order), true) = (done, &order, self.events) {
+            outbox::enqueue(&mut tx, ORDER_CANCELLED, order).await?;
+        }
+        tx.commit().await?;
+        if done == 1 && self.events {
+            self.wake.notify_one();
+        }
+        Ok(match (done, order) {
             (1, Some(order)) => Cancelled::Done(order),
             (_, Some(order)) => Cancelled::Conflict(order),
             (_, None) => Cancelled::NotFound,

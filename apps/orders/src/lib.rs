@@ -12,12 +12,15 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod model;
+pub mod outbox;
+pub mod relay;
 
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::response::IntoResponse as _;
 use lameduck::admin::ReadinessCheck;
 use lameduck::cli;
 use lameduck::hooks::HookPhase;
@@ -75,7 +78,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     let (audit, audit_thread) = audit::AuditLog::open(&settings.audit_log, settings.audit_fsync)
         .with_context(|| format!("cannot open audit log {}", settings.audit_log.display()))?;
     tracing::info!(database = %config::redact_url(&settings.database_url), "opening database");
-    let db = db::Db::connect(&settings.database_url, settings.db_max_connections).await?;
+    let db = db::Db::connect(&settings.database_url, settings.db_max_connections)
+        .await?
+        .with_events(settings.webhook_url.is_some());
     let app = api::App {
         db: db.clone(),
         audit: audit.clone(),
@@ -97,6 +102,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
             .with_context(|| format!("cannot create the directory {}", dir.display()))?;
     }
     builder = builder.state_file(&settings.state_file);
+    builder = with_outbox(builder, &settings, &db)?;
     if let Some(token) =
         cli::admin_token(settings.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
     {
@@ -169,6 +175,53 @@ fn with_hooks(
     )
 }
 
+/// The outbox relay (when a webhook URL is set), its metrics, and `GET /outbox` on the
+/// admin listener.
+fn with_outbox(
+    mut builder: lameduck::server::Builder,
+    settings: &Settings,
+    db: &db::Db,
+) -> anyhow::Result<lameduck::server::Builder> {
+    if let Some(url) = &settings.webhook_url {
+        let counters = std::sync::Arc::new(relay::Counters::default());
+        let relay = relay::Relay::new(
+            db.outbox(),
+            relay::Settings {
+                url: url.parse().context("webhook_url")?,
+                backoff_max: settings.webhook_backoff_max,
+                set_aside_after: settings.webhook_set_aside_after,
+            },
+            counters.clone(),
+            db.wake(),
+        );
+        tracing::info!(url = %url, "delivering order events to the webhook");
+        builder = builder.task(lameduck::tasks::Task::new("outbox-relay", move |ctx| {
+            relay.clone().run(ctx)
+        }));
+        for m in counters.metrics() {
+            builder = builder.metric(m);
+        }
+    }
+    let outbox = db.outbox();
+    let route = axum::routing::get(move || {
+        let outbox = outbox.clone();
+        async move {
+            match outbox.stats().await {
+                Ok(s) => axum::Json(s).into_response(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "GET /outbox: cannot read the outbox");
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({"error": {"code": "unavailable", "message": "database unavailable"}})),
+                    )
+                        .into_response()
+                }
+            }
+        }
+    });
+    Ok(builder.admin_routes(axum::Router::new().route("/outbox", route)))
+}
+
 /// The etcd registration `settings` ask for: key `{prefix}{instance}`, the instance
 /// `HOSTNAME-PORT` unless named, the value the bound addresses, pid and version as JSON.
 fn registry(
@@ -203,7 +256,7 @@ fn registry(
 }
 
 /// The machine's host name (Linux), or `localhost`.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

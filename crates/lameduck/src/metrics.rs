@@ -117,6 +117,93 @@ struct Registry {
     shutdown: OnceLock<Shutdown>,
     state_file: OnceLock<std::path::PathBuf>,
     tasks: OnceLock<crate::tasks::TaskStates>,
+    app: RwLock<Vec<AppMetric>>,
+}
+
+/// A value the application computes, exported on `/metrics` at each scrape (read it from
+/// atomics the application keeps up to date: the read runs on the scrape's thread).
+///
+/// ```
+/// use std::sync::atomic::{AtomicI64, Ordering};
+/// use std::sync::Arc;
+/// use lameduck::metrics::{AppMetric, Metrics};
+///
+/// let pending = Arc::new(AtomicI64::new(7));
+/// let p = pending.clone();
+/// let metrics = Metrics::new().with_app_metric(AppMetric::gauge(
+///     "orders_outbox_pending",
+///     "Events not delivered yet",
+///     move || p.load(Ordering::Relaxed) as f64,
+/// ));
+/// assert!(metrics.render().contains("orders_outbox_pending 7"));
+/// ```
+#[derive(Clone)]
+pub struct AppMetric {
+    name: String,
+    help: String,
+    counter: bool,
+    read: Arc<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for AppMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppMetric")
+            .field("name", &self.name)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppMetric {
+    /// A gauge named `name` (exported as is).
+    pub fn gauge(
+        name: impl Into<String>,
+        help: impl Into<String>,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            help: help.into(),
+            counter: false,
+            read: Arc::new(read),
+        }
+    }
+
+    /// A counter named `name` (exported as `name_total`); `read` must never decrease.
+    pub fn counter(
+        name: impl Into<String>,
+        help: impl Into<String>,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            counter: true,
+            ..Self::gauge(name, help, read)
+        }
+    }
+
+    /// The metric's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the name is not usable: not a Prometheus name (`[a-zA-Z_][a-zA-Z0-9_]*`), or in
+    /// lameduck's own `lameduck_` namespace.
+    pub fn check_name(&self) -> Result<(), String> {
+        let n = &self.name;
+        let valid = n
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        if n.is_empty() || !valid {
+            return Err(format!("metric name {n:?} is not [a-zA-Z_][a-zA-Z0-9_]*"));
+        }
+        if n.starts_with("lameduck_") {
+            return Err(format!(
+                "metric name {n:?}: lameduck_ names are lameduck's own"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The metrics registry. Cheap to clone; clones share the data.
@@ -211,6 +298,12 @@ impl Metrics {
     /// `lameduck_task_restarts_total{task}`).
     pub(crate) fn with_tasks(self, tasks: crate::tasks::TaskStates) -> Self {
         let _ = self.inner.tasks.set(tasks);
+        self
+    }
+
+    /// Export `metric` too (see [`AppMetric`]).
+    pub fn with_app_metric(self, metric: AppMetric) -> Self {
+        write(&self.inner.app).push(metric);
         self
     }
 
@@ -310,7 +403,22 @@ impl prometheus_client::collector::Collector for Snapshot {
         if let Some(tasks) = r.tasks.get().filter(|t| !t.0.is_empty()) {
             encode_tasks(&mut enc, tasks)?;
         }
-        encode_lifecycle(&mut enc, r)
+        encode_lifecycle(&mut enc, r)?;
+        for m in read(&r.app).iter() {
+            let kind = if m.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let e = enc.encode_descriptor(&m.name, &m.help, None, kind)?;
+            let v = (m.read)();
+            if m.counter {
+                ConstCounter::new(v).encode(e)?;
+            } else {
+                ConstGauge::new(v).encode(e)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -87,6 +87,7 @@ pub struct Builder {
     pub(super) admin_routes: Option<axum::Router>,
     pub(super) hooks: Hooks,
     pub(super) tasks: Vec<crate::tasks::Task>,
+    pub(super) app_metrics: Vec<crate::metrics::AppMetric>,
     pub(super) checks: Vec<ReadinessCheck>,
 }
 
@@ -121,6 +122,7 @@ impl Default for Builder {
             admin_routes: None,
             hooks: Hooks::new(),
             tasks: Vec::new(),
+            app_metrics: Vec::new(),
             checks: Vec::new(),
         }
     }
@@ -361,6 +363,14 @@ impl Builder {
         self
     }
 
+    /// Export `metric` on `/metrics` beside lameduck's own (see
+    /// [`AppMetric`](crate::metrics::AppMetric)). Names must be unique and outside the
+    /// `lameduck_` namespace.
+    pub fn metric(mut self, metric: crate::metrics::AppMetric) -> Self {
+        self.app_metrics.push(metric);
+        self
+    }
+
     /// Register a readiness check for `/readyz`.
     pub fn readiness_check(mut self, check: ReadinessCheck) -> Self {
         self.checks.push(check);
@@ -393,6 +403,16 @@ impl Builder {
                 "two background tasks are named {:?}",
                 t.name()
             )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.app_metrics {
+            m.check_name().map_err(Error::Config)?;
+            if !names.insert(m.name()) {
+                return Err(Error::Config(format!(
+                    "two metrics are named {:?}",
+                    m.name()
+                )));
+            }
         }
         if self.admin_max_connections == 0 {
             return Err(Error::Config(

@@ -286,6 +286,9 @@ impl Shared {
         if let Some(path) = &config.state_file {
             metrics = metrics.with_state_file(path);
         }
+        for m in &config.app_metrics {
+            metrics = metrics.with_app_metric(m.clone());
+        }
         let stack = Stack {
             drain: DrainAdmissionLayer::new(shutdown.clone())
                 .policy(config.drain_policy)

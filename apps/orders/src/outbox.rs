@@ -1,0 +1,214 @@
+//! The transactional outbox: each create or cancel writes an event row in the same
+//! transaction as the change (so an event exists exactly when its change committed), and the
+//! relay (`relay.rs`) delivers the rows to the webhook.
+//!
+//! One relay delivers at a time across processes (an upgrade's two processes, replicas on
+//! one PostgreSQL database): it holds the lease row `outbox_lease` (holder, expiry), renewed
+//! while it works and released when it stops; another process takes it over once it has
+//! expired. Expiry is compared on each process's wall clock: replicas need synchronised
+//! clocks (NTP), with a skew well under [`LEASE_TTL`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+
+use crate::model::Order;
+
+/// How long a relay's lease lasts without renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// `order.created`.
+pub const ORDER_CREATED: &str = "order.created";
+/// `order.cancelled`.
+pub const ORDER_CANCELLED: &str = "order.cancelled";
+
+/// An event waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its position in the outbox.
+    pub seq: i64,
+    /// Its id (`evt_...`), also the delivery's `Idempotency-Key`.
+    pub event_id: String,
+    /// The delivery's JSON body.
+    pub payload: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+/// The outbox's state, as `GET /outbox` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Stats {
+    /// Events not delivered yet (set-aside ones excluded).
+    pub pending: i64,
+    /// Age of the oldest pending event, in milliseconds (0 when none).
+    pub oldest_age_ms: i64,
+    /// Events set aside after the receiver refused them.
+    pub set_aside: i64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A new event id: `evt_` and the order id's scheme (time, pid, counter).
+fn new_event_id() -> String {
+    let id = crate::model::new_order_id();
+    format!("evt_{}", id.trim_start_matches("ord_"))
+}
+
+/// Write the event `kind` about `order` in `tx`, the transaction that makes the change.
+///
+/// # Errors
+/// Database errors.
+pub async fn enqueue(
+    tx: &mut Transaction<'_, Any>,
+    kind: &str,
+    order: &Order,
+) -> Result<(), sqlx::Error> {
+    let event_id = new_event_id();
+    let payload = json!({
+        "event_id": event_id,
+        "type": kind,
+        "order_id": order.id,
+        "order": order,
+    })
+    .to_string();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&event_id)
+    .bind(&order.id)
+    .bind(kind)
+    .bind(payload)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The outbox's queries, on the service's pool.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pool: AnyPool,
+}
+
+const PENDING: &str = "delivered_ms IS NULL AND set_aside_ms IS NULL";
+
+impl Outbox {
+    /// The outbox in `pool`'s database.
+    pub fn new(pool: AnyPool) -> Self {
+        Self { pool }
+    }
+
+    /// The oldest pending event.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn next(&self) -> Result<Option<Pending>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT seq, event_id, payload, attempts FROM outbox WHERE {PENDING} ORDER BY seq LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| pending_of(&r)).transpose()
+    }
+
+    /// Mark `seq` delivered.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delivered(&self, seq: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE outbox SET delivered_ms = $1 WHERE seq = $2")
+            .bind(now_ms())
+            .bind(seq)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+
+    /// Count a failed attempt on `seq`; set it aside too when `set_aside`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn failed(&self, seq: i64, error: &str, set_aside: bool) -> Result<(), sqlx::Error> {
+        let aside = set_aside.then(now_ms);
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $1, set_aside_ms = $2 WHERE seq = $3",
+        )
+        .bind(error)
+        .bind(aside)
+        .bind(seq)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// Pending and set-aside counts, and the oldest pending event's age.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn stats(&self) -> Result<Stats, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n, MIN(created_ms) AS oldest FROM outbox WHERE {PENDING}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        let pending: i64 = row.try_get("n")?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let set_aside: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE set_aside_ms IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+        Ok(Stats {
+            pending,
+            oldest_age_ms: oldest.map_or(0, |t| (now_ms() - t).max(0)),
+            set_aside,
+        })
+    }
+
+    /// Take or renew the relay lease for `holder`; `true` while it holds it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn lease(&self, holder: &str) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE outbox_lease SET holder = $1, expires_ms = $2 WHERE name = 'relay' AND (holder = $1 OR expires_ms < $3)",
+        )
+        .bind(holder)
+        .bind(now + LEASE_TTL.as_millis() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Give the lease up, if `holder` has it, so that another process need not wait for it
+    /// to expire.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn release(&self, holder: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE outbox_lease SET expires_ms = 0 WHERE name = 'relay' AND holder = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+    }
+}
+
+fn pending_of(r: &AnyRow) -> Result<Pending, sqlx::Error> {
+    Ok(Pending {
+        seq: r.try_get("seq")?,
+        event_id: r.try_get("event_id")?,
+        payload: r.try_get("payload")?,
+        attempts: r.try_get("attempts")?,
+    })
+}
