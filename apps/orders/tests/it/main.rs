@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod durability;
 mod faults;
+mod outbox;
 mod registry;
 mod upgrade;
 
