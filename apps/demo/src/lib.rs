@@ -107,9 +107,52 @@ pub struct Args {
     /// `http://127.0.0.1:4318`); implies --request-spans.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// Run a background task of this kind (a drill target for the drain of background work):
+    /// `ticker` works in 100 ms steps and stops when told; `stubborn` never stops by itself;
+    /// `panicking` panics at every start (restarted with back-off); `fatal` fails after
+    /// 200 ms and stops the process (exit 1).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub background_task: Option<BackgroundTask>,
     /// Timeout of one span export, and of the final flush at exit.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub otlp_timeout: Duration,
+}
+
+/// The background tasks `--background-task` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackgroundTask {
+    /// Works in 100 ms steps; stops at the end of a step once told to.
+    Ticker,
+    /// Ignores the stop: abandoned at the deadline.
+    Stubborn,
+    /// Panics at every start: restarted with back-off.
+    Panicking,
+    /// Fails after 200 ms with the stop-the-process policy.
+    Fatal,
+}
+
+impl BackgroundTask {
+    /// The task, named after its kind.
+    pub fn task(self) -> lameduck::tasks::Task {
+        use lameduck::tasks::{OnFailure, Task};
+        match self {
+            BackgroundTask::Ticker => Task::new("ticker", |ctx| async move {
+                while !ctx.is_stopping() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(())
+            }),
+            BackgroundTask::Stubborn => Task::new("stubborn", |_| std::future::pending()),
+            BackgroundTask::Panicking => Task::new("panicking", |_| async move {
+                panic!("the panicking task panics, as asked");
+            }),
+            BackgroundTask::Fatal => Task::new("fatal", |_| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err("the fatal task fails, as asked".into())
+            })
+            .on_failure(OnFailure::StopProcess),
+        }
+    }
 }
 
 /// What `run` needs of the log set-up: the log file's flusher (for a final hook) and writer
@@ -214,6 +257,9 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         cli::admin_token(args.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
     {
         builder = builder.admin_token(token);
+    }
+    if let Some(kind) = args.background_task {
+        builder = builder.task(kind.task());
     }
     let server = builder
         .access_log(access_log)

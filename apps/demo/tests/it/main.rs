@@ -11,6 +11,7 @@ mod operator;
 mod otel;
 mod signals;
 mod streams;
+mod tasks;
 mod upgrade;
 
 use std::time::Duration;
