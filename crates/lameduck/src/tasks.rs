@@ -41,7 +41,6 @@
 //!
 //! [`ShutdownReport`]: crate::lifecycle::ShutdownReport
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -344,7 +343,10 @@ async fn run_until_end(
             Ok(Ok(())) if ctx.is_stopping() => return TaskStatus::Stopped,
             Ok(Ok(())) => return TaskStatus::Finished,
             Ok(Err(e)) => e.to_string(),
-            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(&*e.into_panic())),
+            Err(e) if e.is_panic() => format!(
+                "panicked: {}",
+                crate::error::panic_message(&*e.into_panic())
+            ),
             Err(e) => e.to_string(),
         };
         state.running.store(false, Ordering::Relaxed);
@@ -376,14 +378,6 @@ async fn run_until_end(
             }
         }
     }
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("(non-string panic payload)")
 }
 
 #[cfg(test)]

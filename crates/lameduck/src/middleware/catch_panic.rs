@@ -121,11 +121,7 @@ pub(crate) fn catching<T>(f: impl FnOnce() -> T) -> Option<T> {
 }
 
 fn log_panic(panic: &(dyn Any + Send)) {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("(non-string panic payload)");
+    let message = crate::error::panic_message(panic);
     tracing::error!(panic = message, "handler panicked");
 }
 

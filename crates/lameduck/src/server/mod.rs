@@ -100,6 +100,41 @@ pub type RequestBody = http_body_util::Limited<TimedBody>;
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What [`Server::serve`] serves: a tower service from requests with lameduck's
+/// [`RequestBody`] to responses with a body `B`, that never fails (errors are responses),
+/// cloned for each connection. An axum `Router` whose state is set is one.
+pub trait App<B>:
+    Service<
+        Request<RequestBody>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> App<B> for S where
+    S: Service<
+            Request<RequestBody>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body [`Server::serve`] can send: bytes, from any thread, with errors that
+/// box.
+pub trait AppBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> AppBody for B where B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// A bound server, ready to [`serve`](Server::serve).
 #[derive(Debug)]
 pub struct Server {
@@ -193,14 +228,8 @@ impl Server {
     /// shutdown report (also logged). Use [`ShutdownReport::exit_code`] as the exit code.
     pub async fn serve<S, B>(self, app: S) -> ShutdownReport
     where
-        S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
+        S: App<B>,
+        B: AppBody,
     {
         let Server {
             mut config,
@@ -343,14 +372,8 @@ fn start_listening<S, B>(
     operator: crate::admin::OperatorDrain,
 ) -> Listeners
 where
-    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: App<B>,
+    B: AppBody,
 {
     let handoff = upgrade::keep_sockets(&http, admin.as_ref());
     let upgrade_status = UpgradeStatus::default();
@@ -408,14 +431,8 @@ fn spawn_connection<S, B>(
     permit: Option<OwnedSemaphorePermit>,
     svc: S,
 ) where
-    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    S: App<B>,
+    B: AppBody,
 {
     let _ = stream.set_nodelay(true);
     let shared = shared.clone();
