@@ -81,16 +81,24 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     fn deregister(&self) -> RegistryFuture<'_, Result<(), RegistryError>>;
 }
 
+/// How long the server waits for the first registration before it reports ready. In an
+/// upgrade, the old process drains (and deregisters, unless the key is no longer under its
+/// lease) as soon as it hears the new one is ready: the new registration must come first.
+pub const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(2);
+
 /// Keep `registry` registered while the process serves and is not drained by an
 /// operator: register, wait until the registration is lost or the operator drains, and
-/// start again, with capped exponential back-off after failures. Returns when the drain
-/// starts (the before-drain hook deregisters).
+/// start again, with capped exponential back-off after failures. `first` is told when the
+/// first attempt has ended, either way. Returns when the drain starts (the before-drain
+/// hook deregisters).
 pub(crate) async fn keep_registered(
     registry: Arc<dyn Registry>,
     shutdown: Shutdown,
     operator: OperatorDrain,
     metrics: Metrics,
+    first: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut first = Some(first);
     let mut operator_rx = operator.subscribe();
     let mut retry = MIN_RETRY;
     loop {
@@ -108,6 +116,9 @@ pub(crate) async fn keep_registered(
             r = registry.register() => r,
             _ = shutdown.stop_soon() => return,
         };
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
         match attempt {
             Ok(lost) => {
                 retry = MIN_RETRY;

@@ -262,17 +262,35 @@ impl Server {
                 tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
             }
         }
-        activation::notify_ready();
         let registration = config.registry.clone().map(|r| {
             let sd = shared.stack.shutdown.clone();
             let metrics = shared.stack.metrics.clone();
-            tokio::spawn(crate::registry::keep_registered(
+            let (first, registered) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(crate::registry::keep_registered(
                 r,
                 sd,
                 operator.clone(),
                 metrics,
-            ))
+                first,
+            ));
+            (task, registered)
         });
+        let registration = match registration {
+            Some((task, registered)) => {
+                // Registered before readiness is reported: an upgrade's old process drains
+                // when it hears it, and must find the key under the new process's lease.
+                let wait = crate::registry::FIRST_REGISTRATION_WAIT;
+                if tokio::time::timeout(wait, registered).await.is_err() {
+                    tracing::warn!(
+                        wait_ms = wait.as_millis() as u64,
+                        "not registered yet; reporting ready anyway"
+                    );
+                }
+                Some(task)
+            }
+            None => None,
+        };
+        activation::notify_ready();
         if let Some(pid) = upgraded_from {
             announce_takeover(pid, &listeners.upgrade_status);
         }
