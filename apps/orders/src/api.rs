@@ -18,8 +18,10 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::db::{is_unavailable, Cancelled, Created, Db};
+use crate::db::{is_unavailable, Db};
 use crate::model::{valid_idempotency_key, NewOrder, Order};
+use crate::ops::{AuditCtx, Cancelled, Created, Done, Op};
+use crate::writer::WriteError;
 
 /// Default and largest page size of `GET /orders`.
 pub const DEFAULT_PAGE: i64 = 50;
@@ -122,30 +124,55 @@ impl From<AuditError> for ApiError {
     }
 }
 
-/// A write that failed inside its tracked task.
-enum WriteError {
-    Db(sqlx::Error),
-    Audit(AuditError),
-}
-
 impl From<WriteError> for ApiError {
     fn from(e: WriteError) -> Self {
         match e {
             WriteError::Db(e) => e.into(),
             WriteError::Audit(e) => e.into(),
+            WriteError::Overloaded => {
+                // Counted in orders_write_refused_total; a line per refusal would flood the
+                // log exactly when the service is busiest.
+                tracing::debug!("write refused: the writer's queue is full");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many writes waiting, retry later",
+                )
+            }
+            WriteError::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "shutting down, retry later",
+            ),
         }
     }
 }
 
-fn audit_record(action: &str, order: &Order, ctx: &RequestContext) -> serde_json::Value {
-    json!({
-        "ts": crate::model::now_rfc3339(),
-        "action": action,
-        "order_id": order.id,
-        "customer_id": order.customer_id,
-        "client_ip": ctx.peer().map(|p| p.ip().to_string()),
-        "request_id": ctx.request_id().as_str(),
-    })
+/// The request's fields for the audit line of its write.
+fn audit_ctx(ctx: &RequestContext) -> AuditCtx {
+    AuditCtx {
+        client_ip: ctx.peer().map(|p| p.ip().to_string()),
+        request_id: ctx.request_id().as_str().to_string(),
+    }
+}
+
+/// Run `op` in a task the shutdown waits for (a client that goes away cannot cut a commit
+/// in half and lose its outcome).
+async fn write(app: &App, op: Op, ctx: &RequestContext) -> Result<Done, ApiError> {
+    let db = app.db.clone();
+    let audit = audit_ctx(ctx);
+    let job = app
+        .work
+        .clone()
+        .spawn(async move { db.write(op, Some(audit)).await });
+    match job.await {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )),
+    }
 }
 
 fn body_error(r: BytesRejection) -> ApiError {
@@ -185,35 +212,10 @@ async fn create(
         .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
     new.validate()
         .map_err(|m| ApiError::bad_request("invalid_field", m))?;
-    let job = {
-        let app = app.clone();
-        app.work.clone().spawn(async move {
-            let created = app
-                .db
-                .create(&new, key.as_deref())
-                .await
-                .map_err(WriteError::Db)?;
-            let action = match &created {
-                Created::New(o) => Some(("order.created", o)),
-                Created::Replayed(o) => Some(("order.replayed", o)),
-                Created::KeyMismatch => None,
-            };
-            if let Some((action, order)) = action {
-                app.audit
-                    .append(&audit_record(action, order, &ctx))
-                    .await
-                    .map_err(WriteError::Audit)?;
-            }
-            Ok::<_, WriteError>(created)
-        })
+    let created = match write(&app, Op::Create { new, key }, &ctx).await? {
+        Done::Created(c) => c,
+        other => return Err(unexpected(&other)),
     };
-    let created = job.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })??;
     match created {
         Created::New(order) => Ok(created_response(order, false)),
         Created::Replayed(order) => Ok(created_response(order, true)),
@@ -223,6 +225,16 @@ async fn create(
             "this Idempotency-Key was used with a different request body",
         )),
     }
+}
+
+/// A write answered with another kind of outcome than its op's: a bug.
+fn unexpected(done: &Done) -> ApiError {
+    tracing::error!(?done, "a write answered with an outcome of another kind");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
 }
 
 fn created_response(order: Order, replayed: bool) -> Response {
@@ -278,27 +290,10 @@ async fn cancel(
     ctx: RequestContext,
     Path(id): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
-    let job = {
-        let app = app.clone();
-        let id = id.clone();
-        app.work.clone().spawn(async move {
-            let outcome = app.db.cancel(&id).await.map_err(WriteError::Db)?;
-            if let Cancelled::Done(order) = &outcome {
-                app.audit
-                    .append(&audit_record("order.cancelled", order, &ctx))
-                    .await
-                    .map_err(WriteError::Audit)?;
-            }
-            Ok::<_, WriteError>(outcome)
-        })
+    let outcome = match write(&app, Op::Cancel { id: id.clone() }, &ctx).await? {
+        Done::Cancelled(c) => c,
+        other => return Err(unexpected(&other)),
     };
-    let outcome = job.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-    })??;
     match outcome {
         Cancelled::Done(order) => Ok(Json(order)),
         Cancelled::NotFound => Err(ApiError::not_found(&id)),

@@ -40,6 +40,7 @@ pub enum AuditError {
 
 enum Job {
     Line(String, oneshot::Sender<Result<(), AuditError>>),
+    Lines(Vec<String>, oneshot::Sender<Result<(), AuditError>>),
     Sync(oneshot::Sender<Result<(), AuditError>>),
 }
 
@@ -55,6 +56,7 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Job::Line(..) => "Line",
+            Job::Lines(..) => "Lines",
             Job::Sync(..) => "Sync",
         })
     }
@@ -109,6 +111,20 @@ impl AuditLog {
         rx.await.map_err(|_| AuditError::Closed)?
     }
 
+    /// Append several lines, written together and made durable with one fsync (the SQLite
+    /// writer's batch); returns once they are on disk.
+    ///
+    /// # Errors
+    /// The log is broken or closed.
+    pub async fn append_lines(&self, lines: Vec<String>) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Lines(lines, done))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
     /// Wait until everything queued so far is on disk.
     ///
     /// # Errors
@@ -157,7 +173,7 @@ impl Writer {
             }
             let result = self.commit(&batch, &mut buf);
             for job in batch {
-                let (Job::Line(_, done) | Job::Sync(done)) = job;
+                let (Job::Line(_, done) | Job::Lines(_, done) | Job::Sync(done)) = job;
                 let _ = done.send(result.clone());
             }
         }
@@ -170,7 +186,12 @@ impl Writer {
         }
         buf.clear();
         for job in batch {
-            if let Job::Line(line, _) = job {
+            let lines: &[String] = match job {
+                Job::Line(line, _) => std::slice::from_ref(line),
+                Job::Lines(lines, _) => lines,
+                Job::Sync(_) => &[],
+            };
+            for line in lines {
                 buf.extend_from_slice(line.as_bytes());
                 buf.push(b'\n');
             }

@@ -2,56 +2,43 @@
 //! queries (`$N` placeholders work on both), migrations embedded per backend.
 //!
 //! SQLite runs in WAL mode with `synchronous=FULL`: a commit has been fsync'd when it
-//! returns, so a 201 sent after it survives a SIGKILL or power loss. Every write
-//! transaction starts with a write, so SQLite never has to upgrade a read lock (which can
-//! fail with SQLITE_BUSY without waiting).
+//! returns, so a 201 sent after it survives a SIGKILL or power loss. Its writes all go
+//! through one writer task that commits them in groups (`writer.rs`), each group's
+//! transaction opened with `BEGIN IMMEDIATE`; reads use the pool. On PostgreSQL, which
+//! groups concurrent commits itself, each write is a pooled transaction of its own.
+//!
+//! Every write is an [`Op`]; [`Db::write`] carries it out and, when given the request's
+//! [`AuditCtx`], makes its audit line durable before it returns.
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor as _, Row as _};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _, Row as _};
 
-use crate::model::{new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED};
-use crate::outbox::{self, Outbox, ORDER_CANCELLED, ORDER_CREATED};
+use crate::audit::AuditLog;
+use crate::model::Order;
+use crate::ops::{apply, audit_line, order_of, AuditCtx, Done, Op, COLUMNS};
+use crate::outbox::Outbox;
+use crate::writer::{WriteError, Writer};
 
 /// How long a request waits for a database connection before it is answered 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-const COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, created_at";
 
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     sqlite: bool,
+    /// SQLite's writer (none on PostgreSQL).
+    writer: Option<Writer>,
+    /// Where writes' audit lines go.
+    audit: AuditLog,
     /// Write an outbox event with each change (when a webhook receives them).
     events: bool,
     /// Notified when a change with an event commits (the relay waits on it when idle).
     wake: std::sync::Arc<tokio::sync::Notify>,
-}
-
-/// The outcome of a create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    /// A new order.
-    New(Order),
-    /// The idempotency key was used before with the same body: the first order.
-    Replayed(Order),
-    /// The idempotency key was used before with another body.
-    KeyMismatch,
-}
-
-/// The outcome of a cancel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cancelled {
-    /// Cancelled now.
-    Done(Order),
-    /// No such order.
-    NotFound,
-    /// It cannot be cancelled (already cancelled).
-    Conflict(Order),
 }
 
 impl Db {
@@ -60,7 +47,12 @@ impl Db {
     /// # Errors
     /// The database cannot be opened, reached or migrated; the message names it (without
     /// the password).
-    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        audit: AuditLog,
+        events: bool,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let shown = crate::config::redact_url(url);
@@ -75,10 +67,7 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        sqlite_pragmas(conn).await?;
                     }
                     Ok(())
                 })
@@ -92,19 +81,70 @@ impl Db {
             sqlx::migrate!("./migrations/postgres").run(&pool).await
         };
         migrated.with_context(|| format!("cannot migrate database {shown}"))?;
+        let wake = std::sync::Arc::<tokio::sync::Notify>::default();
+        let writer = if sqlite {
+            let mut conn = AnyConnection::connect(&url)
+                .await
+                .with_context(|| format!("cannot open database {shown}"))?;
+            sqlite_pragmas(&mut conn)
+                .await
+                .with_context(|| format!("cannot set up database {shown}"))?;
+            Some(Writer::start(conn, audit.clone(), events, wake.clone()))
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             sqlite,
-            events: false,
-            wake: std::sync::Arc::default(),
+            writer,
+            audit,
+            events,
+            wake,
         })
     }
 
-    /// Write an outbox event in the transaction of each create and cancel (see
-    /// [`outbox`](crate::outbox)).
-    pub fn with_events(mut self, on: bool) -> Self {
-        self.events = on;
-        self
+    /// SQLite's writer, for its counts.
+    pub fn writer(&self) -> Option<&Writer> {
+        self.writer.as_ref()
+    }
+
+    /// Carry `op` out and commit it; with `audit`, its audit line (if it changed an order)
+    /// is on disk too when this returns.
+    ///
+    /// # Errors
+    /// The database, the audit log, or (SQLite) a full or stopped writer.
+    pub async fn write(&self, op: Op, audit: Option<AuditCtx>) -> Result<Done, WriteError> {
+        if let Some(w) = &self.writer {
+            return w.write(op, audit).await;
+        }
+        let done = self.write_pooled(&op).await?;
+        if self.events && done.made_event() {
+            self.wake.notify_one();
+        }
+        if let Some(line) = audit.and_then(|ctx| audit_line(&done, &ctx)) {
+            self.audit.append_lines(vec![line]).await?;
+        }
+        Ok(done)
+    }
+
+    /// `op` in a pooled transaction of its own. A create whose idempotency key another
+    /// transaction inserted meanwhile (a unique violation) runs again, and then replays.
+    async fn write_pooled(&self, op: &Op) -> Result<Done, sqlx::Error> {
+        let mut again = true;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            match apply(&mut tx, op, self.events).await {
+                Ok(done) => {
+                    tx.commit().await?;
+                    return Ok(done);
+                }
+                Err(e) if again && is_unique_violation(&e) => {
+                    again = false;
+                    tx.rollback().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Notified after each commit that wrote an outbox event.
@@ -115,77 +155,6 @@ impl Db {
     /// The outbox's queries.
     pub fn outbox(&self) -> Outbox {
         Outbox::new(self.pool.clone())
-    }
-
-    /// Create an order, once per idempotency key.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn create(&self, new: &NewOrder, key: Option<&str>) -> Result<Created, sqlx::Error> {
-        let order = Order {
-            id: new_order_id(),
-            customer_id: new.customer_id.clone(),
-            sku: new.sku.clone(),
-            quantity: new.quantity,
-            amount_cents: new.amount_cents,
-            status: CREATED.into(),
-            created_at: now_rfc3339(),
-        };
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO orders ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-        ))
-        .bind(&order.id)
-        .bind(&order.customer_id)
-        .bind(&order.sku)
-        .bind(order.quantity)
-        .bind(order.amount_cents)
-        .bind(&order.status)
-        .bind(&order.created_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(key) = key {
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(key)
-            .bind(new.fingerprint())
-            .bind(&order.id)
-            .bind(&order.created_at)
-            .execute(&mut *tx)
-            .await;
-            if let Err(e) = inserted {
-                if !is_unique_violation(&e) {
-                    return Err(e);
-                }
-                tx.rollback().await?;
-                return self.replay(new, key).await;
-            }
-        }
-        if self.events {
-            outbox::enqueue(&mut tx, ORDER_CREATED, &order).await?;
-        }
-        tx.commit().await?;
-        if self.events {
-            self.wake.notify_one();
-        }
-        Ok(Created::New(order))
-    }
-
-    async fn replay(&self, new: &NewOrder, key: &str) -> Result<Created, sqlx::Error> {
-        let row = sqlx::query("SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1")
-            .bind(key)
-            .fetch_one(&self.pool)
-            .await?;
-        let fingerprint: String = row.try_get("fingerprint")?;
-        if fingerprint != new.fingerprint() {
-            return Ok(Created::KeyMismatch);
-        }
-        let id: String = row.try_get("order_id")?;
-        match self.get(&id).await? {
-            Some(order) => Ok(Created::Replayed(order)),
-            None => Err(sqlx::Error::RowNotFound),
-        }
     }
 
     /// One order.
@@ -215,39 +184,6 @@ impl Db {
         rows.iter().map(order_of).collect()
     }
 
-    /// Cancel an order that is `created`.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn cancel(&self, id: &str) -> Result<Cancelled, sqlx::Error> {
-        // The write comes first (see the module docs), the event in the same transaction.
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE orders SET status = $1 WHERE id = $2 AND status = $3")
-            .bind(CANCELLED)
-            .bind(id)
-            .bind(CREATED)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let order = row.map(|r| order_of(&r)).transpose()?;
-        if let (1, Some(order), true) = (done, &order, self.events) {
-            outbox::enqueue(&mut tx, ORDER_CANCELLED, order).await?;
-        }
-        tx.commit().await?;
-        if done == 1 && self.events {
-            self.wake.notify_one();
-        }
-        Ok(match (done, order) {
-            (1, Some(order)) => Cancelled::Done(order),
-            (_, Some(order)) => Cancelled::Conflict(order),
-            (_, None) => Cancelled::NotFound,
-        })
-    }
-
     /// Count orders (for tests and drills).
     ///
     /// # Errors
@@ -267,11 +203,23 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(drop)
     }
 
-    /// Checkpoint the WAL (SQLite) and close the pool, waiting for checked-out connections.
+    /// Stop the writer (SQLite) once it has committed every write it accepted and answered
+    /// their callers; later writes fail with [`WriteError::Closed`]. A no-op on PostgreSQL.
+    pub async fn finish_writes(&self) {
+        if let Some(w) = &self.writer {
+            w.stop().await;
+        }
+    }
+
+    /// Stop the writer once it has finished the writes it accepted (SQLite), checkpoint the
+    /// WAL and close the pool, waiting for checked-out connections.
     ///
     /// # Errors
     /// The checkpoint failed.
     pub async fn close(&self) -> Result<(), sqlx::Error> {
+        if let Some(w) = &self.writer {
+            w.stop().await;
+        }
         if self.sqlite {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&self.pool)
@@ -282,21 +230,18 @@ impl Db {
     }
 }
 
-fn order_of(r: &AnyRow) -> Result<Order, sqlx::Error> {
-    Ok(Order {
-        id: r.try_get("id")?,
-        customer_id: r.try_get("customer_id")?,
-        sku: r.try_get("sku")?,
-        quantity: r.try_get("quantity")?,
-        amount_cents: r.try_get("amount_cents")?,
-        status: r.try_get("status")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
-
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
+}
+
+/// SQLite's durability and concurrency settings, on every connection.
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA synchronous = FULL").await?;
+    conn.execute("PRAGMA busy_timeout = 5000").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    Ok(())
 }
 
 /// `true` for errors that mean "the database is not reachable now": worth a 503 and a

@@ -12,8 +12,10 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod model;
+pub mod ops;
 pub mod outbox;
 pub mod relay;
+pub mod writer;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -78,9 +80,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     let (audit, audit_thread) = audit::AuditLog::open(&settings.audit_log, settings.audit_fsync)
         .with_context(|| format!("cannot open audit log {}", settings.audit_log.display()))?;
     tracing::info!(database = %config::redact_url(&settings.database_url), "opening database");
-    let db = db::Db::connect(&settings.database_url, settings.db_max_connections)
-        .await?
-        .with_events(settings.webhook_url.is_some());
+    let db = db::Db::connect(
+        &settings.database_url,
+        settings.db_max_connections,
+        audit.clone(),
+        settings.webhook_url.is_some(),
+    )
+    .await?;
     let app = api::App {
         db: db.clone(),
         audit: audit.clone(),
@@ -103,6 +109,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     }
     builder = builder.state_file(&settings.state_file);
     builder = with_outbox(builder, &settings, &db)?;
+    if let Some(w) = db.writer() {
+        for m in writer::metrics(&w.stats()) {
+            builder = builder.metric(m);
+        }
+    }
     if let Some(token) =
         cli::admin_token(settings.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
     {
@@ -138,6 +149,7 @@ fn with_hooks(
     audit_thread: std::thread::JoinHandle<()>,
 ) -> lameduck::server::Builder {
     let (db, audit, work) = (app.db.clone(), app.audit.clone(), app.work.clone());
+    let writes = app.db.clone();
     b.hook(
         HookPhase::AfterDrain,
         "close-database",
@@ -164,6 +176,9 @@ fn with_hooks(
         move || async move {
             work.close();
             work.wait().await;
+            // Every write accepted (a request's or a task's) committed and its audit line
+            // written, before the audit log's last fsync and the database's close.
+            writes.finish_writes().await;
             Ok(())
         },
     )
@@ -185,14 +200,13 @@ fn with_outbox(
     if let Some(url) = &settings.webhook_url {
         let counters = std::sync::Arc::new(relay::Counters::default());
         let relay = relay::Relay::new(
-            db.outbox(),
+            db.clone(),
             relay::Settings {
                 url: url.parse().context("webhook_url")?,
                 backoff_max: settings.webhook_backoff_max,
                 set_aside_after: settings.webhook_set_aside_after,
             },
             counters.clone(),
-            db.wake(),
         );
         tracing::info!(url = %url, "delivering order events to the webhook");
         builder = builder.task(lameduck::tasks::Task::new("outbox-relay", move |ctx| {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyPool, Row as _, Transaction};
+use sqlx::{AnyConnection, AnyPool, Row as _};
 
 use crate::model::Order;
 
@@ -66,7 +66,7 @@ fn new_event_id() -> String {
 /// # Errors
 /// Database errors.
 pub async fn enqueue(
-    tx: &mut Transaction<'_, Any>,
+    conn: &mut AnyConnection,
     kind: &str,
     order: &Order,
 ) -> Result<(), sqlx::Error> {
@@ -86,12 +86,12 @@ pub async fn enqueue(
     .bind(kind)
     .bind(payload)
     .bind(now_ms())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// The outbox's queries, on the service's pool.
+/// The outbox's reads, on the service's pool (its writes are [`Op`](crate::ops::Op)s).
 #[derive(Debug, Clone)]
 pub struct Outbox {
     pool: AnyPool,
@@ -118,36 +118,6 @@ impl Outbox {
         row.map(|r| pending_of(&r)).transpose()
     }
 
-    /// Mark `seq` delivered.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn delivered(&self, seq: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE outbox SET delivered_ms = $1 WHERE seq = $2")
-            .bind(now_ms())
-            .bind(seq)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-    }
-
-    /// Count a failed attempt on `seq`; set it aside too when `set_aside`.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn failed(&self, seq: i64, error: &str, set_aside: bool) -> Result<(), sqlx::Error> {
-        let aside = set_aside.then(now_ms);
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = $1, set_aside_ms = $2 WHERE seq = $3",
-        )
-        .bind(error)
-        .bind(aside)
-        .bind(seq)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-    }
-
     /// Pending and set-aside counts, and the oldest pending event's age.
     ///
     /// # Errors
@@ -170,37 +140,6 @@ impl Outbox {
             oldest_age_ms: oldest.map_or(0, |t| (now_ms() - t).max(0)),
             set_aside,
         })
-    }
-
-    /// Take or renew the relay lease for `holder`; `true` while it holds it.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn lease(&self, holder: &str) -> Result<bool, sqlx::Error> {
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE outbox_lease SET holder = $1, expires_ms = $2 WHERE name = 'relay' AND (holder = $1 OR expires_ms < $3)",
-        )
-        .bind(holder)
-        .bind(now + LEASE_TTL.as_millis() as i64)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
-    }
-
-    /// Give the lease up, if `holder` has it, so that another process need not wait for it
-    /// to expire.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn release(&self, holder: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE outbox_lease SET expires_ms = 0 WHERE name = 'relay' AND holder = $1")
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map(drop)
     }
 }
 

@@ -29,6 +29,8 @@ use lameduck::metrics::AppMetric;
 use lameduck::tasks::{TaskContext, TaskError};
 use tokio::sync::Notify;
 
+use crate::db::Db;
+use crate::ops::{Done, Op};
 use crate::outbox::{Outbox, Pending, Stats, LEASE_TTL};
 
 /// The longest a delivery may take.
@@ -126,6 +128,7 @@ enum Attempt {
 /// The relay task.
 #[derive(Debug, Clone)]
 pub struct Relay {
+    db: Db,
     outbox: Outbox,
     settings: Settings,
     counters: Arc<Counters>,
@@ -135,14 +138,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay delivering `outbox`'s events as `settings` say; `wake` is notified when a
-    /// request commits an event.
-    pub fn new(
-        outbox: Outbox,
-        settings: Settings,
-        counters: Arc<Counters>,
-        wake: Arc<Notify>,
-    ) -> Self {
+    /// A relay delivering `db`'s outbox events as `settings` say.
+    pub fn new(db: Db, settings: Settings, counters: Arc<Counters>) -> Self {
+        let (outbox, wake) = (db.outbox(), db.wake());
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(DELIVERY_TIMEOUT));
         connector.set_nodelay(true);
@@ -156,6 +154,7 @@ impl Relay {
             random() as u32
         );
         Self {
+            db,
             outbox,
             settings,
             counters,
@@ -184,8 +183,11 @@ impl Relay {
             }
             if !holding || renewed.elapsed() >= LEASE_TTL / 3 {
                 let was = holding;
-                holding = match self.outbox.lease(&self.holder).await {
-                    Ok(h) => h,
+                let lease = Op::Lease {
+                    holder: self.holder.clone(),
+                };
+                holding = match self.rows(lease).await {
+                    Ok(n) => n == 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "outbox: cannot take or renew the relay lease");
                         false
@@ -227,7 +229,10 @@ impl Relay {
             }
         }
         if holding {
-            if let Err(e) = self.outbox.release(&self.holder).await {
+            let release = Op::Release {
+                holder: self.holder.clone(),
+            };
+            if let Err(e) = self.rows(release).await {
                 tracing::warn!(error = %e, "outbox: cannot release the relay lease; it expires by itself");
             }
         }
@@ -239,7 +244,7 @@ impl Relay {
         let recorded = match self.attempt(event).await {
             Attempt::Delivered => {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                let r = self.outbox.delivered(event.seq).await;
+                let r = self.rows(Op::Delivered { seq: event.seq }).await;
                 if r.is_ok() {
                     return true;
                 }
@@ -257,7 +262,13 @@ impl Relay {
                     tracing::warn!(event_id = %event.event_id, attempts = event.attempts + 1, error = %why,
                         "outbox: the receiver refused this event");
                 }
-                let r = self.outbox.failed(event.seq, &why, aside).await;
+                let r = self
+                    .rows(Op::Failed {
+                        seq: event.seq,
+                        error: why,
+                        set_aside: aside,
+                    })
+                    .await;
                 if aside && r.is_ok() {
                     return true;
                 }
@@ -269,7 +280,12 @@ impl Relay {
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(event_id = %event.event_id, attempts = event.attempts + 1, error = %why,
                     "outbox: delivery failed; retrying");
-                self.outbox.failed(event.seq, &why, false).await
+                self.rows(Op::Failed {
+                    seq: event.seq,
+                    error: why,
+                    set_aside: false,
+                })
+                .await
             }
         };
         if let Err(e) = recorded {
@@ -278,6 +294,15 @@ impl Relay {
             tracing::warn!(event_id = %event.event_id, error = %e, "outbox: cannot record the delivery's outcome");
         }
         false
+    }
+
+    /// Write `op` (through the SQLite writer, or a pooled transaction); the rows changed.
+    async fn rows(&self, op: Op) -> Result<u64, String> {
+        match self.db.write(op, None).await {
+            Ok(Done::Rows(n)) => Ok(n),
+            Ok(other) => Err(format!("unexpected outcome {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn attempt(&self, event: &Pending) -> Attempt {

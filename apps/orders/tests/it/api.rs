@@ -286,3 +286,48 @@ async fn the_api_works_the_same_on_postgres() {
     );
     assert_eq!(crate::all_orders(s.http).await.len(), 1);
 }
+
+/// A counter's value in a Prometheus text exposition.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_share_commits_and_the_metrics_show_it() {
+    let store = Store::sqlite("batches");
+    let s = store.start(&[]);
+    crate::wait_ready(&s).await;
+    let (mut jobs, mut batches) = (0.0, 0.0);
+    // Rounds of 32 concurrent creates until some commit carried more than one; bounded.
+    for round in 0..10 {
+        let tasks: Vec<_> = (0..32)
+            .map(|c| {
+                let addr = s.http;
+                tokio::spawn(async move {
+                    let body = order_json(&format!("r{round}-c{c}"));
+                    post_json(addr, "/orders", &[], &body)
+                        .await
+                        .map(|r| r.status())
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.expect("client").expect("response"), 201);
+        }
+        let m = get(s.admin, "/metrics").await.expect("metrics");
+        let text = String::from_utf8_lossy(m.body()).into_owned();
+        jobs = counter(&text, "orders_write_jobs_total");
+        batches = counter(&text, "orders_write_batches_total");
+        assert_eq!(jobs, f64::from(32 * (round + 1)), "every create is a write");
+        assert_eq!(counter(&text, "orders_write_queue"), 0.0);
+        if batches < jobs {
+            break;
+        }
+    }
+    assert!(
+        batches < jobs,
+        "{jobs} writes in {batches} commits: never more than one per commit"
+    );
+}

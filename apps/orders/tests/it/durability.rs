@@ -216,6 +216,22 @@ async fn sigkill_under_load(store: Store) {
     crate::wait_ready(&s2).await;
     verify_after_restart(s2.http, &out).await;
     previous_shutdown_was(&s2, "killed").await;
+    // The kill landed while batches were committing: nothing half-written either. Every
+    // audit line names an order that is in the database (lines are written after the commit),
+    // and every order's key maps to it alone (checked above).
+    let ids: std::collections::HashSet<String> = all_orders(s2.http)
+        .await
+        .iter()
+        .filter_map(|o| Some(o["id"].as_str()?.to_string()))
+        .collect();
+    for line in audit.lines().filter(|l| !l.is_empty()) {
+        let v = json(line.as_bytes());
+        let id = v["order_id"].as_str().expect("order_id");
+        assert!(
+            ids.contains(id),
+            "audit line for an order not in the database: {line}"
+        );
+    }
     eprintln!(
         "SIGKILL: {} acknowledged, {} unknown, {} refused at connect",
         out.acked.len(),

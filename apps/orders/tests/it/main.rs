@@ -9,6 +9,7 @@ mod faults;
 mod outbox;
 mod registry;
 mod upgrade;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,318 @@
+//! Every write the service makes, as a value ([`Op`]) and the statements that carry it out
+//! on one connection inside a transaction the caller owns ([`apply`]). The same statements
+//! run in the SQLite writer's batches (`writer.rs`, each op under its own SAVEPOINT) and in
+//! a pooled transaction of their own on PostgreSQL (`db.rs`).
+
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row as _};
+
+use crate::model::{new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED};
+use crate::outbox::{self, now_ms, LEASE_TTL, ORDER_CANCELLED, ORDER_CREATED};
+
+/// The order columns, in [`order_of`]'s order.
+pub const COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, created_at";
+
+/// A write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create an order, once per idempotency key.
+    Create {
+        /// The order.
+        new: NewOrder,
+        /// Its idempotency key, if any.
+        key: Option<String>,
+    },
+    /// Cancel a `created` order.
+    Cancel {
+        /// The order's id.
+        id: String,
+    },
+    /// Mark an outbox event delivered.
+    Delivered {
+        /// The event's position.
+        seq: i64,
+    },
+    /// Count a failed delivery attempt; set the event aside too when `set_aside`.
+    Failed {
+        /// The event's position.
+        seq: i64,
+        /// Why it failed.
+        error: String,
+        /// Set it aside.
+        set_aside: bool,
+    },
+    /// Take or renew the outbox relay's lease for `holder`.
+    Lease {
+        /// Who asks.
+        holder: String,
+    },
+    /// Give the relay's lease up if `holder` has it.
+    Release {
+        /// Who gives it up.
+        holder: String,
+    },
+}
+
+/// The outcome of a create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new order.
+    New(Order),
+    /// The idempotency key was used before with the same body: the first order.
+    Replayed(Order),
+    /// The idempotency key was used before with another body.
+    KeyMismatch,
+}
+
+/// The outcome of a cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Cancelled now.
+    Done(Order),
+    /// No such order.
+    NotFound,
+    /// It cannot be cancelled (already cancelled).
+    Conflict(Order),
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// A create.
+    Created(Created),
+    /// A cancel.
+    Cancelled(Cancelled),
+    /// Another write: the rows it changed.
+    Rows(u64),
+}
+
+impl Done {
+    /// The audit action and order this write changed, if it changed one.
+    pub fn audited(&self) -> Option<(&'static str, &Order)> {
+        match self {
+            Done::Created(Created::New(o)) => Some(("order.created", o)),
+            Done::Created(Created::Replayed(o)) => Some(("order.replayed", o)),
+            Done::Cancelled(Cancelled::Done(o)) => Some(("order.cancelled", o)),
+            _ => None,
+        }
+    }
+
+    /// `true` when it wrote an outbox event (with events on).
+    pub fn made_event(&self) -> bool {
+        matches!(
+            self,
+            Done::Created(Created::New(_)) | Done::Cancelled(Cancelled::Done(_))
+        )
+    }
+}
+
+/// Carry `op` out on `conn`, inside the caller's transaction; `events` writes the outbox
+/// events of creates and cancels.
+///
+/// # Errors
+/// Database errors, among them a unique violation on the idempotency key when another
+/// transaction inserted it concurrently (the caller rolls back and tries again, and then
+/// finds it).
+pub async fn apply(conn: &mut AnyConnection, op: &Op, events: bool) -> Result<Done, sqlx::Error> {
+    Ok(match op {
+        Op::Create { new, key } => Done::Created(create(conn, new, key.as_deref(), events).await?),
+        Op::Cancel { id } => Done::Cancelled(cancel(conn, id, events).await?),
+        Op::Delivered { seq } => Done::Rows(
+            sqlx::query("UPDATE outbox SET delivered_ms = $1 WHERE seq = $2")
+                .bind(now_ms())
+                .bind(*seq)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        ),
+        Op::Failed {
+            seq,
+            error,
+            set_aside,
+        } => Done::Rows(
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $1, set_aside_ms = $2 WHERE seq = $3",
+            )
+            .bind(error)
+            .bind(set_aside.then(now_ms))
+            .bind(*seq)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        ),
+        Op::Lease { holder } => {
+            let now = now_ms();
+            Done::Rows(
+                sqlx::query(
+                    "UPDATE outbox_lease SET holder = $1, expires_ms = $2 WHERE name = 'relay' AND (holder = $1 OR expires_ms < $3)",
+                )
+                .bind(holder)
+                .bind(now + LEASE_TTL.as_millis() as i64)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+            )
+        }
+        Op::Release { holder } => Done::Rows(
+            sqlx::query("UPDATE outbox_lease SET expires_ms = 0 WHERE name = 'relay' AND holder = $1")
+                .bind(holder)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        ),
+    })
+}
+
+async fn create(
+    conn: &mut AnyConnection,
+    new: &NewOrder,
+    key: Option<&str>,
+    events: bool,
+) -> Result<Created, sqlx::Error> {
+    if let Some(key) = key {
+        if let Some(seen) = replay(conn, new, key).await? {
+            return Ok(seen);
+        }
+    }
+    let order = Order {
+        id: new_order_id(),
+        customer_id: new.customer_id.clone(),
+        sku: new.sku.clone(),
+        quantity: new.quantity,
+        amount_cents: new.amount_cents,
+        status: CREATED.into(),
+        created_at: now_rfc3339(),
+    };
+    sqlx::query(&format!(
+        "INSERT INTO orders ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+    ))
+    .bind(&order.id)
+    .bind(&order.customer_id)
+    .bind(&order.sku)
+    .bind(order.quantity)
+    .bind(order.amount_cents)
+    .bind(&order.status)
+    .bind(&order.created_at)
+    .execute(&mut *conn)
+    .await?;
+    if let Some(key) = key {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key)
+        .bind(new.fingerprint())
+        .bind(&order.id)
+        .bind(&order.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if events {
+        outbox::enqueue(conn, ORDER_CREATED, &order).await?;
+    }
+    Ok(Created::New(order))
+}
+
+/// What an idempotency key seen before gives: the same order again, or a mismatch.
+async fn replay(
+    conn: &mut AnyConnection,
+    new: &NewOrder,
+    key: &str,
+) -> Result<Option<Created>, sqlx::Error> {
+    let Some(row) =
+        sqlx::query("SELECT fingerprint, order_id FROM idempotency_keys WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let fingerprint: String = row.try_get("fingerprint")?;
+    if fingerprint != new.fingerprint() {
+        return Ok(Some(Created::KeyMismatch));
+    }
+    let id: String = row.try_get("order_id")?;
+    match get(conn, &id).await? {
+        Some(order) => Ok(Some(Created::Replayed(order))),
+        None => Err(sqlx::Error::RowNotFound),
+    }
+}
+
+async fn cancel(
+    conn: &mut AnyConnection,
+    id: &str,
+    events: bool,
+) -> Result<Cancelled, sqlx::Error> {
+    // The write comes first: a transaction that starts with a read must later upgrade its
+    // lock, which SQLite can refuse without waiting.
+    let done = sqlx::query("UPDATE orders SET status = $1 WHERE id = $2 AND status = $3")
+        .bind(CANCELLED)
+        .bind(id)
+        .bind(CREATED)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    let order = get(conn, id).await?;
+    if let (1, Some(order), true) = (done, &order, events) {
+        outbox::enqueue(conn, ORDER_CANCELLED, order).await?;
+    }
+    Ok(match (done, order) {
+        (1, Some(order)) => Cancelled::Done(order),
+        (_, Some(order)) => Cancelled::Conflict(order),
+        (_, None) => Cancelled::NotFound,
+    })
+}
+
+/// One order, read on `conn`.
+///
+/// # Errors
+/// Database errors.
+pub async fn get(conn: &mut AnyConnection, id: &str) -> Result<Option<Order>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| order_of(&r)).transpose()
+}
+
+/// An order from a row of [`COLUMNS`].
+///
+/// # Errors
+/// A column is missing or of another type.
+pub fn order_of(r: &AnyRow) -> Result<Order, sqlx::Error> {
+    Ok(Order {
+        id: r.try_get("id")?,
+        customer_id: r.try_get("customer_id")?,
+        sku: r.try_get("sku")?,
+        quantity: r.try_get("quantity")?,
+        amount_cents: r.try_get("amount_cents")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// The request a write came from, for its audit line.
+#[derive(Debug, Clone)]
+pub struct AuditCtx {
+    /// The client's address.
+    pub client_ip: Option<String>,
+    /// The request id.
+    pub request_id: String,
+}
+
+/// The audit line of `done`, if it changed an order.
+pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
+    let (action, order) = done.audited()?;
+    Some(
+        json!({
+            "ts": now_rfc3339(),
+            "action": action,
+            "order_id": order.id,
+            "customer_id": order.customer_id,
+            "client_ip": ctx.client_ip,
+            "request_id": ctx.request_id,
+        })
+        .to_string(),
+    )
+}
