@@ -139,6 +139,11 @@ impl From<WriteError> for ApiError {
                     "too many writes waiting, retry later",
                 )
             }
+            WriteError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "database unavailable, retry later",
+            ),
             WriteError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

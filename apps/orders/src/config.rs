@@ -20,6 +20,17 @@ pub enum AuditFsync {
     Each,
 }
 
+/// Whether writes go through one writer that commits them in groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteBatching {
+    /// One writer task, each batch one transaction (the default: the faster on SQLite and
+    /// on PostgreSQL, measured in docs/benchmarks-orders.md).
+    On,
+    /// Each write a pooled transaction of its own.
+    Off,
+}
+
 /// Command-line flags; every setting also reads `LAMEDUCK_<NAME>` from the environment.
 #[derive(Debug, Parser)]
 #[command(
@@ -76,6 +87,10 @@ pub struct Overrides {
     /// Most database connections [default: 8; SQLite: 4].
     #[arg(long, env = "LAMEDUCK_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Writes through one writer that commits them in groups (on), or each in a pooled
+    /// transaction of its own (off) [default: on].
+    #[arg(long, env = "LAMEDUCK_WRITE_BATCHING", value_enum)]
+    pub write_batching: Option<WriteBatching>,
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
     pub body_limit: Option<usize>,
@@ -169,6 +184,8 @@ pub struct Settings {
     pub audit_fsync: AuditFsync,
     /// Most database connections.
     pub db_max_connections: u32,
+    /// Writes through the group-commit writer (`on`) or pooled transactions (`off`).
+    pub write_batching: WriteBatching,
     /// Largest request body.
     pub body_limit: usize,
     /// Longest wait between two pieces of a request body.
@@ -229,6 +246,7 @@ impl Overrides {
             audit_log: self.audit_log.or(lower.audit_log),
             audit_fsync: self.audit_fsync.or(lower.audit_fsync),
             db_max_connections: self.db_max_connections.or(lower.db_max_connections),
+            write_batching: self.write_batching.or(lower.write_batching),
             body_limit: self.body_limit.or(lower.body_limit),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
@@ -363,6 +381,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         data_dir,
         audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),
         db_max_connections,
+        write_batching: o.write_batching.unwrap_or(WriteBatching::On),
         body_limit,
         body_read_timeout,
         body_timeout,

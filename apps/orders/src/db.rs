@@ -2,10 +2,12 @@
 //! queries (`$N` placeholders work on both), migrations embedded per backend.
 //!
 //! SQLite runs in WAL mode with `synchronous=FULL`: a commit has been fsync'd when it
-//! returns, so a 201 sent after it survives a SIGKILL or power loss. Its writes all go
-//! through one writer task that commits them in groups (`writer.rs`), each group's
-//! transaction opened with `BEGIN IMMEDIATE`; reads use the pool. On PostgreSQL, which
-//! groups concurrent commits itself, each write is a pooled transaction of its own.
+//! returns, so a 201 sent after it survives a SIGKILL or power loss. Every write goes
+//! through one writer task that commits them in groups (`writer.rs`; `--write-batching
+//! off` makes each write a pooled transaction of its own instead); reads use the pool.
+//! SQLite's write transactions start with `BEGIN IMMEDIATE`, which takes the write lock at
+//! once (waiting up to `busy_timeout`), so a transaction that reads before it writes is
+//! never refused its lock upgrade.
 //!
 //! Every write is an [`Op`]; [`Db::write`] carries it out and, when given the request's
 //! [`AuditCtx`], makes its audit line durable before it returns.
@@ -15,13 +17,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, Connection as _, Executor as _, Row as _};
+use sqlx::{AnyConnection, AnyPool, Executor as _, Row as _};
 
 use crate::audit::AuditLog;
 use crate::model::Order;
 use crate::ops::{apply, audit_line, order_of, AuditCtx, Done, Op, COLUMNS};
 use crate::outbox::Outbox;
-use crate::writer::{WriteError, Writer};
+use crate::writer::{Target, WriteError, Writer};
 
 /// How long a request waits for a database connection before it is answered 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,7 +33,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Db {
     pool: AnyPool,
     sqlite: bool,
-    /// SQLite's writer (none on PostgreSQL).
+    /// The writer (with write batching).
     writer: Option<Writer>,
     /// Where writes' audit lines go.
     audit: AuditLog,
@@ -42,7 +44,8 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connect, set SQLite's durability pragmas, and apply the migrations.
+    /// Connect, set SQLite's durability pragmas, and apply the migrations; with `batched`,
+    /// start the writer on a connection of its own.
     ///
     /// # Errors
     /// The database cannot be opened, reached or migrated; the message names it (without
@@ -52,6 +55,7 @@ impl Db {
         max_connections: u32,
         audit: AuditLog,
         events: bool,
+        batched: bool,
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
@@ -82,14 +86,22 @@ impl Db {
         };
         migrated.with_context(|| format!("cannot migrate database {shown}"))?;
         let wake = std::sync::Arc::<tokio::sync::Notify>::default();
-        let writer = if sqlite {
-            let mut conn = AnyConnection::connect(&url)
+        let writer = if batched {
+            let target = Target {
+                url: url.clone(),
+                sqlite,
+            };
+            let conn = target
+                .connect()
                 .await
                 .with_context(|| format!("cannot open database {shown}"))?;
-            sqlite_pragmas(&mut conn)
-                .await
-                .with_context(|| format!("cannot set up database {shown}"))?;
-            Some(Writer::start(conn, audit.clone(), events, wake.clone()))
+            Some(Writer::start(
+                conn,
+                target,
+                audit.clone(),
+                events,
+                wake.clone(),
+            ))
         } else {
             None
         };
@@ -103,7 +115,7 @@ impl Db {
         })
     }
 
-    /// SQLite's writer, for its counts.
+    /// The writer (with write batching), for its counts.
     pub fn writer(&self) -> Option<&Writer> {
         self.writer.as_ref()
     }
@@ -132,7 +144,11 @@ impl Db {
     async fn write_pooled(&self, op: &Op) -> Result<Done, sqlx::Error> {
         let mut again = true;
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = if self.sqlite {
+                self.pool.begin_with("BEGIN IMMEDIATE").await?
+            } else {
+                self.pool.begin().await?
+            };
             match apply(&mut tx, op, self.events).await {
                 Ok(done) => {
                     tx.commit().await?;
@@ -230,13 +246,15 @@ impl Db {
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+/// A unique constraint refused the statement (an idempotency key another transaction
+/// inserted first).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation())
 }
 
 /// SQLite's durability and concurrency settings, on every connection.
-async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute("PRAGMA journal_mode = WAL").await?;
     conn.execute("PRAGMA synchronous = FULL").await?;
     conn.execute("PRAGMA busy_timeout = 5000").await?;

@@ -85,6 +85,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         settings.db_max_connections,
         audit.clone(),
         settings.webhook_url.is_some(),
+        settings.write_batching == config::WriteBatching::On,
     )
     .await?;
     let app = api::App {

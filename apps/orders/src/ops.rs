@@ -3,6 +3,9 @@
 //! run in the SQLite writer's batches (`writer.rs`, each op under its own SAVEPOINT) and in
 //! a pooled transaction of their own on PostgreSQL (`db.rs`).
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
@@ -214,6 +217,166 @@ async fn create(
     Ok(Created::New(order))
 }
 
+/// Carry out `creates` (each an order and its idempotency key, if any) in order, with a
+/// handful of statements whatever their number: one read of the keys already stored, one
+/// insert each for the new orders, their keys and their events. The answers are those of
+/// running them one at a time in this order: the first use of a key creates, a later use
+/// with the same body replays that order, with another body is refused.
+///
+/// # Errors
+/// Database errors (a constraint, or a key another transaction inserted meanwhile). Then
+/// some of the rows may be written: the caller rolls back (to a savepoint) and runs the
+/// creates one by one to find the one at fault.
+pub async fn create_many(
+    conn: &mut AnyConnection,
+    creates: &[(&NewOrder, Option<&str>)],
+    events: bool,
+) -> Result<Vec<Created>, sqlx::Error> {
+    // Keys stored before this batch: key -> (fingerprint, order id).
+    let mut keys: Vec<&str> = creates.iter().filter_map(|(_, k)| *k).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut stored: HashMap<String, (String, String)> = HashMap::new();
+    if !keys.is_empty() {
+        let sql = format!(
+            "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
+            list(1, keys.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for k in &keys {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            stored.insert(
+                row.try_get("key")?,
+                (row.try_get("fingerprint")?, row.try_get("order_id")?),
+            );
+        }
+    }
+    // The replays of stored keys need their orders.
+    let mut old: HashMap<String, Order> = HashMap::new();
+    if !stored.is_empty() {
+        let ids: Vec<&String> = stored.values().map(|(_, id)| id).collect();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
+            list(1, ids.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let o = order_of(&row)?;
+            old.insert(o.id.clone(), o);
+        }
+    }
+    // Decide each create in order; keys first used in this batch are remembered as they go.
+    let mut fresh: HashMap<&str, (String, usize)> = HashMap::new();
+    let mut new_orders: Vec<Order> = Vec::new();
+    let mut new_keys: Vec<(&str, String, usize)> = Vec::new();
+    let mut out = Vec::with_capacity(creates.len());
+    for (new, key) in creates {
+        let fingerprint = key.map(|_| new.fingerprint());
+        let seen = key.and_then(|k| {
+            stored
+                .get(k)
+                .map(|(f, id)| (f.as_str(), old.get(id).cloned()))
+                .or_else(|| {
+                    fresh
+                        .get(k)
+                        .map(|(f, i)| (f.as_str(), Some(new_orders[*i].clone())))
+                })
+        });
+        match (seen, &fingerprint) {
+            (Some((f, _)), Some(fp)) if f != fp => out.push(Created::KeyMismatch),
+            (Some((_, Some(order))), _) => out.push(Created::Replayed(order)),
+            (Some((_, None)), _) => return Err(sqlx::Error::RowNotFound),
+            (None, _) => {
+                let order = Order {
+                    id: new_order_id(),
+                    customer_id: new.customer_id.clone(),
+                    sku: new.sku.clone(),
+                    quantity: new.quantity,
+                    amount_cents: new.amount_cents,
+                    status: CREATED.into(),
+                    created_at: now_rfc3339(),
+                };
+                if let (Some(k), Some(fp)) = (key, fingerprint) {
+                    fresh.insert(k, (fp.clone(), new_orders.len()));
+                    new_keys.push((k, fp, new_orders.len()));
+                }
+                out.push(Created::New(order.clone()));
+                new_orders.push(order);
+            }
+        }
+    }
+    if !new_orders.is_empty() {
+        let sql = format!(
+            "INSERT INTO orders ({COLUMNS}) VALUES {}",
+            placeholders(new_orders.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for o in &new_orders {
+            q = q
+                .bind(o.id.as_str())
+                .bind(o.customer_id.as_str())
+                .bind(o.sku.as_str())
+                .bind(o.quantity)
+                .bind(o.amount_cents)
+                .bind(o.status.as_str())
+                .bind(o.created_at.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    if !new_keys.is_empty() {
+        let sql = format!(
+            "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
+            placeholders(new_keys.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, fp, i) in &new_keys {
+            let o = &new_orders[*i];
+            q = q
+                .bind(*k)
+                .bind(fp.as_str())
+                .bind(o.id.as_str())
+                .bind(o.created_at.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    if events {
+        let orders: Vec<&Order> = new_orders.iter().collect();
+        outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
+    }
+    Ok(out)
+}
+
+/// `$from, $from+1, ...`: `n` placeholders.
+fn list(from: usize, n: usize) -> String {
+    let mut s = String::with_capacity(n * 5);
+    for i in from..from + n {
+        if i > from {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "${i}");
+    }
+    s
+}
+
+/// `($1, ..., $w), ($w+1, ...), ...`: `rows` rows of `width` placeholders.
+pub(crate) fn placeholders(rows: usize, width: usize) -> String {
+    let mut s = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(", ");
+        }
+        s.push('(');
+        s.push_str(&list(1 + r * width, width));
+        s.push(')');
+    }
+    s
+}
+
 /// What an idempotency key seen before gives: the same order again, or a mismatch.
 async fn replay(
     conn: &mut AnyConnection,
@@ -315,4 +478,16 @@ pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
         })
         .to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_rows_of_columns() {
+        assert_eq!(list(3, 2), "$3, $4");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1), "($1)");
+    }
 }

@@ -70,24 +70,44 @@ pub async fn enqueue(
     kind: &str,
     order: &Order,
 ) -> Result<(), sqlx::Error> {
-    let event_id = new_event_id();
-    let payload = json!({
-        "event_id": event_id,
-        "type": kind,
-        "order_id": order.id,
-        "order": order,
-    })
-    .to_string();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(&event_id)
-    .bind(&order.id)
-    .bind(kind)
-    .bind(payload)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    enqueue_many(conn, kind, &[order]).await
+}
+
+/// Write one event of `kind` for each of `orders`, in their order, with one statement.
+///
+/// # Errors
+/// Database errors.
+pub async fn enqueue_many(
+    conn: &mut AnyConnection,
+    kind: &str,
+    orders: &[&Order],
+) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
+        crate::ops::placeholders(orders.len(), 5)
+    );
+    let now = now_ms();
+    let mut q = sqlx::query(&sql);
+    for order in orders {
+        let event_id = new_event_id();
+        let payload = json!({
+            "event_id": event_id,
+            "type": kind,
+            "order_id": order.id,
+            "order": order,
+        })
+        .to_string();
+        q = q
+            .bind(event_id)
+            .bind(order.id.clone())
+            .bind(kind.to_string())
+            .bind(payload)
+            .bind(now);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 

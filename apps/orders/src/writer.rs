@@ -1,13 +1,20 @@
-//! The SQLite writer: one task owns the write connection and commits writes in groups.
+//! The writer: one task owns the write connection and commits writes in groups, on SQLite
+//! and on PostgreSQL (`--write-batching off` turns it off).
 //!
 //! SQLite has one write lock. Pooled connections that each run their own transaction queue
 //! for it and pay one fsync each; the writer instead takes every write waiting (up to
-//! [`MAX_BATCH`]), runs each under its own SAVEPOINT inside one transaction, and commits
-//! once: one fsync for the batch. A write whose statement fails rolls back to its savepoint
-//! and fails alone; a failed commit fails the whole batch. The batch's audit lines are then
-//! written and fsync'd together, and only then is each caller answered, so a 201 still
-//! means "in the database and in the audit log, on disk". While one batch's audit lines are
-//! synced, the next batch runs.
+//! [`MAX_BATCH`]) and runs them in one transaction: the creates together, with a handful of
+//! statements for the whole batch ([`create_many`]), every other write under a SAVEPOINT
+//! of its own; then one commit, one fsync for the batch. When the creates' statements fail
+//! together (a constraint), they are rolled back and run one by one, each under its own
+//! savepoint, so that the one at fault fails alone. A failed commit, a broken connection or
+//! a batch over [`BATCH_TIMEOUT`] fails the whole batch ([`WriteError::Unavailable`], 503),
+//! and the next batch opens a new connection.
+//!
+//! The batch's audit lines are then written and fsync'd together, and only then is each
+//! caller answered, so a 201 still means "in the database and in the audit log, on disk".
+//! While one batch's audit lines are synced, the next batch runs. Before taking a batch the
+//! writer yields once, so that requests ready to run add their writes to it.
 //!
 //! The queue is bounded ([`QUEUE`]): a write that finds it full is refused at once
 //! ([`WriteError::Overloaded`], answered 503 with `Retry-After`) instead of waiting without
@@ -15,13 +22,15 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use sqlx::{AnyConnection, Executor as _};
+use sqlx::{AnyConnection, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::ops::{apply, audit_line, AuditCtx, Done, Op};
+use crate::model::NewOrder;
+use crate::ops::{apply, audit_line, create_many, AuditCtx, Done, Op};
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -43,6 +52,49 @@ pub enum WriteError {
     /// The writer has stopped (shutdown).
     #[error("the writer has stopped")]
     Closed,
+    /// The batch's transaction failed or took longer than [`BATCH_TIMEOUT`], or the
+    /// database cannot be reached: none of its writes is committed, or (a timeout) the
+    /// outcome is unknown; a retry with the same idempotency key finds out.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Longest a batch's transaction may take; then its connection is dropped (rolling it
+/// back), its writes are answered 503, and the next batch opens a new connection.
+pub const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the writer's connection goes, to open it again after it broke.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The database URL.
+    pub url: String,
+    /// SQLite (else PostgreSQL).
+    pub sqlite: bool,
+}
+
+impl Target {
+    /// Open a connection (for SQLite, with its pragmas).
+    ///
+    /// # Errors
+    /// The database cannot be reached or set up.
+    pub async fn connect(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut conn = AnyConnection::connect(&self.url).await?;
+        if self.sqlite {
+            crate::db::sqlite_pragmas(&mut conn).await?;
+        }
+        Ok(conn)
+    }
+
+    /// The statement that opens a batch's transaction: on SQLite `BEGIN IMMEDIATE`, which
+    /// takes the write lock at once (waiting up to `busy_timeout` while another process,
+    /// an upgrade's other half, holds it).
+    fn begin(&self) -> &'static str {
+        if self.sqlite {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        }
+    }
 }
 
 struct Job {
@@ -107,22 +159,22 @@ pub fn metrics(stats: &Arc<WriterStats>) -> Vec<lameduck::metrics::AppMetric> {
     vec![
         AppMetric::gauge(
             "orders_write_queue",
-            "Writes waiting for the SQLite writer",
+            "Writes waiting for the writer",
             move || q.queued.load(Ordering::Relaxed) as f64,
         ),
         AppMetric::counter(
             "orders_write_batches",
-            "Transactions the SQLite writer committed",
+            "Transactions the writer committed",
             move || b.batches.load(Ordering::Relaxed) as f64,
         ),
         AppMetric::counter(
             "orders_write_jobs",
-            "Writes the SQLite writer carried out",
+            "Writes the writer carried out",
             move || j.jobs.load(Ordering::Relaxed) as f64,
         ),
         AppMetric::counter(
             "orders_write_refused",
-            "Writes refused because the SQLite writer's queue was full",
+            "Writes refused because the writer's queue was full",
             move || r.refused.load(Ordering::Relaxed) as f64,
         ),
     ]
@@ -145,13 +197,20 @@ impl std::fmt::Debug for Msg {
 }
 
 impl Writer {
-    /// Start the writer on `conn` (a SQLite connection, with its pragmas set). `events`
-    /// writes outbox events; `wake` is notified after a commit that wrote one.
-    pub fn start(conn: AnyConnection, audit: AuditLog, events: bool, wake: Arc<Notify>) -> Self {
+    /// Start the writer on `conn`, a connection to `target` (for SQLite, with its pragmas
+    /// set). `events` writes outbox events; `wake` is notified after a commit that wrote one.
+    pub fn start(
+        conn: AnyConnection,
+        target: Target,
+        audit: AuditLog,
+        events: bool,
+        wake: Arc<Notify>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let run = Run {
-            conn,
+            conn: Some(conn),
+            target,
             rx,
             audit,
             events,
@@ -198,7 +257,9 @@ impl Writer {
 }
 
 struct Run {
-    conn: AnyConnection,
+    /// None after it broke: the next batch opens a new one.
+    conn: Option<AnyConnection>,
+    target: Target,
     rx: mpsc::Receiver<Msg>,
     audit: AuditLog,
     events: bool,
@@ -215,6 +276,9 @@ impl Run {
             let Some(first) = self.rx.recv().await else {
                 break;
             };
+            // Let the requests that are ready run first: their writes join this batch
+            // instead of each paying a commit of its own. Free when nothing else is ready.
+            tokio::task::yield_now().await;
             let mut jobs = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -253,28 +317,16 @@ impl Run {
     /// answers, in a task of their own so that the next batch can start.
     async fn batch(&mut self, jobs: Vec<Job>) {
         self.stats.record(jobs.len());
-        let mut results = Vec::with_capacity(jobs.len());
-        let committed = match self.conn.execute("BEGIN IMMEDIATE").await {
-            Err(e) => Err(e),
-            Ok(_) => {
-                for job in &jobs {
-                    results.push(self.one(&job.op).await);
+        let results = match self.transaction(&jobs).await {
+            Ok(results) => results,
+            Err(why) => {
+                tracing::error!(error = %why, writes = jobs.len(), "writer: a batch failed; its writes are answered 503");
+                for job in jobs {
+                    let _ = job.reply.send(Err(WriteError::Unavailable(why.clone())));
                 }
-                self.conn.execute("COMMIT").await.map(drop)
+                return;
             }
         };
-        if let Err(e) = committed {
-            tracing::error!(error = %e, writes = jobs.len(), "writer: the batch's transaction failed");
-            let _ = self.conn.execute("ROLLBACK").await;
-            for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(WriteError::Db(sqlx::Error::Protocol(format!(
-                        "the batch's commit failed: {e}"
-                    )))));
-            }
-            return;
-        }
         if self.events
             && results
                 .iter()
@@ -307,18 +359,127 @@ impl Run {
         });
     }
 
-    /// One write under its own savepoint: rolled back alone when it fails.
-    async fn one(&mut self, op: &Op) -> Result<Done, WriteError> {
-        self.conn.execute("SAVEPOINT w").await?;
-        match apply(&mut self.conn, op, self.events).await {
+    /// Run and commit the batch's transaction, within [`BATCH_TIMEOUT`], on the connection
+    /// (opened again first if it broke). `Err` (why) when nothing of it is known to be
+    /// committed.
+    async fn transaction(&mut self, jobs: &[Job]) -> Result<Vec<Result<Done, WriteError>>, String> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .target
+                    .connect()
+                    .await
+                    .map_err(|e| format!("cannot reach the database: {e}"))?;
+                tracing::info!("writer: connected to the database again");
+                conn
+            }
+        };
+        let run = transaction(&mut conn, &self.target, jobs, self.events);
+        match tokio::time::timeout(BATCH_TIMEOUT, run).await {
+            Ok(Ok(results)) => {
+                self.conn = Some(conn);
+                Ok(results)
+            }
+            Ok(Err(e)) => {
+                // A broken connection is dropped; any other error leaves it usable once
+                // the transaction is rolled back.
+                if !crate::db::is_unavailable(&e) && conn.execute("ROLLBACK").await.is_ok() {
+                    self.conn = Some(conn);
+                }
+                Err(format!("the batch's transaction failed: {e}"))
+            }
+            // Dropping the connection rolls back whatever was not committed.
+            Err(_) => Err(format!(
+                "the batch's transaction took longer than {BATCH_TIMEOUT:?}; its outcome is unknown"
+            )),
+        }
+    }
+}
+
+/// `jobs` in one transaction on `conn`: the creates together ([`creates`]), every other
+/// write (and every create, when they failed together) under a savepoint of its own; then
+/// the commit. `Err` when the transaction itself failed (begin, a savepoint, the commit).
+async fn transaction(
+    conn: &mut AnyConnection,
+    target: &Target,
+    jobs: &[Job],
+    events: bool,
+) -> Result<Vec<Result<Done, WriteError>>, sqlx::Error> {
+    conn.execute(target.begin()).await?;
+    let mut done = creates(conn, jobs, events).await?;
+    for (job, slot) in jobs.iter().zip(done.iter_mut()) {
+        if slot.is_none() {
+            *slot = Some(one(conn, &job.op, events).await?);
+        }
+    }
+    conn.execute("COMMIT").await?;
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// The batch's creates (when there are two or more) with a few statements for all
+/// ([`create_many`]), under one savepoint; the answers by the jobs' positions, `None` for
+/// the jobs left to [`one`]: every other write, and every create when one of the
+/// statements failed (then rolled back, and each create runs alone to find the one at
+/// fault).
+async fn creates(
+    conn: &mut AnyConnection,
+    jobs: &[Job],
+    events: bool,
+) -> Result<Vec<Option<Result<Done, WriteError>>>, sqlx::Error> {
+    let mut out: Vec<Option<Result<Done, WriteError>>> = jobs.iter().map(|_| None).collect();
+    let (at, creates): (Vec<usize>, Vec<(&NewOrder, Option<&str>)>) = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, j)| match &j.op {
+            Op::Create { new, key } => Some((i, (new, key.as_deref()))),
+            _ => None,
+        })
+        .unzip();
+    if creates.len() < 2 {
+        return Ok(out);
+    }
+    conn.execute("SAVEPOINT bulk").await?;
+    match create_many(conn, &creates, events).await {
+        Ok(created) => {
+            conn.execute("RELEASE bulk").await?;
+            for (i, c) in at.into_iter().zip(created) {
+                out[i] = Some(Ok(Done::Created(c)));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, writes = creates.len(), "writer: a batch's creates failed together; running them one by one");
+            conn.execute("ROLLBACK TO bulk").await?;
+            conn.execute("RELEASE bulk").await?;
+        }
+    }
+    Ok(out)
+}
+
+/// One write under its own savepoint: rolled back alone when it fails (the inner result).
+/// A create whose idempotency key another process committed meanwhile (PostgreSQL replicas
+/// sharing a database) runs once more, and then replays. `Err` when a savepoint statement
+/// itself failed.
+async fn one(
+    conn: &mut AnyConnection,
+    op: &Op,
+    events: bool,
+) -> Result<Result<Done, WriteError>, sqlx::Error> {
+    let mut again = true;
+    loop {
+        conn.execute("SAVEPOINT w").await?;
+        match apply(conn, op, events).await {
             Ok(done) => {
-                self.conn.execute("RELEASE w").await?;
-                Ok(done)
+                conn.execute("RELEASE w").await?;
+                return Ok(Ok(done));
             }
             Err(e) => {
-                self.conn.execute("ROLLBACK TO w").await?;
-                self.conn.execute("RELEASE w").await?;
-                Err(WriteError::Db(e))
+                conn.execute("ROLLBACK TO w").await?;
+                conn.execute("RELEASE w").await?;
+                if !(again && crate::db::is_unique_violation(&e)) {
+                    return Ok(Err(WriteError::Db(e)));
+                }
+                again = false;
             }
         }
     }

@@ -24,11 +24,21 @@ struct Fixture {
 }
 
 async fn open(name: &str) -> Fixture {
-    let store = Store::sqlite(name);
+    with_writer(Store::sqlite(name)).await
+}
+
+/// A database in `store` (its `--database-url`, else SQLite in its directory) with the
+/// writer on.
+async fn with_writer(store: Store) -> Fixture {
     let (audit, _thread) =
         AuditLog::open(&store.dir.join("audit.log"), AuditFsync::Batch).expect("audit log");
-    let url = format!("sqlite:{}", store.dir.join("orders.db").display());
-    let db = Db::connect(&url, 2, audit, false).await.expect("connect");
+    let url = match store.args.iter().position(|a| a == "--database-url") {
+        Some(i) => store.args[i + 1].clone(),
+        None => format!("sqlite:{}", store.dir.join("orders.db").display()),
+    };
+    let db = Db::connect(&url, 2, audit, false, true)
+        .await
+        .expect("connect");
     Fixture { db, store }
 }
 
@@ -95,7 +105,16 @@ enum Expected {
 
 #[tokio::test]
 async fn overlapping_idempotency_keys_in_one_batch_get_the_one_at_a_time_answers() {
-    let f = open("writer-keys").await;
+    overlapping_keys(open("writer-keys").await).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+async fn the_writer_keeps_the_idempotency_rules_on_postgres_too() {
+    overlapping_keys(with_writer(Store::postgres("writer-keys").await).await).await;
+}
+
+async fn overlapping_keys(f: Fixture) {
     // 6 keys, each used by 8 requests; the bodies differ by quantity (1 or 2) in a pattern
     // that varies per key, so that the first use is not always the common body.
     let requests: Vec<(String, i64)> = (0..48)
