@@ -179,6 +179,21 @@ async fn create(
             return Ok(seen);
         }
     }
+    insert_new(conn, new, key, events).await.map(Created::New)
+}
+
+/// Insert a new order, its idempotency key (if any) and its event (with `events`), without
+/// looking for the key first: the fast path of a create that is alone in its transaction.
+///
+/// # Errors
+/// Database errors, among them a unique violation when the key is stored already: the
+/// caller rolls back and runs the create again through [`apply`], which replays.
+pub async fn insert_new(
+    conn: &mut AnyConnection,
+    new: &NewOrder,
+    key: Option<&str>,
+    events: bool,
+) -> Result<Order, sqlx::Error> {
     let order = Order {
         id: new_order_id(),
         customer_id: new.customer_id.clone(),
@@ -214,7 +229,7 @@ async fn create(
     if events {
         outbox::enqueue(conn, ORDER_CREATED, &order).await?;
     }
-    Ok(Created::New(order))
+    Ok(order)
 }
 
 /// Carry out `creates` (each an order and its idempotency key, if any) in order, with a

@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::model::NewOrder;
-use crate::ops::{apply, audit_line, create_many, AuditCtx, Done, Op};
+use crate::ops::{apply, audit_line, create_many, insert_new, AuditCtx, Created, Done, Op};
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -406,6 +406,9 @@ async fn transaction(
     jobs: &[Job],
     events: bool,
 ) -> Result<Vec<Result<Done, WriteError>>, sqlx::Error> {
+    if let [job] = jobs {
+        return single(conn, target, &job.op, events).await.map(|r| vec![r]);
+    }
     conn.execute(target.begin()).await?;
     let mut done = creates(conn, jobs, events).await?;
     for (job, slot) in jobs.iter().zip(done.iter_mut()) {
@@ -415,6 +418,44 @@ async fn transaction(
     }
     conn.execute("COMMIT").await?;
     Ok(done.into_iter().flatten().collect())
+}
+
+/// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
+/// would alone; when its key is stored already (the unique violation), it rolls back and
+/// runs again through [`apply`], which replays or refuses. Its own failure rolls the
+/// transaction back.
+async fn single(
+    conn: &mut AnyConnection,
+    target: &Target,
+    op: &Op,
+    events: bool,
+) -> Result<Result<Done, WriteError>, sqlx::Error> {
+    conn.execute(target.begin()).await?;
+    let first = match op {
+        Op::Create { new, key } => insert_new(conn, new, key.as_deref(), events)
+            .await
+            .map(|o| Done::Created(Created::New(o))),
+        other => apply(conn, other, events).await,
+    };
+    let done = match first {
+        Ok(done) => done,
+        Err(e) => {
+            conn.execute("ROLLBACK").await?;
+            if !crate::db::is_unique_violation(&e) {
+                return Ok(Err(WriteError::Db(e)));
+            }
+            conn.execute(target.begin()).await?;
+            match apply(conn, op, events).await {
+                Ok(done) => done,
+                Err(e) => {
+                    conn.execute("ROLLBACK").await?;
+                    return Ok(Err(WriteError::Db(e)));
+                }
+            }
+        }
+    };
+    conn.execute("COMMIT").await?;
+    Ok(Ok(done))
 }
 
 /// The batch's creates (when there are two or more) with a few statements for all

@@ -260,3 +260,26 @@ async fn a_full_queue_refuses_at_once_and_a_stop_finishes_what_it_accepted() {
     let late = f.db.write(create("late", 1, None), None).await;
     assert!(matches!(late, Err(WriteError::Closed)), "{late:?}");
 }
+
+#[tokio::test]
+async fn a_write_alone_in_its_batch_follows_the_same_rules() {
+    let f = open("writer-single").await;
+    let write = |op| f.db.write(op, None);
+    let first = write(create("c1", 1, Some("k"))).await.expect("create");
+    let Done::Created(Created::New(order)) = first else {
+        panic!("{first:?}")
+    };
+    // The key is stored: the insert-first path meets the unique key and replays.
+    let again = write(create("c1", 1, Some("k"))).await.expect("replay");
+    assert_eq!(again, Done::Created(Created::Replayed(order.clone())));
+    let other = write(create("c1", 2, Some("k"))).await.expect("mismatch");
+    assert_eq!(other, Done::Created(Created::KeyMismatch));
+    // A failing write alone rolls back whole: neither its order nor its key stays.
+    let bad = write(create("bad", 0, Some("k2"))).await;
+    assert!(matches!(bad, Err(WriteError::Db(_))), "{bad:?}");
+    let ok = write(create("c2", 1, Some("k2"))).await.expect("create");
+    assert!(matches!(ok, Done::Created(Created::New(_))), "{ok:?}");
+    assert_eq!(f.db.count().await.expect("count"), 2);
+    let (batches, jobs) = counts(&f.db);
+    assert_eq!((batches, jobs), (5, 5), "one batch per write");
+}
