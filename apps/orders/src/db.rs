@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, AnyPool, Executor as _, Row as _};
 
 use crate::audit::AuditLog;
 use crate::model::Order;
-use crate::ops::{apply, audit_line, order_of, AuditCtx, Done, Op, COLUMNS};
+use crate::ops::{apply, audit_line, insert_new, order_of, AuditCtx, Created, Done, Op, COLUMNS};
 use crate::outbox::Outbox;
 use crate::writer::{Target, WriteError, Writer};
 
@@ -139,27 +139,34 @@ impl Db {
         Ok(done)
     }
 
-    /// `op` in a pooled transaction of its own. A create whose idempotency key another
-    /// transaction inserted meanwhile (a unique violation) runs again, and then replays.
+    /// `op` in a pooled transaction of its own. A create inserts at once (as one alone in
+    /// the writer's batch does); when its idempotency key is stored already (a unique
+    /// violation, also when another transaction committed it meanwhile) it rolls back and
+    /// runs again through [`apply`], which replays or refuses.
     async fn write_pooled(&self, op: &Op) -> Result<Done, sqlx::Error> {
-        let mut again = true;
-        loop {
-            let mut tx = if self.sqlite {
-                self.pool.begin_with("BEGIN IMMEDIATE").await?
-            } else {
-                self.pool.begin().await?
-            };
-            match apply(&mut tx, op, self.events).await {
-                Ok(done) => {
+        if let Op::Create { new, key } = op {
+            let mut tx = self.begin().await?;
+            match insert_new(&mut tx, new, key.as_deref(), self.events).await {
+                Ok(order) => {
                     tx.commit().await?;
-                    return Ok(done);
+                    return Ok(Done::Created(Created::New(order)));
                 }
-                Err(e) if again && is_unique_violation(&e) => {
-                    again = false;
-                    tx.rollback().await?;
-                }
+                Err(e) if is_unique_violation(&e) => tx.rollback().await?,
                 Err(e) => return Err(e),
             }
+        }
+        let mut tx = self.begin().await?;
+        let done = apply(&mut tx, op, self.events).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// A pooled write transaction (on SQLite `BEGIN IMMEDIATE`).
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
         }
     }
 

@@ -47,8 +47,17 @@ async fn create_answers_201_with_location_and_the_committed_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_returns_the_same_order_and_another_body_is_422() {
+    same_key(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_write_batching_the_idempotency_rules_hold_too() {
+    same_key(&["--write-batching", "off"]).await;
+}
+
+async fn same_key(flags: &[&str]) {
     let store = Store::sqlite("idem");
-    let s = store.start(&[]);
+    let s = store.start(flags);
     let key = [("idempotency-key", "key-1")];
     let a = post_json(s.http, "/orders", &key, &order_json("bob"))
         .await
