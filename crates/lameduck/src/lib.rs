@@ -63,6 +63,7 @@ pub mod metrics;
 pub mod middleware;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod outbound;
 pub mod registry;
 pub mod server;
 mod sync;

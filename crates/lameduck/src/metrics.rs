@@ -118,6 +118,7 @@ struct Registry {
     state_file: OnceLock<std::path::PathBuf>,
     tasks: OnceLock<crate::tasks::TaskStates>,
     app: RwLock<Vec<AppMetric>>,
+    circuits: RwLock<Vec<crate::outbound::Breaker>>,
 }
 
 /// A value the application computes, exported on `/metrics` at each scrape (read it from
@@ -301,6 +302,13 @@ impl Metrics {
         self
     }
 
+    /// Export a circuit breaker's state (`lameduck_circuit_state{circuit}`: 0 closed, 1
+    /// open, 2 half-open) and the calls it refused (`lameduck_circuit_rejected_total`).
+    pub fn with_circuit(self, breaker: crate::outbound::Breaker) -> Self {
+        write(&self.inner.circuits).push(breaker);
+        self
+    }
+
     /// Export `metric` too (see [`AppMetric`]).
     pub fn with_app_metric(self, metric: AppMetric) -> Self {
         write(&self.inner.app).push(metric);
@@ -404,6 +412,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             encode_tasks(&mut enc, tasks)?;
         }
         encode_lifecycle(&mut enc, r)?;
+        encode_circuits(&mut enc, &read(&r.circuits))?;
         for m in read(&r.app).iter() {
             let kind = if m.counter {
                 MetricType::Counter
@@ -504,6 +513,37 @@ fn encode_lifecycle(enc: &mut DescriptorEncoder<'_>, r: &Registry) -> std::fmt::
             ("status", h.status),
         ];
         ConstGauge::new(h.seconds).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Each circuit breaker's state and refusals.
+fn encode_circuits(
+    enc: &mut DescriptorEncoder<'_>,
+    circuits: &[crate::outbound::Breaker],
+) -> std::fmt::Result {
+    if circuits.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_circuit_state",
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+        None,
+        MetricType::Gauge,
+    )?;
+    for b in circuits {
+        let labels = [("circuit", b.name())];
+        ConstGauge::new(b.state().as_metric()).encode(m.encode_family(&labels)?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_circuit_rejected",
+        "Calls the circuit breaker refused without making them",
+        None,
+        MetricType::Counter,
+    )?;
+    for b in circuits {
+        let labels = [("circuit", b.name())];
+        ConstCounter::new(b.rejected()).encode(m.encode_family(&labels)?)?;
     }
     Ok(())
 }
@@ -629,5 +669,41 @@ mod tests {
         m.connection_closed();
         assert_eq!(m.connections_open(), 1);
         assert!(m.render().contains("lameduck_http_connections_total 2"));
+    }
+
+    #[test]
+    fn a_circuit_shows_its_state_and_its_refusals() {
+        use crate::outbound::{Breaker, BreakerConfig, BreakerLayer};
+        use std::future::Future as _;
+        use tower::{Layer, Service};
+        let breaker = Breaker::new(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::new("payments")
+        });
+        let metrics = Metrics::new().with_circuit(breaker.clone());
+        assert!(metrics
+            .render()
+            .contains("lameduck_circuit_state{circuit=\"payments\"} 0\n"));
+        let mut svc = BreakerLayer::new(breaker).layer(tower::service_fn(|_: ()| {
+            std::future::ready(Err::<(), _>("down"))
+        }));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for _ in 0..2 {
+            let mut f = std::pin::pin!(svc.call(()));
+            assert!(matches!(
+                f.as_mut().poll(&mut cx),
+                std::task::Poll::Ready(Err(_))
+            ));
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("lameduck_circuit_state{circuit=\"payments\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lameduck_circuit_rejected_total{circuit=\"payments\"} 1\n"),
+            "{text}"
+        );
     }
 }
