@@ -1,12 +1,19 @@
 //! Layers for the calls a service makes to its dependencies (the client side).
 //!
-//! - [`breaker`]: a circuit breaker that stops calling a dependency that keeps failing.
+//! - [`breaker`]: a circuit breaker that stops calling a dependency that keeps failing;
+//! - [`timeout`]: a per-attempt timeout from the dependency's recent P99, never past the
+//!   request's drain deadline.
 //!
 //! Put them around a client as `retries -> breaker -> per-attempt timeout -> client`, so
 //! that the breaker counts timeouts as failures and retries never hammer an open circuit.
 
 pub mod breaker;
+pub mod timeout;
 
 pub use breaker::{
     Breaker, BreakerConfig, BreakerError, BreakerLayer, BreakerService, BreakerState,
+};
+pub use timeout::{
+    AdaptiveTimeout, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer, AdaptiveTimeoutService,
+    TimeoutError, TimeoutFuture,
 };
