@@ -1,6 +1,8 @@
 //! Layers for the calls a service makes to its dependencies (the client side).
 //!
 //! - [`breaker`]: a circuit breaker that stops calling a dependency that keeps failing;
+//! - [`retry`]: bounded retries with jittered back-off, never past the request's drain
+//!   deadline (a policy for tower's `RetryLayer`);
 //! - [`timeout`]: a per-attempt timeout from the dependency's recent P99, never past the
 //!   request's drain deadline.
 //!
@@ -8,11 +10,13 @@
 //! that the breaker counts timeouts as failures and retries never hammer an open circuit.
 
 pub mod breaker;
+pub mod retry;
 pub mod timeout;
 
 pub use breaker::{
     Breaker, BreakerConfig, BreakerError, BreakerLayer, BreakerService, BreakerState,
 };
+pub use retry::{not_open, RetryConfig, RetryPolicy};
 pub use timeout::{
     AdaptiveTimeout, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer, AdaptiveTimeoutService,
     TimeoutError, TimeoutFuture,
