@@ -59,6 +59,9 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+    /// Most requests in flight at once, or off; beyond it, 503 `overloaded` at once.
+    #[arg(long, default_value = "off")]
+    pub max_in_flight: cli::MaxInFlight,
     /// Longest wait between two pieces of a request body (then 408).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
@@ -275,6 +278,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .idle_grace(args.idle_grace)
         .header_read_timeout(args.header_read_timeout)
         .body_limit(args.body_limit)
+        .max_in_flight(args.max_in_flight.limit())
         .body_read_timeout(args.body_read_timeout)
         .body_timeout(args.body_timeout)
         .listen_backlog(args.listen_backlog)

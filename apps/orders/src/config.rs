@@ -94,6 +94,10 @@ pub struct Overrides {
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
     pub body_limit: Option<usize>,
+    /// Most requests in flight at once, or off; beyond it, 503 `overloaded` at once
+    /// [default: off].
+    #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<lameduck::cli::MaxInFlight>,
     /// Longest wait between two pieces of a request body, then 408 [default: 10s].
     #[arg(long, env = "LAMEDUCK_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
@@ -188,6 +192,8 @@ pub struct Settings {
     pub write_batching: WriteBatching,
     /// Largest request body.
     pub body_limit: usize,
+    /// Most requests in flight (`off`: no limit).
+    pub max_in_flight: lameduck::cli::MaxInFlight,
     /// Longest wait between two pieces of a request body.
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
@@ -248,6 +254,7 @@ impl Overrides {
             db_max_connections: self.db_max_connections.or(lower.db_max_connections),
             write_batching: self.write_batching.or(lower.write_batching),
             body_limit: self.body_limit.or(lower.body_limit),
+            max_in_flight: self.max_in_flight.or(lower.max_in_flight),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
             grace_budget: self.grace_budget.or(lower.grace_budget),
@@ -383,6 +390,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         db_max_connections,
         write_batching: o.write_batching.unwrap_or(WriteBatching::On),
         body_limit,
+        max_in_flight: o.max_in_flight.unwrap_or_default(),
         body_read_timeout,
         body_timeout,
         grace_budget: o.grace_budget,
@@ -528,5 +536,25 @@ mod tests {
         let text = s.to_redacted_toml();
         assert!(!text.contains("pw@"), "{text}");
         assert!(text.contains("*****"), "{text}");
+    }
+
+    #[test]
+    fn max_in_flight_is_a_number_or_off_in_the_file_too() {
+        let file: Overrides = toml::from_str("max_in_flight = 64").unwrap();
+        let s = resolve(file, None).unwrap();
+        assert_eq!(s.max_in_flight.limit().map(|n| n.get()), Some(64));
+        let file: Overrides = toml::from_str("max_in_flight = \"off\"").unwrap();
+        assert_eq!(resolve(file, None).unwrap().max_in_flight.limit(), None);
+        for bad in ["max_in_flight = 0", "max_in_flight = \"lots\""] {
+            let err = toml::from_str::<Overrides>(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("at least 1") || err.contains("lots"),
+                "{bad}: {err}"
+            );
+        }
+        let text = resolve(Overrides::default(), None)
+            .unwrap()
+            .to_redacted_toml();
+        assert!(text.contains("max_in_flight = \"off\""), "{text}");
     }
 }

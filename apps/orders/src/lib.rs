@@ -125,6 +125,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .shutdown_timeout(settings.shutdown_timeout)
         .idle_grace(settings.idle_grace)
         .body_limit(settings.body_limit)
+        .max_in_flight(settings.max_in_flight.limit())
         .body_read_timeout(settings.body_read_timeout)
         .body_timeout(settings.body_timeout)
         .listen_backlog(settings.listen_backlog)

@@ -147,3 +147,67 @@ pub fn announce(
     tracing::info!(%http, %admin, pid = std::process::id(), "ready");
     Ok(())
 }
+
+/// The value of a `--max-in-flight` flag: a number of requests (at least 1) or `off`;
+/// in a TOML file, an integer or `"off"`. Give it to
+/// [`Builder::max_in_flight`](crate::server::Builder::max_in_flight) with
+/// [`MaxInFlight::limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaxInFlight(Option<std::num::NonZeroUsize>);
+
+impl MaxInFlight {
+    /// The limit, `None` for off.
+    pub fn limit(self) -> Option<std::num::NonZeroUsize> {
+        self.0
+    }
+}
+
+impl std::str::FromStr for MaxInFlight {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        match s.parse::<usize>() {
+            Ok(n) => std::num::NonZeroUsize::new(n)
+                .map(|n| Self(Some(n)))
+                .ok_or_else(|| "must be at least 1 (or off)".to_string()),
+            Err(_) => Err(format!("{s:?} is not a number of requests or off")),
+        }
+    }
+}
+
+impl Display for MaxInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl serde::Serialize for MaxInFlight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(n) => s.serialize_u64(n.get() as u64),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MaxInFlight {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            Word(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string(),
+            Raw::Word(w) => w,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -117,27 +117,33 @@ impl InFlight {
             .extensions()
             .get::<RequestContext>()
             .map(|c| c.request_id().clone());
-        self.begin_with(req, id, Instant::now())
+        self.begin_with(req, id, Instant::now()).0
     }
 
-    /// Record `req` as in flight under `request_id` until the guard is dropped.
+    /// Record `req` as in flight under `request_id` until the guard is dropped; also how
+    /// many are in flight with it.
     pub(crate) fn begin_with<B>(
         &self,
         req: &Request<B>,
         request_id: Option<RequestId>,
         started: Instant,
-    ) -> InFlightGuard {
+    ) -> (InFlightGuard, usize) {
         let entry = Entry {
             method: req.method().clone(),
             path: req.uri().path_and_query().cloned(),
             started,
             request_id,
         };
-        let id = lock(&self.inner.live).insert(entry);
-        InFlightGuard {
+        let (id, len) = {
+            let mut live = lock(&self.inner.live);
+            let id = live.insert(entry);
+            (id, live.len)
+        };
+        let guard = InFlightGuard {
             registry: self.inner.clone(),
             id,
-        }
+        };
+        (guard, len)
     }
 }
 

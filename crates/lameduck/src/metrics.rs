@@ -109,6 +109,7 @@ struct Registry {
     connections_total: AtomicU64,
     drain_micros: AtomicU64,
     rejected: AtomicU64,
+    shed: AtomicU64,
     abandoned: AtomicU64,
     registered: AtomicI64,
     registry_failures: AtomicU64,
@@ -275,6 +276,11 @@ impl Metrics {
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A request was shed: the in-flight limit was reached (503 `overloaded`).
+    pub fn request_shed(&self) {
+        self.inner.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether the process is registered in its service registry now.
     pub fn set_registered(&self, registered: bool) {
         self.inner
@@ -386,6 +392,12 @@ impl prometheus_client::collector::Collector for Snapshot {
             "lameduck_http_requests_rejected",
             "Requests refused by the drain policy",
             &r.rejected,
+        )?;
+        counter(
+            &mut enc,
+            "lameduck_http_requests_shed",
+            "Requests answered 503 overloaded because the in-flight limit was reached",
+            &r.shed,
         )?;
         counter(
             &mut enc,

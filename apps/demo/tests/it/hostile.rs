@@ -311,3 +311,57 @@ async fn behind_a_proxy_protocol_balancer_the_client_is_the_one_it_names() {
     let answer = exchange(s.http, b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(answer.is_empty(), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_in_flight_requests_are_shed_at_once_with_503_overloaded() {
+    let s = start(&["--max-in-flight", "2"]);
+    // Two slow requests fill the limit.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = s.http;
+            tokio::spawn(async move { lameduck_testkit::get(addr, "/work?ms=3000").await })
+        })
+        .collect();
+    wait_in_flight(&s, 2).await;
+    let t0 = Instant::now();
+    let shed = lameduck_testkit::get(s.http, "/ping")
+        .await
+        .expect("answer");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "answered at once, not queued"
+    );
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: serde_json::Value = serde_json::from_slice(shed.body()).expect("JSON error");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    let metrics = lameduck_testkit::get(s.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    assert!(
+        text.contains("lameduck_http_requests_shed_total 1\n"),
+        "{text}"
+    );
+    for t in slow {
+        assert_eq!(t.await.expect("task").expect("slow answer").status(), 200);
+    }
+    // Room again.
+    let ok = lameduck_testkit::get(s.http, "/ping")
+        .await
+        .expect("answer");
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_must_be_a_positive_number_or_off() {
+    for bad in ["0", "many", "-1"] {
+        let out = std::process::Command::new(crate::BIN)
+            .arg(format!("--max-in-flight={bad}"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--max-in-flight"), "{bad}: {err}");
+    }
+}

@@ -69,6 +69,7 @@ pub struct Builder {
     pub(super) listen_backlog: u32,
     pub(super) admin_max_connections: usize,
     pub(super) body_limit: usize,
+    pub(super) max_in_flight: Option<std::num::NonZeroUsize>,
     pub(super) body_read_timeout: Duration,
     pub(super) body_timeout: Duration,
     pub(super) access_log: AccessLog,
@@ -104,6 +105,7 @@ impl Default for Builder {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
+            max_in_flight: None,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             access_log: AccessLog::Off,
@@ -202,6 +204,16 @@ impl Builder {
     /// Largest request body in bytes (default [`DEFAULT_BODY_LIMIT`]); larger get 413.
     pub fn body_limit(mut self, n: usize) -> Self {
         self.body_limit = n;
+        self
+    }
+
+    /// Most requests in flight at once (default: no limit). A request beyond it is answered
+    /// at once with 503, code `overloaded` and `Retry-After: 1`, and counted in
+    /// `lameduck_http_requests_shed_total`, instead of queueing until its client times out.
+    /// lameduck cannot know a service's capacity: take the limit from a load test (the
+    /// concurrency at which latency starts to climb).
+    pub fn max_in_flight(mut self, limit: Option<std::num::NonZeroUsize>) -> Self {
+        self.max_in_flight = limit;
         self
     }
 

@@ -344,6 +344,9 @@ impl Shared {
             metrics,
             in_flight,
             body_limit: config.body_limit,
+            max_in_flight: config
+                .max_in_flight
+                .map_or(usize::MAX, std::num::NonZeroUsize::get),
             body_timeouts: body_timeout::BodyTimeouts {
                 read: config.body_read_timeout,
                 whole: config.body_timeout,

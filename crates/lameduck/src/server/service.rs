@@ -53,6 +53,8 @@ pub(crate) struct Stack {
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
     pub(crate) body_limit: usize,
+    /// Requests in flight beyond this are shed (`usize::MAX`: no limit).
+    pub(crate) max_in_flight: usize,
     pub(crate) body_timeouts: BodyTimeouts,
     /// Where access-log lines go.
     pub(crate) access_log: AccessLog,
@@ -156,10 +158,10 @@ where
         // From the first byte of its head.
         let started = head_started.unwrap_or_else(Instant::now);
         let ctx = context_for(&req, &self.stack.shutdown, Some(self.peer));
-        let flight = self
-            .stack
-            .in_flight
-            .begin_with(&req, Some(ctx.request_id().clone()), started);
+        let (flight, in_flight) =
+            self.stack
+                .in_flight
+                .begin_with(&req, Some(ctx.request_id().clone()), started);
         let (span, ids_in_logs) = match self.stack.request_spans {
             RequestSpans::Off => (tracing::Span::none(), false),
             RequestSpans::Span => (request_span(&ctx), false),
@@ -173,6 +175,8 @@ where
         };
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
+        } else if in_flight > self.stack.max_in_flight {
+            (None, Early::Overloaded)
         } else if let Some(why) = host_problem(&req) {
             (None, Early::BadHost(why))
         } else if declares_over(&req, self.stack.body_limit) {
@@ -217,6 +221,8 @@ where
 pub(crate) enum Early {
     /// The drain policy refused it.
     Refused,
+    /// The in-flight limit was reached.
+    Overloaded,
     /// The application panicked.
     Panicked,
     /// `Content-Length` is over the body limit.
@@ -255,6 +261,7 @@ where
         let mut res = match this.inner.as_mut().as_pin_mut() {
             None => match this.early {
                 Early::Refused => this.stack.drain.refusal(*this.version),
+                Early::Overloaded => overloaded(&this.stack.metrics),
                 Early::Panicked => internal_error(),
                 Early::TooLarge => too_large(this.stack.body_limit, *this.version),
                 Early::BadHost(why) => bad_request(why, *this.version),
@@ -308,4 +315,20 @@ where
             ServerBody { inner, guards }
         })))
     }
+}
+
+/// The answer to a request shed at the in-flight limit: 503 `overloaded`, retry in a
+/// second (on the same connection).
+fn overloaded<B>(metrics: &Metrics) -> Response<Either<B, Full<Bytes>>> {
+    metrics.request_shed();
+    let mut res = crate::error_response::error_response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many requests in flight, retry later",
+    );
+    res.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    res
 }
