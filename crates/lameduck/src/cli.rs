@@ -149,7 +149,8 @@ pub fn announce(
 }
 
 /// The value of a `--max-in-flight` flag: a number of requests (at least 1) or `off`;
-/// in a TOML file, an integer or `"off"`. Give it to
+/// in a TOML file, an integer or `"off"`. (`adaptive` is refused, with a message that
+/// says so.) Give it to
 /// [`Builder::max_in_flight`](crate::server::Builder::max_in_flight) with
 /// [`MaxInFlight::limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,6 +169,9 @@ impl std::str::FromStr for MaxInFlight {
     fn from_str(s: &str) -> Result<Self, String> {
         if s == "off" {
             return Ok(Self(None));
+        }
+        if s == "adaptive" {
+            return Err("adaptive is not available in this version: give a number or off".into());
         }
         match s.parse::<usize>() {
             Ok(n) => std::num::NonZeroUsize::new(n)

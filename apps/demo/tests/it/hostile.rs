@@ -355,7 +355,7 @@ async fn beyond_max_in_flight_requests_are_shed_at_once_with_503_overloaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_must_be_a_positive_number_or_off() {
-    for bad in ["0", "many", "-1"] {
+    for bad in ["0", "many", "-1", "adaptive"] {
         let out = std::process::Command::new(crate::BIN)
             .arg(format!("--max-in-flight={bad}"))
             .output()
