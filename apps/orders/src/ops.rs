@@ -194,41 +194,10 @@ pub async fn insert_new(
     key: Option<&str>,
     events: bool,
 ) -> Result<Order, sqlx::Error> {
-    let order = Order {
-        id: new_order_id(),
-        customer_id: new.customer_id.clone(),
-        sku: new.sku.clone(),
-        quantity: new.quantity,
-        amount_cents: new.amount_cents,
-        status: CREATED.into(),
-        created_at: now_rfc3339(),
-    };
-    sqlx::query(&format!(
-        "INSERT INTO orders ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-    ))
-    .bind(&order.id)
-    .bind(&order.customer_id)
-    .bind(&order.sku)
-    .bind(order.quantity)
-    .bind(order.amount_cents)
-    .bind(&order.status)
-    .bind(&order.created_at)
-    .execute(&mut *conn)
-    .await?;
-    if let Some(key) = key {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key)
-        .bind(new.fingerprint())
-        .bind(&order.id)
-        .bind(&order.created_at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if events {
-        outbox::enqueue(conn, ORDER_CREATED, &order).await?;
-    }
+    let order = fresh_order(new);
+    let keys: Vec<(&str, String, usize)> =
+        key.map(|k| (k, new.fingerprint(), 0)).into_iter().collect();
+    insert_rows(conn, std::slice::from_ref(&order), &keys, events).await?;
     Ok(order)
 }
 
@@ -307,15 +276,7 @@ pub async fn create_many(
             (Some((_, Some(order))), _) => out.push(Created::Replayed(order)),
             (Some((_, None)), _) => return Err(sqlx::Error::RowNotFound),
             (None, _) => {
-                let order = Order {
-                    id: new_order_id(),
-                    customer_id: new.customer_id.clone(),
-                    sku: new.sku.clone(),
-                    quantity: new.quantity,
-                    amount_cents: new.amount_cents,
-                    status: CREATED.into(),
-                    created_at: now_rfc3339(),
-                };
+                let order = fresh_order(new);
                 if let (Some(k), Some(fp)) = (key, fingerprint) {
                     fresh.insert(k, (fp.clone(), new_orders.len()));
                     new_keys.push((k, fp, new_orders.len()));
@@ -325,32 +286,58 @@ pub async fn create_many(
             }
         }
     }
-    if !new_orders.is_empty() {
-        let sql = format!(
-            "INSERT INTO orders ({COLUMNS}) VALUES {}",
-            placeholders(new_orders.len(), 7)
-        );
-        let mut q = sqlx::query(&sql);
-        for o in &new_orders {
-            q = q
-                .bind(o.id.as_str())
-                .bind(o.customer_id.as_str())
-                .bind(o.sku.as_str())
-                .bind(o.quantity)
-                .bind(o.amount_cents)
-                .bind(o.status.as_str())
-                .bind(o.created_at.as_str());
-        }
-        q.execute(&mut *conn).await?;
+    insert_rows(conn, &new_orders, &new_keys, events).await?;
+    Ok(out)
+}
+
+/// A new order for `new`: a fresh id, status `created`, created now.
+fn fresh_order(new: &NewOrder) -> Order {
+    Order {
+        id: new_order_id(),
+        customer_id: new.customer_id.clone(),
+        sku: new.sku.clone(),
+        quantity: new.quantity,
+        amount_cents: new.amount_cents,
+        status: CREATED.into(),
+        created_at: now_rfc3339(),
     }
-    if !new_keys.is_empty() {
+}
+
+/// Insert `orders`, the idempotency `keys` (key, fingerprint, index of its order) and,
+/// with `events`, an `order.created` event per order: one statement each.
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    orders: &[Order],
+    keys: &[(&str, String, usize)],
+    events: bool,
+) -> Result<(), sqlx::Error> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO orders ({COLUMNS}) VALUES {}",
+        placeholders(orders.len(), 7)
+    );
+    let mut q = sqlx::query(&sql);
+    for o in orders {
+        q = q
+            .bind(o.id.as_str())
+            .bind(o.customer_id.as_str())
+            .bind(o.sku.as_str())
+            .bind(o.quantity)
+            .bind(o.amount_cents)
+            .bind(o.status.as_str())
+            .bind(o.created_at.as_str());
+    }
+    q.execute(&mut *conn).await?;
+    if !keys.is_empty() {
         let sql = format!(
             "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
-            placeholders(new_keys.len(), 4)
+            placeholders(keys.len(), 4)
         );
         let mut q = sqlx::query(&sql);
-        for (k, fp, i) in &new_keys {
-            let o = &new_orders[*i];
+        for (k, fp, i) in keys {
+            let o = &orders[*i];
             q = q
                 .bind(*k)
                 .bind(fp.as_str())
@@ -360,10 +347,10 @@ pub async fn create_many(
         q.execute(&mut *conn).await?;
     }
     if events {
-        let orders: Vec<&Order> = new_orders.iter().collect();
+        let orders: Vec<&Order> = orders.iter().collect();
         outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `$from, $from+1, ...`: `n` placeholders.
