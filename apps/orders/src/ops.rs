@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
@@ -222,13 +221,17 @@ pub async fn create_many(
     keys.dedup();
     let mut stored: HashMap<String, (String, String)> = HashMap::new();
     if !keys.is_empty() {
-        let sql = format!(
-            "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
-            list(1, keys.len())
-        );
+        static SQL: SqlCache = [const { std::sync::OnceLock::new() }; 10];
+        let width = keys.len().next_power_of_two();
+        let sql = sql_for(&SQL, width, |n| {
+            format!(
+                "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
+                list(1, n)
+            )
+        });
         let mut q = sqlx::query(&sql);
-        for k in &keys {
-            q = q.bind(*k);
+        for i in 0..width {
+            q = q.bind(keys[i.min(keys.len() - 1)]);
         }
         for row in q.fetch_all(&mut *conn).await? {
             stored.insert(
@@ -241,13 +244,14 @@ pub async fn create_many(
     let mut old: HashMap<String, Order> = HashMap::new();
     if !stored.is_empty() {
         let ids: Vec<&String> = stored.values().map(|(_, id)| id).collect();
+        let width = ids.len().next_power_of_two();
         let sql = format!(
             "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
-            list(1, ids.len())
+            list(1, width)
         );
         let mut q = sqlx::query(&sql);
-        for id in &ids {
-            q = q.bind(id.as_str());
+        for i in 0..width {
+            q = q.bind(ids[i.min(ids.len() - 1)].as_str());
         }
         for row in q.fetch_all(&mut *conn).await? {
             let o = order_of(&row)?;
@@ -311,32 +315,37 @@ async fn insert_rows(
     keys: &[(&str, String, usize)],
     events: bool,
 ) -> Result<(), sqlx::Error> {
-    if orders.is_empty() {
-        return Ok(());
-    }
-    let sql = format!(
-        "INSERT INTO orders ({COLUMNS}) VALUES {}",
-        placeholders(orders.len(), 7)
-    );
-    let mut q = sqlx::query(&sql);
-    for o in orders {
-        q = q
-            .bind(o.id.as_str())
-            .bind(o.customer_id.as_str())
-            .bind(o.sku.as_str())
-            .bind(o.quantity)
-            .bind(o.amount_cents)
-            .bind(o.status.as_str())
-            .bind(o.created_at.as_str());
-    }
-    q.execute(&mut *conn).await?;
-    if !keys.is_empty() {
-        let sql = format!(
-            "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
-            placeholders(keys.len(), 4)
-        );
+    static ORDERS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
+    static KEYS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
+    for (at, n) in pow2_chunks(orders.len()) {
+        let sql = sql_for(&ORDERS, n, |n| {
+            format!(
+                "INSERT INTO orders ({COLUMNS}) VALUES {}",
+                placeholders(n, 7)
+            )
+        });
         let mut q = sqlx::query(&sql);
-        for (k, fp, i) in keys {
+        for o in &orders[at..at + n] {
+            q = q
+                .bind(o.id.as_str())
+                .bind(o.customer_id.as_str())
+                .bind(o.sku.as_str())
+                .bind(o.quantity)
+                .bind(o.amount_cents)
+                .bind(o.status.as_str())
+                .bind(o.created_at.as_str());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for (at, n) in pow2_chunks(keys.len()) {
+        let sql = sql_for(&KEYS, n, |n| {
+            format!(
+                "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
+                placeholders(n, 4)
+            )
+        });
+        let mut q = sqlx::query(&sql);
+        for (k, fp, i) in &keys[at..at + n] {
             let o = &orders[*i];
             q = q
                 .bind(*k)
@@ -351,6 +360,39 @@ async fn insert_rows(
         outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
     }
     Ok(())
+}
+
+/// The text of a multi-row statement for `rows` rows (a power of two up to 512), made
+/// once per size by `make` and kept: formatting hundreds of placeholders per batch showed
+/// in the profile.
+pub(crate) fn sql_for(
+    cache: &'static [std::sync::OnceLock<String>; 10],
+    rows: usize,
+    make: impl FnOnce(usize) -> String,
+) -> std::borrow::Cow<'static, str> {
+    match cache.get(rows.trailing_zeros() as usize) {
+        Some(slot) if rows.is_power_of_two() => slot.get_or_init(|| make(rows)).as_str().into(),
+        _ => make(rows).into(),
+    }
+}
+
+/// A cache for [`sql_for`].
+pub(crate) type SqlCache = [std::sync::OnceLock<String>; 10];
+
+/// `n` rows as chunks of power-of-two sizes, largest first: `(start, len)`. A multi-row
+/// statement's text depends on its row count; with these sizes a connection sees at most
+/// ten texts per statement, which its prepared-statement cache keeps, instead of one per
+/// batch size, which would push each other out and be parsed again and again.
+pub(crate) fn pow2_chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut at = 0;
+    (0..usize::BITS).rev().filter_map(move |bit| {
+        let len = 1usize << bit;
+        (n & len != 0).then(|| {
+            let chunk = (at, len);
+            at += len;
+            chunk
+        })
+    })
 }
 
 /// `$from, $from+1, ...`: `n` placeholders.
@@ -468,18 +510,26 @@ pub struct AuditCtx {
 
 /// The audit line of `done`, if it changed an order.
 pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
+    /// The line's fields, in the order they are written (alphabetical).
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        action: &'a str,
+        client_ip: Option<&'a str>,
+        customer_id: &'a str,
+        order_id: &'a str,
+        request_id: &'a str,
+        ts: String,
+    }
     let (action, order) = done.audited()?;
-    Some(
-        json!({
-            "ts": now_rfc3339(),
-            "action": action,
-            "order_id": order.id,
-            "customer_id": order.customer_id,
-            "client_ip": ctx.client_ip,
-            "request_id": ctx.request_id,
-        })
-        .to_string(),
-    )
+    serde_json::to_string(&Line {
+        action,
+        client_ip: ctx.client_ip.as_deref(),
+        customer_id: &order.customer_id,
+        order_id: &order.id,
+        request_id: &ctx.request_id,
+        ts: now_rfc3339(),
+    })
+    .ok()
 }
 
 #[cfg(test)]
@@ -487,9 +537,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_audit_line_is_one_json_object_with_its_fields_in_order() {
+        let order = fresh_order(&NewOrder {
+            customer_id: "c\"1".into(),
+            sku: "s".into(),
+            quantity: 1,
+            amount_cents: 0,
+        });
+        let ctx = AuditCtx {
+            client_ip: None,
+            request_id: "r1".into(),
+        };
+        let line = audit_line(&Done::Created(Created::New(order.clone())), &ctx).expect("line");
+        let want = format!(
+            r#"{{"action":"order.created","client_ip":null,"customer_id":"c\"1","order_id":"{}","request_id":"r1","ts":"#,
+            order.id
+        );
+        assert!(line.starts_with(&want), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+        assert_eq!(audit_line(&Done::Rows(1), &ctx), None);
+    }
+
+    #[test]
     fn placeholders_number_rows_of_columns() {
         assert_eq!(list(3, 2), "$3, $4");
         assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(
+            pow2_chunks(13).collect::<Vec<_>>(),
+            [(0, 8), (8, 4), (12, 1)]
+        );
+        assert_eq!(pow2_chunks(0).count(), 0);
+        assert_eq!(pow2_chunks(512).collect::<Vec<_>>(), [(0, 512)]);
     }
 }

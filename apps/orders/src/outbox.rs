@@ -85,29 +85,34 @@ pub async fn enqueue_many(
     if orders.is_empty() {
         return Ok(());
     }
-    let sql = format!(
-        "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
-        crate::ops::placeholders(orders.len(), 5)
-    );
     let now = now_ms();
-    let mut q = sqlx::query(&sql);
-    for order in orders {
-        let event_id = new_event_id();
-        let payload = json!({
-            "event_id": event_id,
-            "type": kind,
-            "order_id": order.id,
-            "order": order,
-        })
-        .to_string();
-        q = q
-            .bind(event_id)
-            .bind(order.id.clone())
-            .bind(kind.to_string())
-            .bind(payload)
-            .bind(now);
+    static SQL: crate::ops::SqlCache = [const { std::sync::OnceLock::new() }; 10];
+    for (at, n) in crate::ops::pow2_chunks(orders.len()) {
+        let sql = crate::ops::sql_for(&SQL, n, |n| {
+            format!(
+                "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
+                crate::ops::placeholders(n, 5)
+            )
+        });
+        let mut q = sqlx::query(&sql);
+        for order in &orders[at..at + n] {
+            let event_id = new_event_id();
+            let payload = json!({
+                "event_id": event_id,
+                "type": kind,
+                "order_id": order.id,
+                "order": order,
+            })
+            .to_string();
+            q = q
+                .bind(event_id)
+                .bind(order.id.clone())
+                .bind(kind.to_string())
+                .bind(payload)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
     }
-    q.execute(&mut *conn).await?;
     Ok(())
 }
 
