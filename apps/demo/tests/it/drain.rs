@@ -42,7 +42,7 @@ async fn sigterm_with_50_requests_in_flight_completes_all_and_exits_0_promptly()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_flips_at_the_signal_and_new_connects_are_served_during_the_delay_then_refused() {
     let mut s = start(&["--drain-delay", "1s"]);
-    assert_eq!(admin_status(&s, "/readyz").await, 200);
+    crate::wait_ready(&s).await;
     // Keep the process alive past the delay.
     let addr = s.http;
     let long = tokio::spawn(async move { get(addr, "/work?ms=3000").await });

@@ -52,6 +52,16 @@ pub(crate) async fn wait_in_flight(s: &Spawned, n: usize) {
     );
 }
 
+/// Wait until `/readyz` answers 200: the process reports ready once it serves, a moment
+/// after its `listening` line.
+pub(crate) async fn wait_ready(s: &Spawned) {
+    let seen = poll_until(SOON, || async {
+        (admin_status(s, "/readyz").await == 200).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "server never reported ready");
+}
+
 /// Wait until `/readyz` answers 503 (the drain has started).
 pub(crate) async fn wait_draining(s: &Spawned) {
     let seen = poll_until(SOON, || async {

@@ -31,6 +31,7 @@ async fn without_a_token_the_drain_routes_do_not_exist() {
         .map(|e| e.to_string());
     assert!(s.is_some(), "an empty token is refused at start-up");
     let s = crate::start(&[]);
+    crate::wait_ready(&s).await;
     assert_eq!(post(&s, "/drain", Some("anything")).await, 404);
     assert_eq!(admin_status(&s, "/readyz").await, 200);
 }
