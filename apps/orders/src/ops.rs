@@ -222,7 +222,7 @@ pub async fn create_many(
     let mut stored: HashMap<String, (String, String)> = HashMap::new();
     if !keys.is_empty() {
         static SQL: SqlCache = [const { std::sync::OnceLock::new() }; 10];
-        let width = keys.len().next_power_of_two();
+        let width = width(conn, keys.len());
         let sql = sql_for(&SQL, width, |n| {
             format!(
                 "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
@@ -244,7 +244,7 @@ pub async fn create_many(
     let mut old: HashMap<String, Order> = HashMap::new();
     if !stored.is_empty() {
         let ids: Vec<&String> = stored.values().map(|(_, id)| id).collect();
-        let width = ids.len().next_power_of_two();
+        let width = width(conn, ids.len());
         let sql = format!(
             "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
             list(1, width)
@@ -317,7 +317,7 @@ async fn insert_rows(
 ) -> Result<(), sqlx::Error> {
     static ORDERS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
     static KEYS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
-    for (at, n) in pow2_chunks(orders.len()) {
+    for (at, n) in chunks(conn, orders.len()) {
         let sql = sql_for(&ORDERS, n, |n| {
             format!(
                 "INSERT INTO orders ({COLUMNS}) VALUES {}",
@@ -337,7 +337,7 @@ async fn insert_rows(
         }
         q.execute(&mut *conn).await?;
     }
-    for (at, n) in pow2_chunks(keys.len()) {
+    for (at, n) in chunks(conn, keys.len()) {
         let sql = sql_for(&KEYS, n, |n| {
             format!(
                 "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
@@ -378,6 +378,33 @@ pub(crate) fn sql_for(
 
 /// A cache for [`sql_for`].
 pub(crate) type SqlCache = [std::sync::OnceLock<String>; 10];
+
+/// `n` rows in the chunks one multi-row statement each: on SQLite power-of-two sizes
+/// ([`pow2_chunks`]), where parsing a statement costs more than running another (it is in
+/// the process); on PostgreSQL one chunk, where each statement is a network round trip.
+pub(crate) fn chunks(conn: &AnyConnection, n: usize) -> Vec<(usize, usize)> {
+    if is_sqlite(conn) {
+        pow2_chunks(n).collect()
+    } else if n == 0 {
+        Vec::new()
+    } else {
+        vec![(0, n)]
+    }
+}
+
+/// How many places an `IN` list of `n` values gets: on SQLite the next power of two (the
+/// last value repeated), for the same reason as [`chunks`].
+fn width(conn: &AnyConnection, n: usize) -> usize {
+    if is_sqlite(conn) {
+        n.next_power_of_two()
+    } else {
+        n
+    }
+}
+
+fn is_sqlite(conn: &AnyConnection) -> bool {
+    conn.backend_name() == "SQLite"
+}
 
 /// `n` rows as chunks of power-of-two sizes, largest first: `(start, len)`. A multi-row
 /// statement's text depends on its row count; with these sizes a connection sees at most

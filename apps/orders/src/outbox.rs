@@ -87,7 +87,7 @@ pub async fn enqueue_many(
     }
     let now = now_ms();
     static SQL: crate::ops::SqlCache = [const { std::sync::OnceLock::new() }; 10];
-    for (at, n) in crate::ops::pow2_chunks(orders.len()) {
+    for (at, n) in crate::ops::chunks(conn, orders.len()) {
         let sql = crate::ops::sql_for(&SQL, n, |n| {
             format!(
                 "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
