@@ -62,6 +62,9 @@ pub struct Args {
     /// Most requests in flight at once, or off; beyond it, 503 `overloaded` at once.
     #[arg(long, default_value = "off")]
     pub max_in_flight: cli::MaxInFlight,
+    /// Longest time a handler may take, or off; then 503 `handler_timeout`.
+    #[arg(long, default_value = "off")]
+    pub request_timeout: cli::RequestTimeout,
     /// Longest wait between two pieces of a request body (then 408).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
@@ -279,6 +282,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .header_read_timeout(args.header_read_timeout)
         .body_limit(args.body_limit)
         .max_in_flight(args.max_in_flight.limit())
+        .request_timeout(args.request_timeout.limit())
         .body_read_timeout(args.body_read_timeout)
         .body_timeout(args.body_timeout)
         .listen_backlog(args.listen_backlog)

@@ -98,6 +98,9 @@ pub struct Overrides {
     /// [default: off].
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<lameduck::cli::MaxInFlight>,
+    /// Longest time a handler may take, or off; then 503 `handler_timeout` [default: off].
+    #[arg(long, env = "LAMEDUCK_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<lameduck::cli::RequestTimeout>,
     /// Longest wait between two pieces of a request body, then 408 [default: 10s].
     #[arg(long, env = "LAMEDUCK_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
@@ -194,6 +197,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// Most requests in flight (`off`: no limit).
     pub max_in_flight: lameduck::cli::MaxInFlight,
+    /// Longest time a handler may take (`off`: no limit).
+    pub request_timeout: lameduck::cli::RequestTimeout,
     /// Longest wait between two pieces of a request body.
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
@@ -255,6 +260,7 @@ impl Overrides {
             write_batching: self.write_batching.or(lower.write_batching),
             body_limit: self.body_limit.or(lower.body_limit),
             max_in_flight: self.max_in_flight.or(lower.max_in_flight),
+            request_timeout: self.request_timeout.or(lower.request_timeout),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
             grace_budget: self.grace_budget.or(lower.grace_budget),
@@ -391,6 +397,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         write_batching: o.write_batching.unwrap_or(WriteBatching::On),
         body_limit,
         max_in_flight: o.max_in_flight.unwrap_or_default(),
+        request_timeout: o.request_timeout.unwrap_or_default(),
         body_read_timeout,
         body_timeout,
         grace_budget: o.grace_budget,
@@ -556,5 +563,12 @@ mod tests {
             .unwrap()
             .to_redacted_toml();
         assert!(text.contains("max_in_flight = \"off\""), "{text}");
+        assert!(text.contains("request_timeout = \"off\""), "{text}");
+        let file: Overrides = toml::from_str("request_timeout = \"2s\"").unwrap();
+        let s = resolve(file, None).unwrap();
+        assert_eq!(s.request_timeout.limit(), Some(Duration::from_secs(2)));
+        for bad in ["request_timeout = \"0s\"", "request_timeout = \"soon\""] {
+            assert!(toml::from_str::<Overrides>(bad).is_err(), "{bad}");
+        }
     }
 }

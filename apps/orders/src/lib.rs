@@ -126,6 +126,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .idle_grace(settings.idle_grace)
         .body_limit(settings.body_limit)
         .max_in_flight(settings.max_in_flight.limit())
+        .request_timeout(settings.request_timeout.limit())
         .body_read_timeout(settings.body_read_timeout)
         .body_timeout(settings.body_timeout)
         .listen_backlog(settings.listen_backlog)

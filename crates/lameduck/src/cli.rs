@@ -215,3 +215,55 @@ impl<'de> serde::Deserialize<'de> for MaxInFlight {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// The value of a `--request-timeout` flag: a duration (`2s`, `500ms`; more than zero) or
+/// `off`; the same strings in a TOML file. Give it to
+/// [`Builder::request_timeout`](crate::server::Builder::request_timeout) with
+/// [`RequestTimeout::limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestTimeout(Option<Duration>);
+
+impl RequestTimeout {
+    /// The timeout, `None` for off.
+    pub fn limit(self) -> Option<Duration> {
+        self.0
+    }
+}
+
+impl std::str::FromStr for RequestTimeout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        match humantime::parse_duration(s) {
+            Ok(d) if d.is_zero() => Err("must be more than 0 (or off)".into()),
+            Ok(d) => Ok(Self(Some(d))),
+            Err(e) => Err(format!("{s:?} is not a duration or off: {e}")),
+        }
+    }
+}
+
+impl Display for RequestTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", humantime::format_duration(d)),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl serde::Serialize for RequestTimeout {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RequestTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}

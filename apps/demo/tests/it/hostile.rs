@@ -365,3 +365,31 @@ async fn max_in_flight_must_be_a_positive_number_or_off() {
         assert!(err.contains("--max-in-flight"), "{bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_past_the_request_timeout_is_cut_with_503_handler_timeout() {
+    let s = start(&["--request-timeout", "300ms"]);
+    let t0 = Instant::now();
+    let cut = lameduck_testkit::get(s.http, "/work?ms=5000")
+        .await
+        .expect("answer");
+    let took = t0.elapsed();
+    assert_eq!(cut.status(), 503);
+    let body: serde_json::Value = serde_json::from_slice(cut.body()).expect("JSON error");
+    assert_eq!(body["error"]["code"], "handler_timeout", "{body}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    // A handler within the limit is untouched, and the cut one left nothing in flight.
+    let ok = lameduck_testkit::get(s.http, "/work?ms=10").await.expect("answer");
+    assert_eq!(ok.status(), 200);
+    wait_in_flight(&s, 0).await;
+    for bad in ["0s", "soon"] {
+        let out = std::process::Command::new(crate::BIN)
+            .arg(format!("--request-timeout={bad}"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+}

@@ -70,6 +70,7 @@ pub struct Builder {
     pub(super) admin_max_connections: usize,
     pub(super) body_limit: usize,
     pub(super) max_in_flight: Option<std::num::NonZeroUsize>,
+    pub(super) request_timeout: Option<Duration>,
     pub(super) body_read_timeout: Duration,
     pub(super) body_timeout: Duration,
     pub(super) access_log: AccessLog,
@@ -106,6 +107,7 @@ impl Default for Builder {
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
             max_in_flight: None,
+            request_timeout: None,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             access_log: AccessLog::Off,
@@ -214,6 +216,16 @@ impl Builder {
     /// concurrency at which latency starts to climb).
     pub fn max_in_flight(mut self, limit: Option<std::num::NonZeroUsize>) -> Self {
         self.max_in_flight = limit;
+        self
+    }
+
+    /// Longest time a handler may take, from the request's head (default: none). A handler
+    /// still running then is dropped and the request answered 503 with code
+    /// `handler_timeout`: the client learns at once instead of at its own timeout. Work that
+    /// must not be cut in half belongs in a task the handler spawns (and the drain waits
+    /// for), not in the handler's future.
+    pub fn request_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.request_timeout = limit.filter(|d| !d.is_zero());
         self
     }
 

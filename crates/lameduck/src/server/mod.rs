@@ -347,6 +347,7 @@ impl Shared {
             max_in_flight: config
                 .max_in_flight
                 .map_or(usize::MAX, std::num::NonZeroUsize::get),
+            request_timeout: config.request_timeout,
             body_timeouts: body_timeout::BodyTimeouts {
                 read: config.body_read_timeout,
                 whole: config.body_timeout,

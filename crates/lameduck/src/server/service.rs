@@ -55,6 +55,8 @@ pub(crate) struct Stack {
     pub(crate) body_limit: usize,
     /// Requests in flight beyond this are shed (`usize::MAX`: no limit).
     pub(crate) max_in_flight: usize,
+    /// Handlers running longer are cut (503 `handler_timeout`).
+    pub(crate) request_timeout: Option<std::time::Duration>,
     pub(crate) body_timeouts: BodyTimeouts,
     /// Where access-log lines go.
     pub(crate) access_log: AccessLog,
@@ -187,6 +189,12 @@ where
             let svc = self.inner.clone();
             (catching(|| svc.oneshot(req)), Early::Panicked)
         };
+        // Boxed, so that a request without a timeout does not carry a timer's size.
+        let timer = self
+            .stack
+            .request_timeout
+            .filter(|_| inner.is_some())
+            .map(|d| Box::pin(tokio::time::sleep_until((started + d).into())));
         let access = self.stack.access_log.is_on().then(|| Access {
             method: req_method,
             status: 0,
@@ -207,6 +215,7 @@ where
                 access,
             }),
             ctx,
+            timer,
             version,
             started,
             stack: self.stack.clone(),
@@ -239,6 +248,8 @@ pin_project! {
         early: Early,
         guards: Option<Guards>,
         ctx: RequestContext,
+        // The request timeout, when one is set.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
         version: Version,
         started: Instant,
         stack: Arc<Stack>,
@@ -271,7 +282,18 @@ where
                 let _span = this.span.enter();
                 fut.poll(cx)
             }) {
-                Some(Poll::Pending) => return Poll::Pending,
+                Some(Poll::Pending) => {
+                    let expired = this
+                        .timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                    if !expired {
+                        return Poll::Pending;
+                    }
+                    // Dropped here: the handler's work ends with its future.
+                    this.inner.set(None);
+                    handler_timeout()
+                }
                 Some(Poll::Ready(Ok(res))) => res.map(Either::Left),
                 Some(Poll::Ready(Err(never))) => match never {},
                 None => {
@@ -331,4 +353,14 @@ fn overloaded<B>(metrics: &Metrics) -> Response<Either<B, Full<Bytes>>> {
         http::HeaderValue::from_static("1"),
     );
     res
+}
+
+/// The answer to a request whose handler ran past the request timeout: 503
+/// `handler_timeout`.
+fn handler_timeout<B>() -> Response<Either<B, Full<Bytes>>> {
+    crate::error_response::error_response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "handler_timeout",
+        "the request took too long to handle",
+    )
 }
