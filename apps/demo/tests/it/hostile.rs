@@ -382,7 +382,9 @@ async fn a_handler_past_the_request_timeout_is_cut_with_503_handler_timeout() {
         "answered after {took:?}"
     );
     // A handler within the limit is untouched, and the cut one left nothing in flight.
-    let ok = lameduck_testkit::get(s.http, "/work?ms=10").await.expect("answer");
+    let ok = lameduck_testkit::get(s.http, "/work?ms=10")
+        .await
+        .expect("answer");
     assert_eq!(ok.status(), 200);
     wait_in_flight(&s, 0).await;
     for bad in ["0s", "soon"] {
