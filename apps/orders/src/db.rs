@@ -240,9 +240,7 @@ impl Db {
     /// # Errors
     /// The checkpoint failed.
     pub async fn close(&self) -> Result<(), sqlx::Error> {
-        if let Some(w) = &self.writer {
-            w.stop().await;
-        }
+        self.finish_writes().await;
         if self.sqlite {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&self.pool)
