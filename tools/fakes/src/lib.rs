@@ -2,10 +2,14 @@
 //! lameduck itself (so they drain on SIGTERM like everything else here):
 //!
 //! - `webhook --listen ADDR [--fail-rate F] [--latency-ms N] [--seed S]`: accepts POSTs on
-//!   any path and records each delivery it accepts (see [`webhook`]).
+//!   any path and records each delivery it accepts (see [`webhook`]);
+//! - `payments --listen ADDR [--fail-rate F] [--lost-reply-rate F] [--latency-ms N]
+//!   [--jitter-ms N] [--seed S]`: a payment gateway that charges once per idempotency key
+//!   and fails, loses replies and slows down on demand (see [`payments`]).
 //!
 //! On port 0 the bound address is printed as `listening http=ADDR` once serving.
 
+pub mod payments;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -34,6 +38,9 @@ pub struct Args {
 pub enum Fake {
     /// A webhook receiver: records every delivery it accepts; `GET /events` lists them.
     Webhook(webhook::Options),
+    /// A payment gateway: `POST /charges` once per idempotency key, `GET /charges`,
+    /// `PUT /control` to change its faults while it runs.
+    Payments(payments::Options),
 }
 
 /// Parse flags, run the fake until SIGTERM, exit with the table's code.
@@ -56,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         .context("failed to install signal handlers")?;
     let (listen, router) = match args.fake {
         Fake::Webhook(o) => (o.listen, webhook::router(webhook::Receiver::new(&o)?)),
+        Fake::Payments(o) => (o.listen, payments::router(payments::Gateway::new(&o)?)),
     };
     let server = Server::builder()
         .shutdown_timeout(std::time::Duration::from_secs(5))
@@ -70,4 +78,43 @@ fn announce(requested: SocketAddr, bound: SocketAddr) {
         println!("listening http={bound}");
     }
     tracing::info!(%bound, "ready");
+}
+
+/// Repeatable fault choices: the n-th call's k-th roll is SplitMix64 of the seed, n and k.
+#[derive(Debug)]
+pub(crate) struct Dice {
+    seed: u64,
+}
+
+impl Dice {
+    /// Dice from `seed`, or from the clock.
+    pub(crate) fn new(seed: Option<u64>) -> Self {
+        let seed = seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Self { seed }
+    }
+
+    /// The seed (logged, so that a run can be repeated).
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The n-th call's k-th roll, uniform in 0..=u64::MAX.
+    pub(crate) fn roll(&self, n: u64, k: u64) -> u64 {
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_add(k.wrapping_mul(0xd1b5_4a32_d192_ed03));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The n-th call's k-th roll, uniform in 0..1.
+    pub(crate) fn unit(&self, n: u64, k: u64) -> f64 {
+        (self.roll(n, k) >> 11) as f64 / (1u64 << 53) as f64
+    }
 }

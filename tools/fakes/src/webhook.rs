@@ -67,7 +67,7 @@ struct Delivery {
 pub struct Receiver {
     fail_below: u64,
     latency: Duration,
-    seed: u64,
+    dice: crate::Dice,
     count: AtomicU64,
     received: Mutex<Vec<Received>>,
 }
@@ -82,11 +82,8 @@ impl Receiver {
         if !(0.0..=1.0).contains(&f) {
             anyhow::bail!("--fail-rate must be between 0 and 1, got {f}");
         }
-        let seed = options.seed.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+        let dice = crate::Dice::new(options.seed);
+        let seed = dice.seed();
         tracing::info!(
             fail_rate = f,
             latency_ms = options.latency_ms,
@@ -101,23 +98,15 @@ impl Receiver {
                 (f * u64::MAX as f64) as u64
             },
             latency: Duration::from_millis(options.latency_ms),
-            seed,
+            dice,
             count: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
         }))
     }
 
-    /// Whether the n-th delivery fails: SplitMix64 of the seed and n, below the threshold.
+    /// Whether the n-th delivery fails: its roll is below the threshold.
     fn fails(&self, n: u64) -> bool {
-        if self.fail_below == u64::MAX {
-            return true;
-        }
-        let mut z = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) < self.fail_below
+        self.fail_below == u64::MAX || self.dice.roll(n, 0) < self.fail_below
     }
 
     /// The deliveries accepted so far.
