@@ -21,6 +21,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::db::{is_unavailable, Db};
 use crate::model::{valid_idempotency_key, NewOrder, Order};
 use crate::ops::{AuditCtx, Cancelled, Created, Done, Op};
+use crate::payments::{PayError, Payments};
 use crate::writer::WriteError;
 
 /// Default and largest page size of `GET /orders`.
@@ -37,6 +38,8 @@ pub struct App {
     pub audit: AuditLog,
     /// Writes in progress; the shutdown waits for them.
     pub work: TaskTracker,
+    /// The payment gateway's client (`--payment-url`), if payments are on.
+    pub payments: Option<Payments>,
 }
 
 /// The routes.
@@ -45,6 +48,7 @@ pub fn router(app: App) -> Router {
         .route("/orders", post(create).get(list))
         .route("/orders/{id}", get(fetch))
         .route("/orders/{id}/cancel", post(cancel))
+        .route("/orders/{id}/pay", post(pay))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -84,13 +88,53 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(1);
+        self.with_retry_after(retry_after)
+    }
+}
+
+impl ApiError {
+    /// The answer, with `Retry-After: secs` when given.
+    fn with_retry_after(self, secs: Option<u64>) -> Response {
         let body = Json(json!({ "error": { "code": self.code, "message": self.message } }));
         let mut res = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(v) = secs.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
         }
         res
+    }
+}
+
+impl IntoResponse for PayError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self {
+            PayError::Off => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message).into_response()
+            }
+            PayError::NotFound(id) => ApiError::not_found(&id).into_response(),
+            e @ PayError::Conflict(_) => {
+                let code = if e.in_progress() {
+                    "payment_in_progress"
+                } else {
+                    "conflict"
+                };
+                ApiError::new(StatusCode::CONFLICT, code, message).into_response()
+            }
+            PayError::Failed(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "payment_failed", message).into_response()
+            }
+            PayError::Unavailable { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "dependency_unavailable",
+                    message,
+                )
+                .with_retry_after(Some(secs))
+            }
+            PayError::Write(e) => ApiError::from(e).into_response(),
+        }
     }
 }
 
@@ -158,6 +202,7 @@ fn audit_ctx(ctx: &RequestContext) -> AuditCtx {
     AuditCtx {
         client_ip: ctx.peer().map(|p| p.ip().to_string()),
         request_id: ctx.request_id().as_str().to_string(),
+        trace_id: Some(ctx.trace().trace_id_str().to_owned()),
     }
 }
 
@@ -310,5 +355,29 @@ async fn cancel(
                 order.id, order.status
             ),
         )),
+    }
+}
+
+/// `POST /orders/{id}/pay`: charge the order through the gateway, once (see
+/// [`payments`](crate::payments)). Runs in a task the shutdown waits for, with the request's
+/// context (its drain deadline bounds the gateway calls).
+async fn pay(
+    State(app): State<App>,
+    ctx: RequestContext,
+    Path(id): Path<String>,
+) -> Result<Json<Order>, PayError> {
+    let Some(payments) = app.payments.clone() else {
+        return Err(PayError::Off);
+    };
+    let audit = audit_ctx(&ctx);
+    let job = app
+        .work
+        .clone()
+        .spawn(ctx.scope(async move { payments.pay(&id, audit).await }));
+    match job.await {
+        Ok(paid) => paid.map(Json),
+        Err(_) => Err(PayError::Write(crate::writer::WriteError::Unavailable(
+            "internal error".into(),
+        ))),
     }
 }

@@ -152,6 +152,40 @@ pub struct Overrides {
     /// times [default: 5].
     #[arg(long, env = "LAMEDUCK_WEBHOOK_SET_ASIDE_AFTER")]
     pub webhook_set_aside_after: Option<u32>,
+    /// Charge orders (POST /orders/{id}/pay) through the payment gateway at this http://
+    /// URL (payments are off when absent).
+    #[arg(long, env = "LAMEDUCK_PAYMENT_URL")]
+    pub payment_url: Option<String>,
+    /// Tries per payment gateway call, the first included, 1 to 10 [default: 3].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_ATTEMPTS")]
+    pub payment_attempts: Option<u32>,
+    /// The per-try timeout's lower clamp (it follows the gateway's P99 x 1.5)
+    /// [default: 10ms].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_TIMEOUT_MIN", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_timeout_min: Option<Duration>,
+    /// The per-try timeout's upper clamp, and its value until 50 calls were seen
+    /// [default: 2s].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_TIMEOUT_MAX", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_timeout_max: Option<Duration>,
+    /// How far back the gateway's latencies count for the per-try timeout [default: 30s].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_TIMEOUT_WINDOW", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_timeout_window: Option<Duration>,
+    /// How long the payment circuit stays open before trial calls [default: 5s].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_BREAKER_OPEN_FOR", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_breaker_open_for: Option<Duration>,
+    /// How long a paying order belongs to the attempt that set it; then it is settled.
+    /// Must exceed the longest call (attempts x timeout max + back-offs) [default: 30s].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_LEASE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_lease: Option<Duration>,
+    /// How often orders left paying past their lease are looked for [default: 1s].
+    #[arg(long, env = "LAMEDUCK_PAYMENT_SETTLE_EVERY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub payment_settle_every: Option<Duration>,
     /// Record here that this process serves and, at exit, how it ended; the next process
     /// exports it as lameduck_previous_shutdown{outcome} [default: DATA_DIR/shutdown-state].
     #[arg(long, env = "LAMEDUCK_STATE_FILE")]
@@ -235,6 +269,29 @@ pub struct Settings {
     pub webhook_backoff_max: Duration,
     /// Refusals after which an event is set aside.
     pub webhook_set_aside_after: u32,
+    /// The payment gateway, when payments are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_url: Option<String>,
+    /// Tries per gateway call.
+    pub payment_attempts: u32,
+    /// The per-try timeout's lower clamp.
+    #[serde(with = "duration")]
+    pub payment_timeout_min: Duration,
+    /// The per-try timeout's upper clamp.
+    #[serde(with = "duration")]
+    pub payment_timeout_max: Duration,
+    /// The latency window of the per-try timeout.
+    #[serde(with = "duration")]
+    pub payment_timeout_window: Duration,
+    /// How long the circuit stays open.
+    #[serde(with = "duration")]
+    pub payment_breaker_open_for: Duration,
+    /// A paying order's lease.
+    #[serde(with = "duration")]
+    pub payment_lease: Duration,
+    /// How often the settle task looks.
+    #[serde(with = "duration")]
+    pub payment_settle_every: Duration,
     /// The shutdown state file.
     pub state_file: PathBuf,
     /// The listen backlog.
@@ -271,6 +328,16 @@ impl Overrides {
             webhook_set_aside_after: self
                 .webhook_set_aside_after
                 .or(lower.webhook_set_aside_after),
+            payment_url: self.payment_url.or(lower.payment_url),
+            payment_attempts: self.payment_attempts.or(lower.payment_attempts),
+            payment_timeout_min: self.payment_timeout_min.or(lower.payment_timeout_min),
+            payment_timeout_max: self.payment_timeout_max.or(lower.payment_timeout_max),
+            payment_timeout_window: self.payment_timeout_window.or(lower.payment_timeout_window),
+            payment_breaker_open_for: self
+                .payment_breaker_open_for
+                .or(lower.payment_breaker_open_for),
+            payment_lease: self.payment_lease.or(lower.payment_lease),
+            payment_settle_every: self.payment_settle_every.or(lower.payment_settle_every),
             admin_token_file: self.admin_token_file.or(lower.admin_token_file),
             proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
@@ -299,6 +366,7 @@ pub fn read_file(path: &Path) -> anyhow::Result<Overrides> {
 /// Out-of-range values, naming the setting.
 pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settings> {
     let o = cli.or(file.unwrap_or_default());
+    let payments = payment_settings(&o)?;
     let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
     let database_url = o
         .database_url
@@ -387,6 +455,14 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         webhook_url: o.webhook_url,
         webhook_backoff_max,
         webhook_set_aside_after,
+        payment_url: o.payment_url.clone(),
+        payment_attempts: payments.attempts,
+        payment_timeout_min: payments.timeout_min,
+        payment_timeout_max: payments.timeout_max,
+        payment_timeout_window: payments.timeout_window,
+        payment_breaker_open_for: payments.breaker_open_for,
+        payment_lease: payments.lease,
+        payment_settle_every: payments.settle_every,
         state_file: o
             .state_file
             .unwrap_or_else(|| data_dir.join("shutdown-state")),
@@ -570,5 +646,81 @@ mod tests {
         for bad in ["request_timeout = \"0s\"", "request_timeout = \"soon\""] {
             assert!(toml::from_str::<Overrides>(bad).is_err(), "{bad}");
         }
+    }
+}
+
+/// The payment settings of `o`, checked (the URL, if any, is checked too but not kept:
+/// [`Settings::payments`] parses it again).
+fn payment_settings(o: &Overrides) -> anyhow::Result<crate::payments::Settings> {
+    let url: http::Uri = match &o.payment_url {
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("payment_url {url:?} is not a URL"))?;
+            if uri.scheme_str() != Some("http") || uri.host().is_none() || uri.query().is_some() {
+                bail!("payment_url must be an http:// URL with a host and no query, got {url:?}");
+            }
+            uri
+        }
+        None => http::Uri::from_static("http://127.0.0.1/"),
+    };
+    let s = crate::payments::Settings {
+        url,
+        attempts: o.payment_attempts.unwrap_or(3),
+        timeout_min: o.payment_timeout_min.unwrap_or(Duration::from_millis(10)),
+        timeout_max: o.payment_timeout_max.unwrap_or(Duration::from_secs(2)),
+        timeout_window: o.payment_timeout_window.unwrap_or(Duration::from_secs(30)),
+        breaker_open_for: o.payment_breaker_open_for.unwrap_or(Duration::from_secs(5)),
+        lease: o.payment_lease.unwrap_or(Duration::from_secs(30)),
+        settle_every: o.payment_settle_every.unwrap_or(Duration::from_secs(1)),
+    };
+    if !(1..=10).contains(&s.attempts) {
+        bail!("payment_attempts must be from 1 to 10, got {}", s.attempts);
+    }
+    if s.timeout_min < Duration::from_millis(1) {
+        bail!("payment_timeout_min must be at least 1ms");
+    }
+    if s.timeout_max < s.timeout_min {
+        bail!(
+            "payment_timeout_max ({:?}) must be at least payment_timeout_min ({:?})",
+            s.timeout_max,
+            s.timeout_min
+        );
+    }
+    if s.timeout_window < Duration::from_millis(100) {
+        bail!("payment_timeout_window must be at least 100ms");
+    }
+    if s.breaker_open_for < Duration::from_millis(10) {
+        bail!("payment_breaker_open_for must be at least 10ms");
+    }
+    if s.settle_every < Duration::from_millis(10) {
+        bail!("payment_settle_every must be at least 10ms");
+    }
+    // The lease must outlast the charge and the look-up that follows it, or a settler could
+    // find "no charge" while a try is still on its way to the gateway.
+    let longest = s.call_budget() * 2;
+    if s.lease <= longest {
+        bail!(
+            "payment_lease ({:?}) must exceed {longest:?}: twice payment_attempts x payment_timeout_max plus back-offs",
+            s.lease
+        );
+    }
+    Ok(s)
+}
+
+impl Settings {
+    /// The payment settings, when payments are on.
+    pub fn payments(&self) -> Option<crate::payments::Settings> {
+        let url = self.payment_url.as_deref()?.parse().ok()?;
+        Some(crate::payments::Settings {
+            url,
+            attempts: self.payment_attempts,
+            timeout_min: self.payment_timeout_min,
+            timeout_max: self.payment_timeout_max,
+            timeout_window: self.payment_timeout_window,
+            breaker_open_for: self.payment_breaker_open_for,
+            lease: self.payment_lease,
+            settle_every: self.payment_settle_every,
+        })
     }
 }

@@ -207,6 +207,23 @@ impl Db {
         rows.iter().map(order_of).collect()
     }
 
+    /// Up to `limit` `paying` orders whose payment lease ended before `now_ms`, oldest lease
+    /// first (the settle task's work).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn stale_paying(&self, now_ms: i64, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id FROM orders WHERE status = $1 AND pay_until_ms < $2 ORDER BY pay_until_ms LIMIT $3",
+        )
+        .bind(crate::model::PAYING)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("id")).collect()
+    }
+
     /// Count orders (for tests and drills).
     ///
     /// # Errors

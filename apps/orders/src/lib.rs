@@ -14,6 +14,7 @@ pub mod db;
 pub mod model;
 pub mod ops;
 pub mod outbox;
+pub mod payments;
 pub mod relay;
 pub mod writer;
 
@@ -88,10 +89,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         settings.write_batching == config::WriteBatching::On,
     )
     .await?;
+    let payments = settings
+        .payments()
+        .map(|p| payments::Payments::new(p, db.clone()));
     let app = api::App {
         db: db.clone(),
         audit: audit.clone(),
         work: TaskTracker::new(),
+        payments: payments.clone(),
     };
     let mut builder = Server::builder();
     if let Some(budget) = settings.grace_budget {
@@ -110,6 +115,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     }
     builder = builder.state_file(&settings.state_file);
     builder = with_outbox(builder, &settings, &db)?;
+    if let Some(p) = payments {
+        tracing::info!(url = ?settings.payment_url, "payments on");
+        builder = builder.circuit(p.breaker());
+        for m in p.metrics() {
+            builder = builder.metric(m);
+        }
+        builder = builder.task(lameduck::tasks::Task::new("payment-settle", move |ctx| {
+            p.clone().settle(ctx)
+        }));
+    }
     if let Some(w) = db.writer() {
         for m in writer::metrics(&w.stats()) {
             builder = builder.metric(m);

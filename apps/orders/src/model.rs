@@ -95,16 +95,25 @@ pub struct Order {
     pub quantity: i64,
     /// Price in cents.
     pub amount_cents: i64,
-    /// `created` or `cancelled`.
+    /// `created`, `paying`, `paid`, `payment_failed` or `cancelled`.
     pub status: String,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// The payment gateway's charge, once `paid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub charge_id: Option<String>,
 }
 
 /// Status of a new order.
 pub const CREATED: &str = "created";
-/// Status of a cancelled order.
+/// Status of a cancelled order (only a `created` one can be cancelled).
 pub const CANCELLED: &str = "cancelled";
+/// Status of an order whose payment is in progress.
+pub const PAYING: &str = "paying";
+/// Status of a paid order.
+pub const PAID: &str = "paid";
+/// Status of an order whose payment failed (it may be paid again).
+pub const PAYMENT_FAILED: &str = "payment_failed";
 
 /// A new order id: milliseconds since the epoch, the pid and a counter, so ids sort by
 /// creation time and never collide between processes.

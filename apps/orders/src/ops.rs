@@ -9,11 +9,16 @@ use std::fmt::Write as _;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row as _};
 
-use crate::model::{new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED};
+use crate::model::{
+    new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED, PAID, PAYING, PAYMENT_FAILED,
+};
 use crate::outbox::{self, now_ms, LEASE_TTL, ORDER_CANCELLED, ORDER_CREATED};
 
+/// The order columns a new order is inserted with.
+pub const NEW_COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, created_at";
 /// The order columns, in [`order_of`]'s order.
-pub const COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, created_at";
+pub const COLUMNS: &str =
+    "id, customer_id, sku, quantity, amount_cents, status, created_at, charge_id";
 
 /// A write.
 #[derive(Debug, Clone)]
@@ -54,6 +59,39 @@ pub enum Op {
         /// Who gives it up.
         holder: String,
     },
+    /// Start paying an order: a `created` or `payment_failed` one (unless `stale_only`),
+    /// or a `paying` one whose lease has passed, becomes `paying` under a new lease that
+    /// ends at `until_ms`.
+    PayBegin {
+        /// The order's id.
+        id: String,
+        /// The new lease's end, in milliseconds since the epoch; also the attempt's token.
+        until_ms: i64,
+        /// Claim only a `paying` order whose lease has passed (the settle task).
+        stale_only: bool,
+    },
+    /// Record how a payment ended, if the order is still `paying` under the lease `until_ms`
+    /// (a stale attempt whose order another process settled changes nothing).
+    PayEnd {
+        /// The order's id.
+        id: String,
+        /// The lease the attempt holds.
+        until_ms: i64,
+        /// The gateway's charge (`paid`), or `None` (`payment_failed`).
+        charge_id: Option<String>,
+    },
+}
+
+/// The outcome of [`Op::PayBegin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayStart {
+    /// Now `paying` under the requested lease.
+    Started(Order),
+    /// Not claimed: the order as it is (already paid, cancelled, or being paid under a
+    /// lease that has not passed).
+    Refused(Order),
+    /// No such order.
+    NotFound,
 }
 
 /// The outcome of a create.
@@ -85,6 +123,15 @@ pub enum Done {
     Created(Created),
     /// A cancel.
     Cancelled(Cancelled),
+    /// A payment's start.
+    PayStarted(PayStart),
+    /// A payment's end: the order now, and whether this attempt's outcome was recorded.
+    PayEnded {
+        /// The order as it is now (`None`: it no longer exists).
+        order: Option<Order>,
+        /// `false`: the order was no longer `paying` under this attempt's lease.
+        recorded: bool,
+    },
     /// Another write: the rows it changed.
     Rows(u64),
 }
@@ -96,6 +143,15 @@ impl Done {
             Done::Created(Created::New(o)) => Some(("order.created", o)),
             Done::Created(Created::Replayed(o)) => Some(("order.replayed", o)),
             Done::Cancelled(Cancelled::Done(o)) => Some(("order.cancelled", o)),
+            Done::PayStarted(PayStart::Started(o)) => Some(("order.paying", o)),
+            Done::PayEnded {
+                order: Some(o),
+                recorded: true,
+            } if o.status == PAID => Some(("order.paid", o)),
+            Done::PayEnded {
+                order: Some(o),
+                recorded: true,
+            } => Some(("order.payment_failed", o)),
             _ => None,
         }
     }
@@ -164,6 +220,67 @@ pub async fn apply(conn: &mut AnyConnection, op: &Op, events: bool) -> Result<Do
                 .await?
                 .rows_affected(),
         ),
+        Op::PayBegin {
+            id,
+            until_ms,
+            stale_only,
+        } => Done::PayStarted(pay_begin(conn, id, *until_ms, *stale_only).await?),
+        Op::PayEnd {
+            id,
+            until_ms,
+            charge_id,
+        } => {
+            let status = if charge_id.is_some() {
+                PAID
+            } else {
+                PAYMENT_FAILED
+            };
+            let recorded = sqlx::query(
+                "UPDATE orders SET status = $1, charge_id = $2, pay_until_ms = NULL WHERE id = $3 AND status = $4 AND pay_until_ms = $5",
+            )
+            .bind(status)
+            .bind(charge_id.as_deref())
+            .bind(id)
+            .bind(PAYING)
+            .bind(*until_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+                == 1;
+            Done::PayEnded {
+                order: get(conn, id).await?,
+                recorded,
+            }
+        }
+    })
+}
+
+/// [`Op::PayBegin`]: the write first (see [`cancel`]), then the order as it is.
+async fn pay_begin(
+    conn: &mut AnyConnection,
+    id: &str,
+    until_ms: i64,
+    stale_only: bool,
+) -> Result<PayStart, sqlx::Error> {
+    let now = now_ms();
+    let sql = if stale_only {
+        "UPDATE orders SET pay_until_ms = $1 WHERE id = $2 AND status = $3 AND pay_until_ms < $4"
+    } else {
+        "UPDATE orders SET status = $3, pay_until_ms = $1 WHERE id = $2 AND (status IN ($5, $6) OR (status = $3 AND pay_until_ms < $4))"
+    };
+    let mut q = sqlx::query(sql)
+        .bind(until_ms)
+        .bind(id)
+        .bind(PAYING)
+        .bind(now);
+    if !stale_only {
+        q = q.bind(CREATED).bind(PAYMENT_FAILED);
+    }
+    let claimed = q.execute(&mut *conn).await?.rows_affected() == 1;
+    Ok(match get(conn, id).await? {
+        None => PayStart::NotFound,
+        Some(o) if claimed => PayStart::Started(o),
+        Some(o) => PayStart::Refused(o),
     })
 }
 
@@ -304,6 +421,7 @@ fn fresh_order(new: &NewOrder) -> Order {
         amount_cents: new.amount_cents,
         status: CREATED.into(),
         created_at: now_rfc3339(),
+        charge_id: None,
     }
 }
 
@@ -320,7 +438,7 @@ async fn insert_rows(
     for (at, n) in chunks(conn, orders.len()) {
         let sql = sql_for(&ORDERS, n, |n| {
             format!(
-                "INSERT INTO orders ({COLUMNS}) VALUES {}",
+                "INSERT INTO orders ({NEW_COLUMNS}) VALUES {}",
                 placeholders(n, 7)
             )
         });
@@ -523,6 +641,7 @@ pub fn order_of(r: &AnyRow) -> Result<Order, sqlx::Error> {
         amount_cents: r.try_get("amount_cents")?,
         status: r.try_get("status")?,
         created_at: r.try_get("created_at")?,
+        charge_id: r.try_get("charge_id")?,
     })
 }
 
@@ -533,6 +652,8 @@ pub struct AuditCtx {
     pub client_ip: Option<String>,
     /// The request id.
     pub request_id: String,
+    /// The request's trace id (W3C, 32 hex digits), when it came from a request.
+    pub trace_id: Option<String>,
 }
 
 /// The audit line of `done`, if it changed an order.
@@ -545,6 +666,8 @@ pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
         customer_id: &'a str,
         order_id: &'a str,
         request_id: &'a str,
+        status: &'a str,
+        trace_id: Option<&'a str>,
         ts: String,
     }
     let (action, order) = done.audited()?;
@@ -554,6 +677,8 @@ pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
         customer_id: &order.customer_id,
         order_id: &order.id,
         request_id: &ctx.request_id,
+        status: &order.status,
+        trace_id: ctx.trace_id.as_deref(),
         ts: now_rfc3339(),
     })
     .ok()
@@ -574,10 +699,11 @@ mod tests {
         let ctx = AuditCtx {
             client_ip: None,
             request_id: "r1".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         };
         let line = audit_line(&Done::Created(Created::New(order.clone())), &ctx).expect("line");
         let want = format!(
-            r#"{{"action":"order.created","client_ip":null,"customer_id":"c\"1","order_id":"{}","request_id":"r1","ts":"#,
+            r#"{{"action":"order.created","client_ip":null,"customer_id":"c\"1","order_id":"{}","request_id":"r1","status":"created","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","ts":"#,
             order.id
         );
         assert!(line.starts_with(&want), "{line}");

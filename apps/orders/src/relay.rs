@@ -324,7 +324,7 @@ impl Relay {
         .await;
         match sent {
             Err(_) => Attempt::Retry(format!("no answer within {DELIVERY_TIMEOUT:?}")),
-            Ok(Err(e)) => Attempt::Retry(format!("{e}: {}", source_chain(&e))),
+            Ok(Err(e)) => Attempt::Retry(describe(&e)),
             Ok(Ok(s)) if s.is_success() => Attempt::Delivered,
             Ok(Ok(s)) if s.is_client_error() && s != 408 && s != 429 => {
                 Attempt::Refused(format!("status {}", s.as_u16()))
@@ -366,6 +366,11 @@ fn random() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// An error and its sources, `: `-separated (a client error's own text says little).
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
+    format!("{e}: {}", source_chain(e))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

@@ -325,6 +325,34 @@ impl RequestContext {
         CURRENT.with(|c| c.borrow().as_ref().map(|c| c.ctx.clone()))
     }
 
+    /// `fut`, run with this as the [`current`](Self::current) context while it is polled:
+    /// for work a handler hands to another task (`tokio::spawn(ctx.scope(work))`) that
+    /// should still see the request's deadline and ids, such as outbound calls through
+    /// [`outbound`](crate::outbound)'s layers.
+    ///
+    /// ```
+    /// use lameduck::context::{RequestContext, RequestId};
+    /// use lameduck::trace_context::TraceContext;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let lifecycle = lameduck::lifecycle::Lifecycle::new();
+    /// let ctx = RequestContext::new(RequestId::generate(), TraceContext::new_root(), None, lifecycle.shutdown());
+    /// let id = ctx.request_id().clone();
+    /// let seen = ctx.scope(async { RequestContext::current().map(|c| c.request_id().clone()) }).await;
+    /// assert_eq!(seen, Some(id));
+    /// assert!(RequestContext::current().is_none());
+    /// # });
+    /// ```
+    pub fn scope<F: std::future::Future>(&self, fut: F) -> InContext<F> {
+        let in_logs = CURRENT
+            .try_with(|c| c.borrow().as_ref().is_some_and(|c| c.in_logs))
+            .unwrap_or(false);
+        InContext {
+            ctx: self.clone(),
+            in_logs,
+            fut,
+        }
+    }
+
     /// `f` of the [`current`](Self::current) context, without cloning it.
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
@@ -365,6 +393,31 @@ impl RequestContext {
     #[cfg(feature = "axum")]
     pub(crate) fn set_matched_path(&self, path: axum::extract::MatchedPath) -> bool {
         self.0.route.set(Route::Axum(path)).is_ok()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future run with a [`RequestContext`] as the current one: see
+    /// [`RequestContext::scope`].
+    #[derive(Debug)]
+    pub struct InContext<F> {
+        ctx: RequestContext,
+        in_logs: bool,
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InContext<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _current = this.ctx.enter(*this.in_logs);
+        this.fut.poll(cx)
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Gateway {
     control: Mutex<Control>,
     dice: Dice,
     calls: AtomicU64,
+    /// `POST /charges` and `GET /charges/{key}` requests received.
+    requests: AtomicU64,
     ledger: Mutex<Ledger>,
 }
 
@@ -169,6 +171,7 @@ impl Gateway {
             control: Mutex::new(control),
             dice,
             calls: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             ledger: Mutex::new(Ledger::default()),
         }))
     }
@@ -176,6 +179,12 @@ impl Gateway {
     /// Every charge made so far, oldest first.
     pub fn charges(&self) -> Vec<Charge> {
         lock(&self.ledger).charges.clone()
+    }
+
+    /// `POST /charges` and `GET /charges/{key}` requests received so far (what a client's
+    /// circuit breaker should hold back while open).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// The faults now.
@@ -227,6 +236,7 @@ async fn list(State(g): State<Arc<Gateway>>) -> Json<Vec<Charge>> {
 }
 
 async fn one(State(g): State<Arc<Gateway>>, Path(key): Path<String>) -> Response {
+    g.requests.fetch_add(1, Ordering::Relaxed);
     let l = lock(&g.ledger);
     match l.by_key.get(&key) {
         Some(&i) => Json(l.charges[i].clone()).into_response(),
@@ -265,6 +275,7 @@ async fn set_control(State(g): State<Arc<Gateway>>, body: bytes::Bytes) -> Respo
 }
 
 async fn charge(State(g): State<Arc<Gateway>>, headers: HeaderMap, body: bytes::Bytes) -> Response {
+    g.requests.fetch_add(1, Ordering::Relaxed);
     let Some(key) = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

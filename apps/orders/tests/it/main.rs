@@ -7,6 +7,7 @@ mod config;
 mod durability;
 mod faults;
 mod outbox;
+mod payments;
 mod registry;
 mod upgrade;
 mod writer;

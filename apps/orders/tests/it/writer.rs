@@ -81,6 +81,7 @@ fn ctx(n: usize) -> Option<AuditCtx> {
     Some(AuditCtx {
         client_ip: Some("127.0.0.1".into()),
         request_id: format!("req-{n}"),
+        trace_id: None,
     })
 }
 

@@ -90,6 +90,7 @@ pub struct Builder {
     pub(super) hooks: Hooks,
     pub(super) tasks: Vec<crate::tasks::Task>,
     pub(super) app_metrics: Vec<crate::metrics::AppMetric>,
+    pub(super) circuits: Vec<crate::outbound::Breaker>,
     pub(super) checks: Vec<ReadinessCheck>,
 }
 
@@ -127,6 +128,7 @@ impl Default for Builder {
             hooks: Hooks::new(),
             tasks: Vec::new(),
             app_metrics: Vec::new(),
+            circuits: Vec::new(),
             checks: Vec::new(),
         }
     }
@@ -392,6 +394,13 @@ impl Builder {
     /// `lameduck_` namespace.
     pub fn metric(mut self, metric: crate::metrics::AppMetric) -> Self {
         self.app_metrics.push(metric);
+        self
+    }
+
+    /// Export `breaker`'s state on `/metrics` (`lameduck_circuit_state{circuit}`: 0 closed,
+    /// 1 open, 2 half-open; `lameduck_circuit_rejected_total{circuit}`).
+    pub fn circuit(mut self, breaker: crate::outbound::Breaker) -> Self {
+        self.circuits.push(breaker);
         self
     }
 

@@ -336,6 +336,9 @@ impl Shared {
         for m in &config.app_metrics {
             metrics = metrics.with_app_metric(m.clone());
         }
+        for b in &config.circuits {
+            metrics = metrics.with_circuit(b.clone());
+        }
         let stack = Stack {
             drain: DrainAdmissionLayer::new(shutdown.clone())
                 .policy(config.drain_policy)

@@ -1,0 +1,482 @@
+//! Payments end to end: real `lameduck-orders` processes against the real
+//! `lameduck-fakes` payment gateway (served in this test process on loopback, so that the
+//! test reads its ledger and request count), real signals. No order is charged twice,
+//! every `paid` order has exactly one charge, no order stays `paying`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use lameduck_fakes::payments::{self, Gateway};
+use lameduck_testkit::{connect_h1, get, poll_until, post_json, Spawned};
+use nix::sys::signal::Signal;
+
+use crate::{all_orders, json, order_json, wait_ready, Store, SOON};
+
+/// The gateway, served in this process.
+struct Gw {
+    http: SocketAddr,
+    gateway: Arc<Gateway>,
+}
+
+async fn gateway(fail_rate: f64, lost_reply_rate: f64, latency_ms: u64) -> Gw {
+    let options = payments::Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        fail_rate,
+        lost_reply_rate,
+        latency_ms,
+        jitter_ms: 0,
+        seed: Some(11),
+    };
+    let gateway = Gateway::new(&options).expect("gateway");
+    let app = payments::router(gateway.clone());
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .expect("bind");
+    let http = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Gw { http, gateway }
+}
+
+impl Gw {
+    async fn control(&self, change: &str) {
+        let mut c = connect_h1(self.http).await.expect("connect");
+        let res = c
+            .send(
+                Method::PUT,
+                "/control",
+                &[("content-type", "application/json")],
+                change.to_string(),
+            )
+            .await
+            .expect("PUT /control");
+        assert_eq!(res.status(), 200, "{change}");
+    }
+}
+
+fn start(store: &Store, gw: &Gw, extra: &[&str]) -> Spawned {
+    let url = format!("http://{}", gw.http);
+    let mut args = vec!["--payment-url", url.as_str()];
+    args.extend_from_slice(extra);
+    store.start(&args)
+}
+
+async fn create(addr: SocketAddr, customer: &str) -> String {
+    let res = post_json(addr, "/orders", &[], &order_json(customer))
+        .await
+        .expect("create");
+    assert_eq!(res.status(), 201);
+    json(res.body())["id"].as_str().expect("id").to_string()
+}
+
+/// `POST /orders/{id}/pay`: the status and the body.
+async fn pay(addr: SocketAddr, id: &str) -> (u16, serde_json::Value, http::HeaderMap) {
+    let res = post_json(addr, &format!("/orders/{id}/pay"), &[], "")
+        .await
+        .expect("pay");
+    let body = serde_json::from_slice(res.body()).unwrap_or(serde_json::Value::Null);
+    (res.status().as_u16(), body, res.headers().clone())
+}
+
+async fn order(addr: SocketAddr, id: &str) -> serde_json::Value {
+    json(
+        get(addr, &format!("/orders/{id}"))
+            .await
+            .expect("get")
+            .body(),
+    )
+}
+
+/// A metric's value on `/metrics`, by its line's prefix.
+async fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
+    let res = get(admin, "/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(res.body()).to_string();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn an_order_is_paid_once_and_every_rule_holds() {
+    let gw = gateway(0.0, 0.0, 0).await;
+    let store = Store::sqlite("pay-rules");
+    let mut s = start(&store, &gw, &[]);
+    wait_ready(&s).await;
+    let id = create(s.http, "c1").await;
+    let (status, paid, _) = pay(s.http, &id).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "paid");
+    let charge_id = paid["charge_id"].as_str().expect("charge_id").to_string();
+    // Paid again: the same order, no second charge.
+    let (status, again, _) = pay(s.http, &id).await;
+    assert_eq!((status, &again), (200, &paid));
+    let charges = gw.gateway.charges();
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0].id, charge_id);
+    assert_eq!(charges[0].idempotency_key, format!("pay_{id}"));
+    assert_eq!(charges[0].amount_cents, 1250);
+    // A paid order cannot be cancelled.
+    let res = post_json(s.http, &format!("/orders/{id}/cancel"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    // Unknown: 404; cancelled: 409.
+    let (status, body, _) = pay(s.http, "ord_nope").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let other = create(s.http, "c2").await;
+    let res = post_json(s.http, &format!("/orders/{other}/cancel"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, body, _) = pay(s.http, &other).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    // In progress: a second payer while the gateway takes its time.
+    gw.control(r#"{"latency_ms":1500}"#).await;
+    let slow = create(s.http, "c3").await;
+    let first = tokio::spawn({
+        let (addr, slow) = (s.http, slow.clone());
+        async move { pay(addr, &slow).await }
+    });
+    let paying = poll_until(SOON, || async {
+        (order(s.http, &slow).await["status"] == "paying").then_some(())
+    })
+    .await;
+    assert!(paying.is_some(), "never paying");
+    let (status, body, _) = pay(s.http, &slow).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("payment_in_progress"))
+    );
+    let res = post_json(s.http, &format!("/orders/{slow}/cancel"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409, "a paying order cannot be cancelled");
+    let (status, body, _) = first.await.unwrap();
+    assert_eq!((status, body["status"].as_str()), (200, Some("paid")));
+    assert_eq!(gw.gateway.charges().len(), 2);
+    // Every state change is audited with the request's trace id and request id.
+    let audit = store.audit_log();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|l: &serde_json::Value| l["order_id"] == id.as_str())
+        .collect();
+    let actions: Vec<&str> = lines.iter().filter_map(|l| l["action"].as_str()).collect();
+    assert_eq!(actions, ["order.created", "order.paying", "order.paid"]);
+    for l in &lines {
+        assert_eq!(l["trace_id"].as_str().map(str::len), Some(32), "{l}");
+        assert!(
+            l["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            "{l}"
+        );
+    }
+    assert_ne!(lines[1]["request_id"], lines[0]["request_id"]);
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test]
+async fn without_a_payment_url_paying_is_off() {
+    let store = Store::sqlite("pay-off");
+    let s = store.start(&[]);
+    wait_ready(&s).await;
+    let id = create(s.http, "c1").await;
+    let (status, body, _) = pay(s.http, &id).await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--payment-url"), "{body}");
+    assert_eq!(order(s.http, &id).await["status"], "created");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_a_failing_gateway_and_closes_when_it_heals() {
+    let gw = gateway(1.0, 0.0, 0).await;
+    let store = Store::sqlite("pay-breaker");
+    let s = start(&store, &gw, &["--payment-breaker-open-for", "1s"]);
+    wait_ready(&s).await;
+    let state = r#"lameduck_circuit_state{circuit="payments"}"#;
+    assert_eq!(metric(s.admin, state).await, Some(0.0));
+    // Each pay: 3 failed tries and a look-up that finds no charge -> payment_failed, 502.
+    let mut refused = None;
+    for i in 0..20 {
+        let id = create(s.http, &format!("c{i}")).await;
+        let (status, body, headers) = pay(s.http, &id).await;
+        match status {
+            502 => {
+                assert_eq!(body["error"]["code"], "payment_failed");
+                assert_eq!(order(s.http, &id).await["status"], "payment_failed");
+            }
+            503 => {
+                assert_eq!(body["error"]["code"], "dependency_unavailable");
+                assert!(headers.contains_key("retry-after"));
+                refused = Some(id);
+                break;
+            }
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    let id = refused.expect("the circuit never opened");
+    assert_eq!(metric(s.admin, state).await, Some(1.0));
+    assert!(s
+        .wait_for_log(&["circuit breaker opened", "payments"], SOON)
+        .await
+        .is_some());
+    // While open, no call reaches the gateway.
+    let before = gw.gateway.requests();
+    for _ in 0..5 {
+        let (status, body, _) = pay(s.http, &id).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("dependency_unavailable"))
+        );
+    }
+    assert_eq!(
+        gw.gateway.requests(),
+        before,
+        "calls reached the gateway while open"
+    );
+    assert!(gw.gateway.charges().is_empty());
+    // Healed: after the open time, trial calls close it again.
+    gw.control(r#"{"fail_rate":0}"#).await;
+    let paid = poll_until(SOON, || async {
+        let (status, body, _) = pay(s.http, &id).await;
+        (status == 200).then_some(body)
+    })
+    .await
+    .expect("never paid after the gateway healed");
+    assert_eq!(paid["status"], "paid");
+    for i in 0..3 {
+        let id = create(s.http, &format!("after{i}")).await;
+        assert_eq!(pay(s.http, &id).await.0, 200);
+    }
+    assert_eq!(metric(s.admin, state).await, Some(0.0));
+    let logs = s.logs().join("\n");
+    for to in ["half-open", "closed"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("circuit breaker state changed") && l.contains(to)),
+            "no transition to {to} in the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_timeout_follows_the_gateway_within_its_clamps() {
+    let gw = gateway(0.0, 0.0, 10).await;
+    let store = Store::sqlite("pay-timeout");
+    let s = start(
+        &store,
+        &gw,
+        &[
+            "--payment-timeout-min",
+            "15ms",
+            "--payment-timeout-max",
+            "1s",
+            "--payment-timeout-window",
+            "2s",
+        ],
+    );
+    wait_ready(&s).await;
+    let gauge = "orders_payment_timeout_seconds ";
+    let mut seen = Vec::new();
+    // Pay orders 8 at a time until the timeout is where `want` says, or the time is up.
+    async fn phase(
+        s: &Spawned,
+        seen: &mut Vec<f64>,
+        gauge: &str,
+        want: impl Fn(f64) -> bool,
+    ) -> Option<f64> {
+        let t = Instant::now();
+        let mut n = 0;
+        while t.elapsed() < Duration::from_secs(30) {
+            let mut batch = Vec::new();
+            for _ in 0..8 {
+                n += 1;
+                let addr = s.http;
+                let id = create(addr, &format!("t{n}")).await;
+                batch.push(tokio::spawn(async move { pay(addr, &id).await.0 }));
+            }
+            for b in batch {
+                let _ = b.await;
+            }
+            let v = metric(s.admin, gauge).await?;
+            seen.push(v);
+            if n >= 64 && want(v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let fast = phase(&s, &mut seen, gauge, |v| v < 0.05).await;
+    assert!(fast.is_some(), "not below 50 ms at 10 ms latency: {seen:?}");
+    gw.control(r#"{"latency_ms":200}"#).await;
+    let slow = phase(&s, &mut seen, gauge, |v| v >= 0.2).await;
+    assert!(
+        slow.is_some(),
+        "not up to 200 ms at 200 ms latency: {seen:?}"
+    );
+    gw.control(r#"{"latency_ms":10}"#).await;
+    let back = phase(&s, &mut seen, gauge, |v| v < 0.05).await;
+    assert!(back.is_some(), "not back below 50 ms: {seen:?}");
+    for v in &seen {
+        assert!(
+            (0.015..=1.0).contains(v),
+            "left its clamps: {v} in {seen:?}"
+        );
+    }
+}
+
+/// How each order ended, checked against the gateway's ledger: one charge per key at most
+/// (the gateway's own rule), only this service's keys, every `paid` order exactly one
+/// charge and the same one, no `payment_failed` order charged, nothing `paying`.
+async fn check_ledger(addr: SocketAddr, gw: &Gw) -> HashMap<String, String> {
+    let orders = all_orders(addr).await;
+    let charges = gw.gateway.charges();
+    let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
+    for c in &charges {
+        by_key.entry(&c.idempotency_key).or_default().push(&c.id);
+    }
+    let mut status = HashMap::new();
+    for o in &orders {
+        let id = o["id"].as_str().unwrap();
+        let key = format!("pay_{id}");
+        let made = by_key.remove(key.as_str()).unwrap_or_default();
+        assert!(made.len() <= 1, "{id} charged {} times", made.len());
+        match o["status"].as_str().unwrap() {
+            "paid" => assert_eq!(made, [o["charge_id"].as_str().unwrap()], "{o}"),
+            "paying" => panic!("{id} is still paying"),
+            "payment_failed" | "created" => assert!(made.is_empty(), "{o} has a charge"),
+            other => panic!("{id}: status {other}"),
+        }
+        status.insert(id.to_string(), o["status"].as_str().unwrap().to_string());
+    }
+    assert!(by_key.is_empty(), "charges for no order: {by_key:?}");
+    status
+}
+
+#[tokio::test]
+async fn payments_under_faults_sigterm_and_sigkill_never_charge_twice() {
+    let gw = gateway(0.3, 0.1, 5).await;
+    let store = Store::sqlite("pay-faults");
+    let extra = [
+        "--payment-timeout-max",
+        "300ms",
+        "--payment-lease",
+        "3s",
+        "--payment-settle-every",
+        "200ms",
+        "--payment-breaker-open-for",
+        "200ms",
+    ];
+    let mut s = start(&store, &gw, &extra);
+    wait_ready(&s).await;
+    let mut all = Vec::new();
+    // Three rounds of 30 new orders and 6 payers, each order paid by two payers at once;
+    // the process is stopped with SIGTERM after the first round and killed during the
+    // second.
+    for round in 0..3 {
+        let addr = s.http;
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            ids.push(create(addr, &format!("r{round}-{i}")).await);
+        }
+        all.extend(ids.iter().cloned());
+        let ids = Arc::new(ids);
+        let mut payers = Vec::new();
+        for p in 0..6 {
+            let ids = ids.clone();
+            payers.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for (i, id) in ids.iter().enumerate() {
+                    if i % 3 == p % 3 {
+                        let res = post_json(addr, &format!("/orders/{id}/pay"), &[], "").await;
+                        statuses.push(res.map(|r| r.status().as_u16()).unwrap_or(0));
+                    }
+                }
+                statuses
+            }));
+        }
+        if round == 1 {
+            // SIGKILL in the middle of the payments.
+            let started = gw.gateway.requests();
+            let busy = poll_until(SOON, || async {
+                (gw.gateway.requests() >= started + 10).then_some(())
+            })
+            .await;
+            assert!(busy.is_some(), "no payments reached the gateway");
+            s.signal(Signal::SIGKILL);
+            for p in payers {
+                let _ = p.await;
+            }
+            let t = Instant::now();
+            while !s.has_exited() {
+                assert!(t.elapsed() < SOON, "still running after SIGKILL");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        } else {
+            for p in payers {
+                for status in p.await.unwrap() {
+                    assert!(
+                        [200, 409, 502, 503].contains(&status),
+                        "round {round}: status {status}"
+                    );
+                }
+            }
+            if round == 0 {
+                s.signal(Signal::SIGTERM);
+                assert_eq!(s.wait_exit(SOON).await, Some(0));
+            }
+        }
+        if round < 2 {
+            s = start(&store, &gw, &extra);
+            wait_ready(&s).await;
+            let paying = all_orders(s.http)
+                .await
+                .iter()
+                .filter(|o| o["status"] == "paying")
+                .count();
+            eprintln!("after round {round}: {paying} orders paying");
+        }
+    }
+    // Recovery: nothing stays paying once the leases have passed and the settle task ran.
+    let settled = poll_until(Duration::from_secs(30), || async {
+        let orders = all_orders(s.http).await;
+        orders.iter().all(|o| o["status"] != "paying").then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "orders stay paying after recovery");
+    let statuses = check_ledger(s.http, &gw).await;
+    assert!(statuses.values().any(|v| v == "paid"), "{statuses:?}");
+    let settled = metric(s.admin, "orders_payments_settled_total ").await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for v in statuses.values() {
+        *counts.entry(v).or_default() += 1;
+    }
+    eprintln!(
+        "after recovery: {counts:?}; settled by the task: {settled:?}; charges {}",
+        gw.gateway.charges().len()
+    );
+    // A healthy gateway: every order left unpaid is paid now, once.
+    gw.control(r#"{"fail_rate":0,"lost_reply_rate":0}"#).await;
+    for id in &all {
+        let ok = poll_until(SOON, || async {
+            (pay(s.http, id).await.0 == 200).then_some(())
+        })
+        .await;
+        assert!(ok.is_some(), "{id} never paid");
+    }
+    let statuses = check_ledger(s.http, &gw).await;
+    assert!(statuses.values().all(|v| v == "paid"), "{statuses:?}");
+    assert_eq!(gw.gateway.charges().len(), all.len());
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
