@@ -59,7 +59,8 @@ pub struct Args {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
-    /// Most requests in flight at once, or off; beyond it, 503 `overloaded` at once.
+    /// Most requests in flight at once (a number, or adaptive: a limit that follows the
+    /// latency), or off; beyond it, 503 `overloaded` at once.
     #[arg(long, default_value = "off")]
     pub max_in_flight: cli::MaxInFlight,
     /// Longest time a handler may take, or off; then 503 `handler_timeout`.
@@ -267,6 +268,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     if let Some(kind) = args.background_task {
         builder = builder.task(kind.task());
     }
+    builder = args.max_in_flight.apply(builder);
     let server = builder
         .access_log(access_log)
         .request_spans(if args.request_spans || args.otlp_endpoint.is_some() {
@@ -281,7 +283,6 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .idle_grace(args.idle_grace)
         .header_read_timeout(args.header_read_timeout)
         .body_limit(args.body_limit)
-        .max_in_flight(args.max_in_flight.limit())
         .request_timeout(args.request_timeout.limit())
         .body_read_timeout(args.body_read_timeout)
         .body_timeout(args.body_timeout)

@@ -94,8 +94,8 @@ pub struct Overrides {
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
     pub body_limit: Option<usize>,
-    /// Most requests in flight at once, or off; beyond it, 503 `overloaded` at once
-    /// [default: off].
+    /// Most requests in flight at once (a number, or adaptive: a limit that follows the
+    /// latency), or off; beyond it, 503 `overloaded` at once [default: off].
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<lameduck::cli::MaxInFlight>,
     /// Longest time a handler may take, or off; then 503 `handler_timeout` [default: off].
@@ -557,98 +557,6 @@ mod opt_duration {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_beat_the_file_which_beats_defaults() {
-        let file: Overrides = toml::from_str(
-            "listen = \"127.0.0.1:1\"\ndrain_delay = \"2s\"\naudit_fsync = \"each\"",
-        )
-        .unwrap();
-        let cli = Overrides {
-            listen: Some("127.0.0.1:2".parse().unwrap()),
-            ..Overrides::default()
-        };
-        let s = resolve(cli, Some(file)).unwrap();
-        assert_eq!(s.listen.port(), 2);
-        assert_eq!(s.drain_delay, Duration::from_secs(2));
-        assert_eq!(s.audit_fsync, AuditFsync::Each);
-        assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
-        assert!(s.database_url.ends_with("data/orders.db"));
-    }
-
-    #[test]
-    fn bad_file_values_are_named() {
-        let err = toml::from_str::<Overrides>("drain_delay = \"soon\"")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("soon"), "{err}");
-        let err = toml::from_str::<Overrides>("nope = 1")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("nope"), "{err}");
-        let err = resolve(
-            Overrides {
-                database_url: Some("mysql://x".into()),
-                ..Overrides::default()
-            },
-            None,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("database_url"));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:*****@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
-        let s = resolve(
-            Overrides {
-                database_url: Some("postgres://u:pw@h/db".into()),
-                ..Overrides::default()
-            },
-            None,
-        )
-        .unwrap();
-        let text = s.to_redacted_toml();
-        assert!(!text.contains("pw@"), "{text}");
-        assert!(text.contains("*****"), "{text}");
-    }
-
-    #[test]
-    fn max_in_flight_is_a_number_or_off_in_the_file_too() {
-        let file: Overrides = toml::from_str("max_in_flight = 64").unwrap();
-        let s = resolve(file, None).unwrap();
-        assert_eq!(s.max_in_flight.limit().map(|n| n.get()), Some(64));
-        let file: Overrides = toml::from_str("max_in_flight = \"off\"").unwrap();
-        assert_eq!(resolve(file, None).unwrap().max_in_flight.limit(), None);
-        for bad in ["max_in_flight = 0", "max_in_flight = \"lots\""] {
-            let err = toml::from_str::<Overrides>(bad).unwrap_err().to_string();
-            assert!(
-                err.contains("at least 1") || err.contains("lots"),
-                "{bad}: {err}"
-            );
-        }
-        let text = resolve(Overrides::default(), None)
-            .unwrap()
-            .to_redacted_toml();
-        assert!(text.contains("max_in_flight = \"off\""), "{text}");
-        assert!(text.contains("request_timeout = \"off\""), "{text}");
-        let file: Overrides = toml::from_str("request_timeout = \"2s\"").unwrap();
-        let s = resolve(file, None).unwrap();
-        assert_eq!(s.request_timeout.limit(), Some(Duration::from_secs(2)));
-        for bad in ["request_timeout = \"0s\"", "request_timeout = \"soon\""] {
-            assert!(toml::from_str::<Overrides>(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// The payment settings of `o`, checked (the URL, if any, is checked too but not kept:
 /// [`Settings::payments`] parses it again).
 fn payment_settings(o: &Overrides) -> anyhow::Result<crate::payments::Settings> {
@@ -722,5 +630,99 @@ impl Settings {
             lease: self.payment_lease,
             settle_every: self.payment_settle_every,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: Overrides = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ndrain_delay = \"2s\"\naudit_fsync = \"each\"",
+        )
+        .unwrap();
+        let cli = Overrides {
+            listen: Some("127.0.0.1:2".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let s = resolve(cli, Some(file)).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.drain_delay, Duration::from_secs(2));
+        assert_eq!(s.audit_fsync, AuditFsync::Each);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
+        assert!(s.database_url.ends_with("data/orders.db"));
+    }
+
+    #[test]
+    fn bad_file_values_are_named() {
+        let err = toml::from_str::<Overrides>("drain_delay = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("soon"), "{err}");
+        let err = toml::from_str::<Overrides>("nope = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = resolve(
+            Overrides {
+                database_url: Some("mysql://x".into()),
+                ..Overrides::default()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("database_url"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:*****@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        let s = resolve(
+            Overrides {
+                database_url: Some("postgres://u:pw@h/db".into()),
+                ..Overrides::default()
+            },
+            None,
+        )
+        .unwrap();
+        let text = s.to_redacted_toml();
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(text.contains("*****"), "{text}");
+    }
+
+    #[test]
+    fn max_in_flight_is_a_number_or_off_in_the_file_too() {
+        let file: Overrides = toml::from_str("max_in_flight = 64").unwrap();
+        let s = resolve(file, None).unwrap();
+        assert_eq!(s.max_in_flight.limit().map(|n| n.get()), Some(64));
+        let file: Overrides = toml::from_str("max_in_flight = \"off\"").unwrap();
+        assert_eq!(resolve(file, None).unwrap().max_in_flight.limit(), None);
+        let file: Overrides = toml::from_str("max_in_flight = \"adaptive\"").unwrap();
+        assert!(resolve(file, None).unwrap().max_in_flight.is_adaptive());
+        for bad in ["max_in_flight = 0", "max_in_flight = \"lots\""] {
+            let err = toml::from_str::<Overrides>(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("at least 1") || err.contains("lots"),
+                "{bad}: {err}"
+            );
+        }
+        let text = resolve(Overrides::default(), None)
+            .unwrap()
+            .to_redacted_toml();
+        assert!(text.contains("max_in_flight = \"off\""), "{text}");
+        assert!(text.contains("request_timeout = \"off\""), "{text}");
+        let file: Overrides = toml::from_str("request_timeout = \"2s\"").unwrap();
+        let s = resolve(file, None).unwrap();
+        assert_eq!(s.request_timeout.limit(), Some(Duration::from_secs(2)));
+        for bad in ["request_timeout = \"0s\"", "request_timeout = \"soon\""] {
+            assert!(toml::from_str::<Overrides>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -125,6 +125,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
             p.clone().settle(ctx)
         }));
     }
+    builder = settings.max_in_flight.apply(builder);
     if let Some(w) = db.writer() {
         for m in writer::metrics(&w.stats()) {
             builder = builder.metric(m);
@@ -140,7 +141,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .shutdown_timeout(settings.shutdown_timeout)
         .idle_grace(settings.idle_grace)
         .body_limit(settings.body_limit)
-        .max_in_flight(settings.max_in_flight.limit())
         .request_timeout(settings.request_timeout.limit())
         .body_read_timeout(settings.body_read_timeout)
         .body_timeout(settings.body_timeout)

@@ -148,18 +148,43 @@ pub fn announce(
     Ok(())
 }
 
-/// The value of a `--max-in-flight` flag: a number of requests (at least 1) or `off`;
-/// in a TOML file, an integer or `"off"`. (`adaptive` is refused, with a message that
-/// says so.) Give it to
-/// [`Builder::max_in_flight`](crate::server::Builder::max_in_flight) with
-/// [`MaxInFlight::limit`].
+/// The value of a `--max-in-flight` flag: a number of requests (at least 1), `adaptive`
+/// (a limit that follows the latency, [`limit`](crate::limit) with its defaults) or `off`;
+/// in a TOML file, an integer or one of those words. Give it to a
+/// [`Builder`](crate::server::Builder) with [`MaxInFlight::apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MaxInFlight(Option<std::num::NonZeroUsize>);
+pub struct MaxInFlight(InFlight);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum InFlight {
+    #[default]
+    Off,
+    Fixed(std::num::NonZeroUsize),
+    Adaptive,
+}
 
 impl MaxInFlight {
-    /// The limit, `None` for off.
+    /// The fixed limit, `None` for off or adaptive.
     pub fn limit(self) -> Option<std::num::NonZeroUsize> {
-        self.0
+        match self.0 {
+            InFlight::Fixed(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// `true` for `adaptive`.
+    pub fn is_adaptive(self) -> bool {
+        self.0 == InFlight::Adaptive
+    }
+
+    /// Set this limit on `builder`.
+    pub fn apply(self, builder: crate::server::Builder) -> crate::server::Builder {
+        match self.0 {
+            InFlight::Adaptive => {
+                builder.adaptive_max_in_flight(crate::limit::AdaptiveLimitConfig::default())
+            }
+            _ => builder.max_in_flight(self.limit()),
+        }
     }
 }
 
@@ -167,17 +192,18 @@ impl std::str::FromStr for MaxInFlight {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "off" {
-            return Ok(Self(None));
-        }
-        if s == "adaptive" {
-            return Err("adaptive is not available in this version: give a number or off".into());
+        match s {
+            "off" => return Ok(Self(InFlight::Off)),
+            "adaptive" => return Ok(Self(InFlight::Adaptive)),
+            _ => {}
         }
         match s.parse::<usize>() {
             Ok(n) => std::num::NonZeroUsize::new(n)
-                .map(|n| Self(Some(n)))
-                .ok_or_else(|| "must be at least 1 (or off)".to_string()),
-            Err(_) => Err(format!("{s:?} is not a number of requests or off")),
+                .map(|n| Self(InFlight::Fixed(n)))
+                .ok_or_else(|| "must be at least 1 (or adaptive, or off)".to_string()),
+            Err(_) => Err(format!(
+                "{s:?} is not a number of requests, adaptive or off"
+            )),
         }
     }
 }
@@ -185,8 +211,9 @@ impl std::str::FromStr for MaxInFlight {
 impl Display for MaxInFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(n) => write!(f, "{n}"),
-            None => f.write_str("off"),
+            InFlight::Fixed(n) => write!(f, "{n}"),
+            InFlight::Off => f.write_str("off"),
+            InFlight::Adaptive => f.write_str("adaptive"),
         }
     }
 }
@@ -194,8 +221,9 @@ impl Display for MaxInFlight {
 impl serde::Serialize for MaxInFlight {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
-            Some(n) => s.serialize_u64(n.get() as u64),
-            None => s.serialize_str("off"),
+            InFlight::Fixed(n) => s.serialize_u64(n.get() as u64),
+            InFlight::Off => s.serialize_str("off"),
+            InFlight::Adaptive => s.serialize_str("adaptive"),
         }
     }
 }

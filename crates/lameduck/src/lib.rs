@@ -57,6 +57,7 @@ pub mod hooks;
 pub mod in_flight;
 mod json;
 pub mod lifecycle;
+pub mod limit;
 #[cfg(feature = "logs")]
 pub mod logs;
 pub mod metrics;

@@ -353,9 +353,56 @@ async fn beyond_max_in_flight_requests_are_shed_at_once_with_503_overloaded() {
     assert_eq!(ok.status(), 200);
 }
 
+/// `lameduck_in_flight_limit` on `/metrics`.
+async fn in_flight_limit(s: &lameduck_testkit::Spawned) -> f64 {
+    let metrics = lameduck_testkit::get(s.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("lameduck_in_flight_limit "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no lameduck_in_flight_limit in {text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_in_flight_must_be_a_positive_number_or_off() {
-    for bad in ["0", "many", "-1", "adaptive"] {
+async fn the_adaptive_limit_sheds_beyond_it_and_grows_while_latency_holds() {
+    let s = start(&["--max-in-flight", "adaptive"]);
+    assert_eq!(in_flight_limit(&s).await, 20.0, "the initial limit");
+    // 30 slow requests at once: 20 admitted, the rest shed at once.
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let addr = s.http;
+            tokio::spawn(async move { lameduck_testkit::get(addr, "/work?ms=300").await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in burst {
+        statuses.push(t.await.expect("task").expect("answer").status().as_u16());
+    }
+    let shed = statuses.iter().filter(|s| **s == 503).count();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok + shed, 30, "{statuses:?}");
+    assert!(ok >= 20 && shed >= 1, "{ok} served, {shed} shed");
+    // Waves of 15 (more than half the limit) at a steady latency: the limit grows.
+    for _ in 0..4 {
+        let wave: Vec<_> = (0..15)
+            .map(|_| {
+                let addr = s.http;
+                tokio::spawn(async move { lameduck_testkit::get(addr, "/work?ms=50").await })
+            })
+            .collect();
+        for t in wave {
+            assert_eq!(t.await.expect("task").expect("answer").status(), 200);
+        }
+    }
+    let grown = in_flight_limit(&s).await;
+    assert!(grown > 20.0, "still {grown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_must_be_a_positive_number_adaptive_or_off() {
+    for bad in ["0", "many", "-1", "Adaptive"] {
         let out = std::process::Command::new(crate::BIN)
             .arg(format!("--max-in-flight={bad}"))
             .output()

@@ -69,7 +69,7 @@ pub struct Builder {
     pub(super) listen_backlog: u32,
     pub(super) admin_max_connections: usize,
     pub(super) body_limit: usize,
-    pub(super) max_in_flight: Option<std::num::NonZeroUsize>,
+    pub(super) max_in_flight: crate::limit::InFlightLimit,
     pub(super) request_timeout: Option<Duration>,
     pub(super) body_read_timeout: Duration,
     pub(super) body_timeout: Duration,
@@ -107,7 +107,7 @@ impl Default for Builder {
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             body_limit: DEFAULT_BODY_LIMIT,
-            max_in_flight: None,
+            max_in_flight: crate::limit::InFlightLimit::Off,
             request_timeout: None,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
@@ -217,7 +217,20 @@ impl Builder {
     /// lameduck cannot know a service's capacity: take the limit from a load test (the
     /// concurrency at which latency starts to climb).
     pub fn max_in_flight(mut self, limit: Option<std::num::NonZeroUsize>) -> Self {
-        self.max_in_flight = limit;
+        self.max_in_flight = match limit {
+            Some(n) => crate::limit::InFlightLimit::Fixed(n.get()),
+            None => crate::limit::InFlightLimit::Off,
+        };
+        self
+    }
+
+    /// An in-flight limit that adapts to the service's latency (see
+    /// [`limit`](crate::limit)) instead of a fixed one: requests beyond it are shed as with
+    /// [`max_in_flight`](Self::max_in_flight). Its value is on `/metrics` as
+    /// `lameduck_in_flight_limit`.
+    pub fn adaptive_max_in_flight(mut self, config: crate::limit::AdaptiveLimitConfig) -> Self {
+        self.max_in_flight =
+            crate::limit::InFlightLimit::Adaptive(crate::limit::AdaptiveLimit::new(config));
         self
     }
 

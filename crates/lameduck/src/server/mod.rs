@@ -339,6 +339,14 @@ impl Shared {
         for b in &config.circuits {
             metrics = metrics.with_circuit(b.clone());
         }
+        if let crate::limit::InFlightLimit::Adaptive(a) = &config.max_in_flight {
+            let a = a.clone();
+            metrics = metrics.with_app_metric(crate::metrics::AppMetric::gauge(
+                "lameduck_in_flight_limit",
+                "Requests allowed in flight now (the adaptive limit)",
+                move || a.current() as f64,
+            ));
+        }
         let stack = Stack {
             drain: DrainAdmissionLayer::new(shutdown.clone())
                 .policy(config.drain_policy)
@@ -347,9 +355,7 @@ impl Shared {
             metrics,
             in_flight,
             body_limit: config.body_limit,
-            max_in_flight: config
-                .max_in_flight
-                .map_or(usize::MAX, std::num::NonZeroUsize::get),
+            max_in_flight: config.max_in_flight.clone(),
             request_timeout: config.request_timeout,
             body_timeouts: body_timeout::BodyTimeouts {
                 read: config.body_read_timeout,

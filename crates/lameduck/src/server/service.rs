@@ -53,8 +53,8 @@ pub(crate) struct Stack {
     pub(crate) in_flight: InFlight,
     pub(crate) drain: DrainAdmissionLayer,
     pub(crate) body_limit: usize,
-    /// Requests in flight beyond this are shed (`usize::MAX`: no limit).
-    pub(crate) max_in_flight: usize,
+    /// Requests in flight beyond this are shed.
+    pub(crate) max_in_flight: crate::limit::InFlightLimit,
     /// Handlers running longer are cut (503 `handler_timeout`).
     pub(crate) request_timeout: Option<std::time::Duration>,
     pub(crate) body_timeouts: BodyTimeouts,
@@ -70,6 +70,8 @@ pub(crate) struct Stack {
 /// busy until then. Field order is drop order.
 #[derive(Debug)]
 pub(crate) struct Guards {
+    /// Samples the request's latency for an adaptive limit.
+    _limit: Option<crate::limit::LimitSample>,
     _flight: InFlightGuard,
     _conn: ActiveGuard,
     access: Option<Access>,
@@ -177,7 +179,7 @@ where
         };
         let (inner, early) = if self.stack.drain.refuses_now() {
             (None, Early::Refused)
-        } else if in_flight > self.stack.max_in_flight {
+        } else if in_flight > self.stack.max_in_flight.now() {
             (None, Early::Overloaded)
         } else if let Some(why) = host_problem(&req) {
             (None, Early::BadHost(why))
@@ -206,10 +208,22 @@ where
             route: None,
             sink: self.stack.access_log.clone(),
         });
+        // Only requests that run the application tell the adaptive limit anything.
+        let limit_sample = match (&self.stack.max_in_flight, &inner) {
+            (crate::limit::InFlightLimit::Adaptive(a), Some(_)) => {
+                Some(crate::limit::LimitSample {
+                    limit: a.clone(),
+                    started,
+                    in_flight,
+                })
+            }
+            _ => None,
+        };
         ServerFuture {
             inner,
             early,
             guards: Some(Guards {
+                _limit: limit_sample,
                 _flight: flight,
                 _conn: conn,
                 access,
