@@ -332,6 +332,12 @@ pub(crate) async fn drive(plan: &Plan, recorder: &Arc<Recorder>, end: Instant) {
                 timeout: plan.timeout,
                 requests: plan.requests,
                 pace,
+                // Under a rate, worker i starts i/n of a pace late: together the workers
+                // send evenly spread, not all at once every pace (a lockstep that a
+                // server's in-flight limit sees as bursts).
+                offset: pace.map_or(Duration::ZERO, |p| {
+                    p.mul_f64(i as f64 / plan.concurrency as f64)
+                }),
             };
             tokio::spawn(worker.run(recorder.clone(), end))
         })
@@ -350,12 +356,14 @@ struct Worker {
     requests: u64,
     /// Time between this worker's requests, under a rate.
     pace: Option<Duration>,
+    /// When its first request goes, after the start.
+    offset: Duration,
 }
 
 impl Worker {
     async fn run(self, recorder: Arc<Recorder>, end: Instant) {
         let mut conn = None;
-        let mut next = Instant::now();
+        let mut next = Instant::now() + self.offset;
         loop {
             if recorder.stop.load(Ordering::Relaxed) || Instant::now() >= end {
                 return;
