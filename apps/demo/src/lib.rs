@@ -80,6 +80,10 @@ pub struct Args {
     /// HAProxy sends with send-proxy-v2; connections without one are closed.
     #[arg(long)]
     pub proxy_protocol: bool,
+    /// HTTPS on the main listener.
+    #[cfg(feature = "tls")]
+    #[command(flatten)]
+    pub tls: cli::TlsArgs,
     /// Read the admin bearer token (for POST /drain and /undrain) from this file; else
     /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404.
     #[arg(long, value_name = "PATH")]
@@ -269,6 +273,10 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         builder = builder.task(kind.task());
     }
     builder = args.max_in_flight.apply(builder);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = args.tls.config() {
+        builder = builder.tls(tls);
+    }
     let server = builder
         .access_log(access_log)
         .request_spans(if args.request_spans || args.otlp_endpoint.is_some() {

@@ -86,8 +86,11 @@ impl ReadinessCheck {
     }
 }
 
+/// What `POST /reload-tls` runs: the answer's text, or why the new pair was refused.
+pub type ReloadTls = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// The admin endpoints' state.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     shutdown: Shutdown,
     metrics: Metrics,
@@ -96,6 +99,20 @@ pub struct Admin {
     operator: OperatorDrain,
     /// The bearer token of `POST /drain` and `/undrain`; without one they answer 404.
     token: Option<Arc<str>>,
+    /// `POST /reload-tls` (with TLS on).
+    reload_tls: Option<ReloadTls>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("shutdown", &self.shutdown)
+            .field("upgrade", &self.upgrade)
+            .field("operator", &self.operator)
+            .field("token", &self.token.as_ref().map(|_| "*****"))
+            .field("reload_tls", &self.reload_tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Lame-duck mode set by an operator (`POST /drain` on the admin listener): `/readyz`
@@ -161,7 +178,15 @@ impl Admin {
             upgrade: UpgradeStatus::default(),
             operator: OperatorDrain::default(),
             token: None,
+            reload_tls: None,
         }
+    }
+
+    /// Serve `POST /reload-tls` with `reload` (same bearer token as `POST /drain`; 404
+    /// without a token): 200 with what it did, 422 with why a new pair was refused.
+    pub fn with_tls_reload(mut self, reload: ReloadTls) -> Self {
+        self.reload_tls = Some(reload);
+        self
     }
 
     /// Serve `POST /drain` and `POST /undrain` over `operator`, for requests that carry
@@ -219,6 +244,9 @@ impl Admin {
         if matches!(path, "/drain" | "/undrain") {
             return Some(self.operator_request(req, path == "/drain"));
         }
+        if path == "/reload-tls" {
+            return Some(self.reload_tls_request(req));
+        }
         if !matches!(path, "/livez" | "/readyz" | "/upgrade" | "/metrics") {
             return None;
         }
@@ -258,14 +286,15 @@ impl Admin {
         })
     }
 
-    /// `POST /drain` (`drain`) or `POST /undrain`: 404 without a configured token, 401
-    /// (logged) without the right one, 405 for another method.
-    fn operator_request<B>(&self, req: &Request<B>, drain: bool) -> Response<Full<Bytes>> {
+    /// The refusal of an operator request (`POST` with the bearer token), if any: 404
+    /// without a configured token, 405 for another method, 401 (logged) without the right
+    /// token.
+    fn refuse_operator<B>(&self, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
         let Some(token) = &self.token else {
-            return text(StatusCode::NOT_FOUND, "not found\n".into());
+            return Some(text(StatusCode::NOT_FOUND, "not found\n".into()));
         };
         if req.method() != Method::POST {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into());
+            return Some(text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n".into()));
         }
         let offered = req
             .headers()
@@ -277,7 +306,31 @@ impl Admin {
                 token_sent = offered.is_some(),
                 "admin request refused: wrong or missing bearer token"
             );
-            return text(StatusCode::UNAUTHORIZED, "unauthorized\n".into());
+            return Some(text(StatusCode::UNAUTHORIZED, "unauthorized\n".into()));
+        }
+        None
+    }
+
+    /// `POST /reload-tls`: 404 without TLS or without a token, else as
+    /// [`with_tls_reload`](Self::with_tls_reload) says.
+    fn reload_tls_request<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let Some(reload) = &self.reload_tls else {
+            return text(StatusCode::NOT_FOUND, "not found\n".into());
+        };
+        if let Some(refused) = self.refuse_operator(req) {
+            return refused;
+        }
+        match reload() {
+            Ok(done) => text(StatusCode::OK, format!("{done}\n")),
+            Err(why) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")),
+        }
+    }
+
+    /// `POST /drain` (`drain`) or `POST /undrain`: see [`refuse_operator`](Self::refuse_operator)
+    /// for the refusals.
+    fn operator_request<B>(&self, req: &Request<B>, drain: bool) -> Response<Full<Bytes>> {
+        if let Some(refused) = self.refuse_operator(req) {
+            return refused;
         }
         let changed = self.operator.set(drain);
         let (now, verb) = if drain {

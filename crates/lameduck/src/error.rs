@@ -26,6 +26,10 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The TLS certificate or key cannot be used.
+    #[cfg(feature = "tls")]
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::TlsError),
 }
 
 /// A panic's message, when its payload is a string (as `panic!` with a message makes).

@@ -120,6 +120,73 @@ struct Registry {
     tasks: OnceLock<crate::tasks::TaskStates>,
     app: RwLock<Vec<AppMetric>>,
     circuits: RwLock<Vec<crate::outbound::Breaker>>,
+    tls: OnceLock<Arc<TlsStats>>,
+}
+
+/// The reasons a TLS handshake fails, as `lameduck_tls_handshake_failures_total{reason}`
+/// labels them (in [`TlsStats`]' order).
+pub const TLS_FAILURES: [&str; 5] = ["timeout", "eof", "protocol", "drain", "io"];
+
+/// TLS handshake and certificate reload counts (the server's TLS keeps them).
+#[derive(Debug, Default)]
+pub struct TlsStats {
+    pub(crate) handshakes: AtomicU64,
+    /// By reason, in [`TLS_FAILURES`]' order.
+    pub(crate) failures: [AtomicU64; 5],
+    pub(crate) reloads: AtomicU64,
+    pub(crate) reload_failures: AtomicU64,
+}
+
+impl TlsStats {
+    /// Handshakes completed.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Failed handshakes by reason.
+    pub fn failures(&self) -> Vec<(&'static str, u64)> {
+        TLS_FAILURES
+            .iter()
+            .zip(&self.failures)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// New certificate pairs swapped in, and new pairs refused.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads.load(Ordering::Relaxed),
+            self.reload_failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn encode_tls(enc: &mut DescriptorEncoder<'_>, t: &TlsStats) -> std::fmt::Result {
+    counter(
+        enc,
+        "lameduck_tls_handshakes",
+        "TLS handshakes completed",
+        &t.handshakes,
+    )?;
+    let mut m = enc.encode_descriptor(
+        "lameduck_tls_handshake_failures",
+        "TLS handshakes that failed, by reason",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, n) in t.failures() {
+        ConstCounter::new(n).encode(m.encode_family(&[("reason", reason)])?)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "lameduck_tls_certificate_reloads",
+        "New certificate pairs: applied, or refused (the old pair stays)",
+        None,
+        MetricType::Counter,
+    )?;
+    let (ok, refused) = t.reloads();
+    ConstCounter::new(ok).encode(m.encode_family(&[("outcome", "applied")])?)?;
+    ConstCounter::new(refused).encode(m.encode_family(&[("outcome", "refused")])?)?;
+    Ok(())
 }
 
 /// A value the application computes, exported on `/metrics` at each scrape (read it from
@@ -315,6 +382,15 @@ impl Metrics {
         self
     }
 
+    /// Export the server's TLS counts (`lameduck_tls_handshakes_total`,
+    /// `lameduck_tls_handshake_failures_total{reason}`,
+    /// `lameduck_tls_certificate_reloads_total{outcome}`).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn with_tls(self, stats: Arc<TlsStats>) -> Self {
+        let _ = self.inner.tls.set(stats);
+        self
+    }
+
     /// Export `metric` too (see [`AppMetric`]).
     pub fn with_app_metric(self, metric: AppMetric) -> Self {
         write(&self.inner.app).push(metric);
@@ -425,6 +501,9 @@ impl prometheus_client::collector::Collector for Snapshot {
         }
         encode_lifecycle(&mut enc, r)?;
         encode_circuits(&mut enc, &read(&r.circuits))?;
+        if let Some(t) = r.tls.get() {
+            encode_tls(&mut enc, t)?;
+        }
         for m in read(&r.app).iter() {
             let kind = if m.counter {
                 MetricType::Counter

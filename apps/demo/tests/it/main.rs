@@ -12,6 +12,8 @@ mod otel;
 mod signals;
 mod streams;
 mod tasks;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 
 use std::time::Duration;

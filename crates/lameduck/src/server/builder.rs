@@ -91,6 +91,8 @@ pub struct Builder {
     pub(super) tasks: Vec<crate::tasks::Task>,
     pub(super) app_metrics: Vec<crate::metrics::AppMetric>,
     pub(super) circuits: Vec<crate::outbound::Breaker>,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<super::tls::TlsConfig>,
     pub(super) checks: Vec<ReadinessCheck>,
 }
 
@@ -129,6 +131,8 @@ impl Default for Builder {
             tasks: Vec::new(),
             app_metrics: Vec::new(),
             circuits: Vec::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
             checks: Vec::new(),
         }
     }
@@ -410,6 +414,15 @@ impl Builder {
         self
     }
 
+    /// Serve HTTPS on the main listener (feature `tls`; see the
+    /// [`tls` module docs](super::TlsConfig)): the pair is loaded by
+    /// [`bind`](Self::bind), which fails naming the file and the problem.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: super::tls::TlsConfig) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Export `breaker`'s state on `/metrics` (`lameduck_circuit_state{circuit}`: 0 closed,
     /// 1 open, 2 half-open; `lameduck_circuit_rejected_total{circuit}`).
     pub fn circuit(mut self, breaker: crate::outbound::Breaker) -> Self {
@@ -526,6 +539,11 @@ impl Builder {
     /// that could not be bound.
     pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
         self.validate()?;
+        #[cfg(feature = "tls")]
+        let tls = match &self.tls {
+            Some(c) => Some(std::sync::Arc::new(super::tls::Tls::new(c.clone())?)),
+            None => None,
+        };
         let mut inherited = activation::from_env()?.unwrap_or_default();
         // Sockets handed over by a lameduck upgrade get this process's backlog; under
         // systemd the socket unit's `Backlog=` stays.
@@ -546,6 +564,8 @@ impl Builder {
             admin,
             upgraded_from: inherited.upgraded_from,
             operator: crate::admin::OperatorDrain::new(),
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }

@@ -52,6 +52,8 @@ mod head_limit;
 mod pid_file;
 mod proxy_protocol;
 mod service;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 
 pub use crate::context::{RequestSpans, REQUEST_SPAN_TARGET};
@@ -67,6 +69,10 @@ pub use drain::DRAIN_PROGRESS_INTERVAL;
 #[cfg(feature = "fd-handoff")]
 pub use handoff::UpgradeError;
 pub use proxy_protocol::ProxyHeaderError;
+#[cfg(feature = "tls")]
+pub use tls::{
+    TlsConfig, TlsError, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY,
+};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -145,6 +151,9 @@ pub struct Server {
     /// The pid of the process this one took the listeners over from, in an upgrade.
     upgraded_from: Option<u32>,
     operator: crate::admin::OperatorDrain,
+    /// TLS on the main listener.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// What the connection tasks share, and the drain waits on.
@@ -158,6 +167,9 @@ struct Shared {
     stack: Arc<Stack>,
     /// The background tasks' states (the metrics read them).
     task_states: TaskStates,
+    /// TLS on the main listener.
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<tls::Tls>>,
 }
 
 /// The accept side while serving, as the drain needs it.
@@ -238,8 +250,17 @@ impl Server {
             admin,
             upgraded_from,
             operator,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
-        let shared = Shared::new(&config, lifecycle.shutdown());
+        #[allow(unused_mut)]
+        let mut shared = Shared::new(&config, lifecycle.shutdown());
+        #[cfg(feature = "tls")]
+        if let Some(t) = tls {
+            shared.stack.metrics.clone().with_tls(t.stats.clone());
+            watch_certificate(&t, &shared.stack.shutdown);
+            shared.tls = Some(t);
+        }
         let listeners = start_listening(&config, &shared, http, admin, app, operator.clone());
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
@@ -377,8 +398,29 @@ impl Shared {
             tracker: TaskTracker::new(),
             stack: Arc::new(stack),
             task_states,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
+}
+
+/// Check the certificate files every `reload_every` until the drain starts.
+#[cfg(feature = "tls")]
+fn watch_certificate(t: &Arc<tls::Tls>, shutdown: &Shutdown) {
+    let Some(every) = t.reload_every() else {
+        return;
+    };
+    let (t, shutdown) = (t.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.stop_soon() => return,
+            }
+            // Refusals are logged and counted by `reload`.
+            let _ = t.reload();
+        }
+    });
 }
 
 /// This process serves now in place of `pid`: say so in the log and on `/upgrade` (the old
@@ -418,6 +460,14 @@ where
         .with_upgrade_status(upgrade_status.clone());
         if let Some(token) = &config.admin_token {
             a = a.with_operator_drain(operator, token.clone());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(t) = shared.tls.clone() {
+            a = a.with_tls_reload(Arc::new(move || match t.reload() {
+                Ok(true) => Ok("reloaded: new connections get the new certificate".to_string()),
+                Ok(false) => Ok("unchanged: the files hold the pair in use".to_string()),
+                Err(e) => Err(format!("refused, the certificate in use stays: {e}")),
+            }));
         }
         let routes = admin_listener::Routes {
             admin: a,
@@ -481,26 +531,46 @@ fn spawn_connection<S, B>(
                 }
             }
         }
-        let state = Arc::new(ConnState::new());
-        let io = TokioIo::new(TrackedIo::new(
-            stream,
-            state.clone(),
-            shared.limits.max_header_bytes,
-        ));
-        let service = ConnService {
-            inner: svc,
-            peer,
-            state: state.clone(),
-            stack: shared.stack.clone(),
-        };
-        let sd = &shared.stack.shutdown;
-        // Pinned where it is made: one copy of the connection in this task (see `drive`).
-        let conn = std::pin::pin!(shared.builder.serve_connection_with_upgrades(io, service));
-        let ended = conn::drive(conn, |c| c.graceful_shutdown(), &state, sd, shared.limits).await;
-        if ended != Ended::Finished {
-            tracing::debug!(%peer, ?ended, "connection closed by the server");
+        #[cfg(feature = "tls")]
+        if let Some(t) = shared.tls.clone() {
+            let sd = shared.stack.shutdown.clone();
+            if let Some(tls) = t.accept(stream, &sd, shared.limits.idle_grace).await {
+                serve_io(&shared, tls, peer, svc).await;
+            }
+            shared.stack.metrics.connection_closed();
+            drop(permit);
+            return;
         }
+        serve_io(&shared, stream, peer, svc).await;
         shared.stack.metrics.connection_closed();
         drop(permit);
     });
+}
+
+/// Serve HTTP on one connection's byte stream (TCP, or TLS over it) until it ends.
+async fn serve_io<S, B, I>(shared: &Shared, stream: I, peer: SocketAddr, svc: S)
+where
+    S: App<B>,
+    B: AppBody,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(TrackedIo::new(
+        stream,
+        state.clone(),
+        shared.limits.max_header_bytes,
+    ));
+    let service = ConnService {
+        inner: svc,
+        peer,
+        state: state.clone(),
+        stack: shared.stack.clone(),
+    };
+    let sd = &shared.stack.shutdown;
+    // Pinned where it is made: one copy of the connection in this task (see `drive`).
+    let conn = std::pin::pin!(shared.builder.serve_connection_with_upgrades(io, service));
+    let ended = conn::drive(conn, |c| c.graceful_shutdown(), &state, sd, shared.limits).await;
+    if ended != Ended::Finished {
+        tracing::debug!(%peer, ?ended, "connection closed by the server");
+    }
 }

@@ -1,0 +1,470 @@
+//! HTTPS against the real demo process: certificates made here with rcgen (never checked
+//! in), a rustls client, real signals.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use nix::sys::signal::Signal;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+
+use crate::{start, wait_draining, SOON};
+
+/// A test CA, and files for the server's certificate and key.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&ca_key).expect("CA");
+        let dir = std::env::temp_dir().join(format!("lameduck-tls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        Self { ca, ca_key, dir }
+    }
+
+    /// A server certificate for 127.0.0.1 with this serial: (its DER, cert PEM, key PEM).
+    fn leaf(&self, serial: u64) -> (Vec<u8>, String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        params.serial_number = Some(serial.into());
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("sign");
+        (cert.der().to_vec(), cert.pem(), key.serialize_pem())
+    }
+
+    /// Write a new leaf to the server's files; its DER.
+    fn install(&self, serial: u64) -> Vec<u8> {
+        let (der, cert, key) = self.leaf(serial);
+        write_atomically(&self.cert(), &cert);
+        write_atomically(&self.key(), &key);
+        der
+    }
+
+    fn cert(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("tls.key")
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert().display().to_string(),
+            "--tls-key".into(),
+            self.key().display().to_string(),
+        ]
+    }
+
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca.der().to_vec()))
+            .expect("CA in the store");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// A TLS connection: the stream, the ALPN protocol chosen, the server's certificate.
+async fn tls_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<(
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Option<Vec<u8>>,
+    Vec<u8>,
+)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = pki.connector(alpn).connect(name, tcp).await?;
+    let (_, conn) = tls.get_ref();
+    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    Ok((tls, alpn, leaf))
+}
+
+type H1Send = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// An HTTP/1.1 connection over TLS; the server's certificate.
+async fn https_h1(pki: &Pki, addr: SocketAddr) -> std::io::Result<(H1Send, Vec<u8>)> {
+    let (tls, alpn, leaf) = tls_connect(pki, addr, &[b"http/1.1"]).await?;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok((send, leaf))
+}
+
+async fn get_on(send: &mut H1Send, path: &str) -> Result<(u16, Option<String>), String> {
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    send.ready().await.map_err(|e| e.to_string())?;
+    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let close = res
+        .headers()
+        .get("connection")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    res.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, close))
+}
+
+fn start_tls(pki: &Pki, extra: &[&str]) -> lameduck_testkit::Spawned {
+    let args = pki.args();
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    start(&all)
+}
+
+async fn metric(admin: SocketAddr, line: &str) -> Option<f64> {
+    let res = lameduck_testkit::get(admin, "/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(res.body()).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_http1_and_h2_as_alpn_chooses() {
+    let pki = Pki::new("alpn");
+    let der = pki.install(1);
+    let mut s = start_tls(&pki, &[]);
+    let (mut send, leaf) = https_h1(&pki, s.http).await.expect("https h1");
+    assert_eq!(leaf, der);
+    assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
+    // h2 through ALPN.
+    let (tls, alpn, _) = tls_connect(&pki, s.http, &[b"h2", b"http/1.1"])
+        .await
+        .expect("tls");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/ping")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let res = h2.send_request(req).await.expect("h2 request");
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    // Cleartext on the TLS port is a failed handshake, counted, not served.
+    assert!(lameduck_testkit::get(s.http, "/ping").await.is_err());
+    let protocol = r#"lameduck_tls_handshake_failures_total{reason="protocol"} "#;
+    let counted = lameduck_testkit::poll_until(SOON, || async {
+        (metric(s.admin, protocol).await? >= 1.0).then_some(())
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "the failed handshake is counted by reason"
+    );
+    assert!(metric(s.admin, "lameduck_tls_handshakes_total ").await >= Some(2.0));
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_race_over_tls_loses_nothing() {
+    let pki = Pki::new("race");
+    pki.install(1);
+    let mut s = start_tls(&pki, &["--idle-grace", "2s"]);
+    let mut pool = Vec::new();
+    for _ in 0..64 {
+        let (mut send, _) = https_h1(&pki, s.http).await.expect("connect");
+        assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
+        pool.push(send);
+    }
+    s.signal(Signal::SIGTERM);
+    wait_draining(&s).await;
+    let tasks: Vec<_> = pool
+        .into_iter()
+        .map(|mut c| tokio::spawn(async move { get_on(&mut c, "/ping").await }))
+        .collect();
+    let mut failed = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok((200, Some(close))) if close == "close" => {}
+            other => failed.push(other),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 64 failed: {failed:?}",
+        failed.len()
+    );
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_broken_handshakes_are_cut_and_never_hold_the_drain() {
+    let pki = Pki::new("slow");
+    pki.install(1);
+    let mut s = start_tls(
+        &pki,
+        &["--tls-handshake-timeout", "1s", "--idle-grace", "300ms"],
+    );
+    // TCP open and silent; garbage; a ClientHello's first bytes and then nothing.
+    let silent = TcpStream::connect(s.http).await.expect("connect");
+    let mut garbage = TcpStream::connect(s.http).await.expect("connect");
+    garbage
+        .write_all(b"\x16\x03\x01\x00\x05hello-not-tls")
+        .await
+        .expect("write");
+    let mut partial = TcpStream::connect(s.http).await.expect("connect");
+    partial
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await
+        .expect("write");
+    let timeout = r#"lameduck_tls_handshake_failures_total{reason="timeout"} "#;
+    let cut = lameduck_testkit::poll_until(SOON, || async {
+        (metric(s.admin, timeout).await? >= 2.0).then_some(())
+    })
+    .await;
+    assert!(
+        cut.is_some(),
+        "the silent and the partial handshake were cut at the timeout"
+    );
+    // Still serving.
+    let (mut send, _) = https_h1(&pki, s.http).await.expect("connect");
+    assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
+    drop((silent, garbage, partial, send));
+    // With a long handshake timeout, a silent connection does not hold the drain: it is cut
+    // after the idle grace.
+    let mut s2 = start_tls(
+        &pki,
+        &["--tls-handshake-timeout", "60s", "--idle-grace", "300ms"],
+    );
+    let _silent = TcpStream::connect(s2.http).await.expect("connect");
+    let counted = lameduck_testkit::poll_until(SOON, || async {
+        (metric(s2.admin, "lameduck_http_connections_open ").await? >= 1.0).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the silent connection was accepted");
+    let t = Instant::now();
+    s2.signal(Signal::SIGTERM);
+    assert_eq!(s2.wait_exit(SOON).await, Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
+    let pki = Pki::new("bad");
+    let (_, cert, _) = pki.leaf(1);
+    let (_, _, other_key) = pki.leaf(2);
+    write_atomically(&pki.cert(), &cert);
+    write_atomically(&pki.key(), &other_key);
+    let missing_path = pki.dir.join("nope.crt");
+    let (cert_path, key_path) = (pki.cert(), pki.key());
+    let (missing, cert_file, key_file) = (
+        missing_path.to_str().unwrap(),
+        cert_path.to_str().unwrap(),
+        key_path.to_str().unwrap(),
+    );
+    let cases = [
+        (
+            vec!["--tls-cert", missing, "--tls-key", key_file],
+            "nope.crt",
+        ),
+        (
+            vec!["--tls-cert", cert_file, "--tls-key", key_file],
+            "does not match",
+        ),
+        (
+            vec!["--tls-cert", key_file, "--tls-key", key_file],
+            "no PEM certificate",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = std::process::Command::new(crate::BIN)
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    // One without the other is a usage error.
+    let out = std::process::Command::new(crate::BIN)
+        .args(["--tls-cert", "x.crt"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_rotates_without_a_dropped_request() {
+    let pki = Pki::new("rotate");
+    let first = pki.install(1);
+    let token = pki.dir.join("token");
+    std::fs::write(&token, "s3cret\n").expect("token");
+    let mut s = start_tls(
+        &pki,
+        &[
+            "--tls-reload-every",
+            "200ms",
+            "--admin-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    // A client making new connections all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, addr) = (stop.clone(), s.http);
+        let connector = pki.connector(&[b"http/1.1"]);
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut seen) = (0, Vec::new(), Vec::<Vec<u8>>::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let result: Result<Vec<u8>, String> = async {
+                    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+                    let name = ServerName::try_from("localhost").expect("name");
+                    let tls = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let leaf = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.to_vec())
+                        .unwrap_or_default();
+                    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tokio::spawn(conn);
+                    match get_on(&mut send, "/ping").await? {
+                        (200, _) => Ok(leaf),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+                .await;
+                match result {
+                    Ok(leaf) => {
+                        ok += 1;
+                        if seen.last() != Some(&leaf) {
+                            seen.push(leaf);
+                        }
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed, seen)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 1. The files change: picked up by the poll.
+    let second = pki.install(2);
+    let polled = lameduck_testkit::poll_until(SOON, || async {
+        let (_, leaf) = https_h1(&pki, s.http).await.ok()?;
+        (leaf == second).then_some(())
+    })
+    .await;
+    assert!(polled.is_some(), "the new certificate was not picked up");
+    // 2. A key that does not match is refused; the current pair stays.
+    let (_, _, wrong_key) = pki.leaf(99);
+    write_atomically(&pki.key(), &wrong_key);
+    let refused = lameduck_testkit::poll_until(SOON, || async {
+        (metric(
+            s.admin,
+            r#"lameduck_tls_certificate_reloads_total{outcome="refused"} "#,
+        )
+        .await?
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the mismatched pair was not refused");
+    assert_eq!(https_h1(&pki, s.http).await.expect("connect").1, second);
+    // 3. The admin call, with the bearer token.
+    let third = pki.install(3);
+    let mut admin = lameduck_testkit::connect_h1(s.admin).await.expect("admin");
+    let res = admin
+        .send(
+            http::Method::POST,
+            "/reload-tls",
+            &[("authorization", "Bearer s3cret")],
+            Bytes::new(),
+        )
+        .await
+        .expect("reload");
+    assert!(res.status() == 200, "{res:?}");
+    assert_eq!(https_h1(&pki, s.http).await.expect("connect").1, third);
+    let unauthorized = admin
+        .send(http::Method::POST, "/reload-tls", &[], Bytes::new())
+        .await
+        .expect("reload");
+    assert_eq!(unauthorized.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, seen) = load.await.expect("load");
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "only {ok} requests");
+    assert_eq!(seen.first(), Some(&first));
+    assert_eq!(seen.last(), Some(&third));
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}

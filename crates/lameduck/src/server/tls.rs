@@ -1,0 +1,301 @@
+//! TLS on the main listener (feature `tls`): rustls through tokio-rustls, with the `ring`
+//! provider (no C toolchain beyond what `ring` itself needs, no cmake; aws-lc-rs would be
+//! faster at handshakes but builds with cmake and a larger C tree).
+//!
+//! - TLS 1.2 and 1.3 only; ALPN offers `h2` and `http/1.1` (the connection then serves
+//!   what the client chose, through the same drain as cleartext).
+//! - The certificate chain and key are PEM files. A missing, unreadable or mismatched pair
+//!   fails at start-up, naming the file and the problem.
+//! - **Handshake limits**: each handshake must finish within `handshake_timeout` (10 s),
+//!   waiting for a free place included; at most `max_handshakes` (256) run at once; a
+//!   handshake still running when the drain starts is cut after the idle grace, so it never
+//!   holds the drain. Failures are counted by reason
+//!   (`lameduck_tls_handshake_failures_total{reason}`) and logged at debug only: a scanner
+//!   must not flood the log.
+//! - **Rotation**: [`Tls::reload`] reads both files again and swaps the pair in when their
+//!   content changed and they match; new handshakes use it at once, connections already
+//!   open keep theirs, and sessions made with the old pair are not resumed (each pair has
+//!   a server configuration, and so a session cache, of its own). A pair that does not match (a certificate and key replaced a moment
+//!   apart) or does not parse is refused with a log line, the old pair stays, and the next
+//!   check tries again. The server checks every `reload_every` (10 s) by content, which
+//!   follows a Kubernetes Secret's `..data` symlink swap, and on `POST /reload-tls` on the
+//!   admin listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::lifecycle::Shutdown;
+use crate::metrics::TlsStats;
+
+/// Default [`TlsConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`TlsConfig::max_handshakes`].
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// Default [`TlsConfig::reload_every`].
+pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+/// TLS settings for [`Builder::tls`](super::Builder::tls).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Longest a handshake may take, from the accept (10 s).
+    pub handshake_timeout: Duration,
+    /// Most handshakes at once (256); more wait, within their timeout.
+    pub max_handshakes: usize,
+    /// How often the files are checked for a new pair (10 s); `None`: only on
+    /// `POST /reload-tls`.
+    pub reload_every: Option<Duration>,
+}
+
+impl TlsConfig {
+    /// TLS with the pair in `cert` and `key` and the default limits.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            reload_every: Some(DEFAULT_RELOAD_EVERY),
+        }
+    }
+}
+
+/// A certificate and key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read or parsed.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{} does not match the certificate in {}: {problem}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's words.
+        problem: String,
+    },
+}
+
+/// Why a handshake failed, as counted on `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Not done within the handshake timeout (or no free place in it).
+    Timeout,
+    /// The client closed the connection before the end.
+    Eof,
+    /// Not TLS, or TLS the server refuses (version, ciphers, bad messages).
+    Protocol,
+    /// Cut because the server drains.
+    Drain,
+    /// Another I/O error.
+    Io,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        crate::metrics::TLS_FAILURES[self as usize]
+    }
+}
+
+/// The pair every handshake of one server configuration gets.
+#[derive(Debug)]
+struct Pair(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Pair {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A server configuration serving `pair`: TLS 1.3 and 1.2, ALPN h2 and http/1.1, and a
+/// session cache of its own (so a rotation also ends resumption of the old pair's sessions).
+fn acceptor(config: &TlsConfig, pair: Arc<CertifiedKey>) -> Result<TlsAcceptor, TlsError> {
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::File {
+            path: config.cert.clone(),
+            problem: format!("TLS set-up: {e}"),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Pair(pair)));
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// The server's TLS: the acceptor, the current pair, the limits and the counts.
+pub(crate) struct Tls {
+    /// Replaced whole at each rotation.
+    acceptor: RwLock<TlsAcceptor>,
+    config: TlsConfig,
+    /// The files' content last loaded (or refused), to notice a change.
+    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    pub(crate) stats: Arc<TlsStats>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        problem: format!("cannot read: {e}"),
+    })
+}
+
+/// The pair in these files' contents, checked.
+fn parse(config: &TlsConfig, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let bad = |path: &Path, problem: String| TlsError::File {
+        path: path.to_owned(),
+        problem,
+    };
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&config.cert, format!("not a PEM certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad(&config.cert, "holds no PEM certificate".into()));
+    }
+    let der = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| bad(&config.key, format!("holds no PEM private key: {e}")))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| bad(&config.key, format!("unusable private key: {e}")))?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: config.cert.clone(),
+        key: config.key.clone(),
+        problem: e.to_string(),
+    })?;
+    Ok(Arc::new(pair))
+}
+
+impl Tls {
+    /// Load the pair and make the acceptor.
+    pub(crate) fn new(config: TlsConfig) -> Result<Self, TlsError> {
+        let (cert, key) = (read(&config.cert)?, read(&config.key)?);
+        let pair = parse(&config, &cert, &key)?;
+        Ok(Self {
+            acceptor: RwLock::new(acceptor(&config, pair)?),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes.max(1))),
+            config,
+            seen: Mutex::new((cert, key)),
+            stats: Arc::default(),
+        })
+    }
+
+    /// How often to check the files, if at all.
+    pub(crate) fn reload_every(&self) -> Option<Duration> {
+        self.config.reload_every
+    }
+
+    /// Read the files again; swap the pair in if they changed and are good. `Ok(true)`:
+    /// swapped; `Ok(false)`: unchanged (or changed back to what was refused last time).
+    pub(crate) fn reload(&self) -> Result<bool, TlsError> {
+        let (cert, key) = (read(&self.config.cert)?, read(&self.config.key)?);
+        let mut seen = crate::sync::lock(&self.seen);
+        if seen.0 == cert && seen.1 == key {
+            return Ok(false);
+        }
+        *seen = (cert, key);
+        match parse(&self.config, &seen.0, &seen.1).and_then(|pair| acceptor(&self.config, pair)) {
+            Ok(next) => {
+                *self
+                    .acceptor
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(cert = %self.config.cert.display(), "TLS: new certificate in use for new connections");
+                Ok(true)
+            }
+            Err(e) => {
+                // Tried again at the next check only if the files change again: a pair
+                // replaced a moment apart changes the second file too.
+                self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "TLS: new certificate refused; the current one stays");
+                Err(e)
+            }
+        }
+    }
+
+    /// The handshake on `stream`, within the limits; `None` (counted) when it failed.
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        shutdown: &Shutdown,
+        idle_grace: Duration,
+    ) -> Option<TlsStream<TcpStream>> {
+        let handshake = async {
+            let _place = self
+                .handshakes
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Failure::Io)?;
+            let acceptor = self
+                .acceptor
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            acceptor.accept(stream).await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe => Failure::Eof,
+                std::io::ErrorKind::InvalidData => Failure::Protocol,
+                _ => Failure::Io,
+            })
+        };
+        let drain_cut = async {
+            shutdown.stop_soon().await;
+            tokio::time::sleep(idle_grace).await;
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.config.handshake_timeout, handshake) => {
+                r.unwrap_or(Err(Failure::Timeout))
+            }
+            _ = drain_cut => Err(Failure::Drain),
+        };
+        match outcome {
+            Ok(s) => {
+                self.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                Some(s)
+            }
+            Err(f) => {
+                self.stats.failures[f as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = f.as_str(), "TLS handshake failed");
+                None
+            }
+        }
+    }
+}
