@@ -101,6 +101,21 @@ pub struct Overrides {
     /// Longest time a handler may take, or off; then 503 `handler_timeout` [default: off].
     #[arg(long, env = "LAMEDUCK_REQUEST_TIMEOUT")]
     pub request_timeout: Option<lameduck::cli::RequestTimeout>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs tls_key
+    /// [default: none, cleartext].
+    #[arg(long, env = "LAMEDUCK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM); needs tls_cert.
+    #[arg(long, env = "LAMEDUCK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Longest a TLS handshake may take, from the accept [default: 10s].
+    #[arg(long, env = "LAMEDUCK_TLS_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub tls_handshake_timeout: Option<Duration>,
+    /// How often the certificate files are checked for a new pair, or off (then only
+    /// POST /reload-tls) [default: 10s].
+    #[arg(long, env = "LAMEDUCK_TLS_RELOAD_EVERY")]
+    pub tls_reload_every: Option<lameduck::cli::RequestTimeout>,
     /// Longest wait between two pieces of a request body, then 408 [default: 10s].
     #[arg(long, env = "LAMEDUCK_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
@@ -233,6 +248,17 @@ pub struct Settings {
     pub max_in_flight: lameduck::cli::MaxInFlight,
     /// Longest time a handler may take (`off`: no limit).
     pub request_timeout: lameduck::cli::RequestTimeout,
+    /// The TLS certificate chain, when serving HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Longest TLS handshake.
+    #[serde(with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// How often the TLS files are checked (`off`: only on POST /reload-tls).
+    pub tls_reload_every: lameduck::cli::RequestTimeout,
     /// Longest wait between two pieces of a request body.
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
@@ -318,6 +344,10 @@ impl Overrides {
             body_limit: self.body_limit.or(lower.body_limit),
             max_in_flight: self.max_in_flight.or(lower.max_in_flight),
             request_timeout: self.request_timeout.or(lower.request_timeout),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_handshake_timeout: self.tls_handshake_timeout.or(lower.tls_handshake_timeout),
+            tls_reload_every: self.tls_reload_every.or(lower.tls_reload_every),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
             grace_budget: self.grace_budget.or(lower.grace_budget),
@@ -367,6 +397,13 @@ pub fn read_file(path: &Path) -> anyhow::Result<Overrides> {
 pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settings> {
     let o = cli.or(file.unwrap_or_default());
     let payments = payment_settings(&o)?;
+    if o.tls_cert.is_some() != o.tls_key.is_some() {
+        bail!("tls_cert and tls_key go together: give both or neither");
+    }
+    let tls_handshake_timeout = o.tls_handshake_timeout.unwrap_or(Duration::from_secs(10));
+    if tls_handshake_timeout.is_zero() {
+        bail!("tls_handshake_timeout must be more than zero");
+    }
     let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
     let database_url = o
         .database_url
@@ -474,6 +511,12 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         body_limit,
         max_in_flight: o.max_in_flight.unwrap_or_default(),
         request_timeout: o.request_timeout.unwrap_or_default(),
+        tls_cert: o.tls_cert.clone(),
+        tls_key: o.tls_key.clone(),
+        tls_handshake_timeout,
+        tls_reload_every: o
+            .tls_reload_every
+            .unwrap_or_else(|| lameduck::cli::RequestTimeout::from(Some(Duration::from_secs(10)))),
         body_read_timeout,
         body_timeout,
         grace_budget: o.grace_budget,

@@ -126,6 +126,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         }));
     }
     builder = settings.max_in_flight.apply(builder);
+    builder = with_tls(builder, &settings)?;
     if let Some(w) = db.writer() {
         for m in writer::metrics(&w.stats()) {
             builder = builder.metric(m);
@@ -157,6 +158,33 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     };
     let report = server.serve_router(api::router(app)).await;
     Ok(report.exit_code())
+}
+
+/// HTTPS, when a certificate and key are set.
+#[cfg(feature = "tls")]
+fn with_tls(
+    builder: lameduck::server::Builder,
+    settings: &Settings,
+) -> anyhow::Result<lameduck::server::Builder> {
+    let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+        return Ok(builder);
+    };
+    let mut tls = lameduck::server::TlsConfig::new(cert, key);
+    tls.handshake_timeout = settings.tls_handshake_timeout;
+    tls.reload_every = settings.tls_reload_every.limit();
+    Ok(builder.tls(tls))
+}
+
+/// Without the `tls` feature a certificate is a start-up error, not silently cleartext.
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    builder: lameduck::server::Builder,
+    settings: &Settings,
+) -> anyhow::Result<lameduck::server::Builder> {
+    if settings.tls_cert.is_some() {
+        anyhow::bail!("tls_cert is set but this build has no TLS (feature tls)");
+    }
+    Ok(builder)
 }
 
 /// The shutdown hooks. After-drain hooks run last-registered first, so they are added in

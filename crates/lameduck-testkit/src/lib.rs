@@ -5,6 +5,8 @@
 mod client;
 mod process;
 mod proxy;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{connect_h1, connect_h2, get, post_json, ClientError, H1, H2};
 pub use process::{SpawnError, Spawned};

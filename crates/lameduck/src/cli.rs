@@ -258,6 +258,13 @@ impl RequestTimeout {
     }
 }
 
+impl From<Option<Duration>> for RequestTimeout {
+    /// A duration (zero counts as off), or off.
+    fn from(d: Option<Duration>) -> Self {
+        Self(d.filter(|d| !d.is_zero()))
+    }
+}
+
 impl std::str::FromStr for RequestTimeout {
     type Err = String;
 

@@ -2,161 +2,36 @@
 //! in), a rustls client, real signals.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use lameduck_testkit::tls::{write_atomically, H1Send, TestCa as Pki};
 use nix::sys::signal::Signal;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::{start, wait_draining, SOON};
 
-/// A test CA, and files for the server's certificate and key.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-    dir: PathBuf,
+async fn https_h1(pki: &Pki, addr: SocketAddr) -> std::io::Result<(H1Send, Vec<u8>)> {
+    pki.https_h1(addr).await
 }
 
-impl Pki {
-    fn new(name: &str) -> Self {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = params.self_signed(&ca_key).expect("CA");
-        let dir = std::env::temp_dir().join(format!("lameduck-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        Self { ca, ca_key, dir }
-    }
-
-    /// A server certificate for 127.0.0.1 with this serial: (its DER, cert PEM, key PEM).
-    fn leaf(&self, serial: u64) -> (Vec<u8>, String, String) {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        params.serial_number = Some(serial.into());
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("sign");
-        (cert.der().to_vec(), cert.pem(), key.serialize_pem())
-    }
-
-    /// Write a new leaf to the server's files; its DER.
-    fn install(&self, serial: u64) -> Vec<u8> {
-        let (der, cert, key) = self.leaf(serial);
-        write_atomically(&self.cert(), &cert);
-        write_atomically(&self.key(), &key);
-        der
-    }
-
-    fn cert(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    fn key(&self) -> PathBuf {
-        self.dir.join("tls.key")
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.cert().display().to_string(),
-            "--tls-key".into(),
-            self.key().display().to_string(),
-        ]
-    }
-
-    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(self.ca.der().to_vec()))
-            .expect("CA in the store");
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, path).expect("rename");
-}
-
-/// A TLS connection: the stream, the ALPN protocol chosen, the server's certificate.
 async fn tls_connect(
     pki: &Pki,
     addr: SocketAddr,
     alpn: &[&[u8]],
-) -> std::io::Result<(
-    tokio_rustls::client::TlsStream<TcpStream>,
-    Option<Vec<u8>>,
-    Vec<u8>,
-)> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = pki.connector(alpn).connect(name, tcp).await?;
-    let (_, conn) = tls.get_ref();
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.to_vec())
-        .unwrap_or_default();
-    Ok((tls, alpn, leaf))
-}
-
-type H1Send = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// An HTTP/1.1 connection over TLS; the server's certificate.
-async fn https_h1(pki: &Pki, addr: SocketAddr) -> std::io::Result<(H1Send, Vec<u8>)> {
-    let (tls, alpn, leaf) = tls_connect(pki, addr, &[b"http/1.1"]).await?;
-    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    Ok((send, leaf))
+) -> std::io::Result<(lameduck_testkit::tls::TlsStream, Option<Vec<u8>>, Vec<u8>)> {
+    pki.connect(addr, alpn).await
 }
 
 async fn get_on(send: &mut H1Send, path: &str) -> Result<(u16, Option<String>), String> {
-    let req = http::Request::get(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    send.ready().await.map_err(|e| e.to_string())?;
-    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let close = res
-        .headers()
-        .get("connection")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    res.into_body().collect().await.map_err(|e| e.to_string())?;
-    Ok((status, close))
+    lameduck_testkit::tls::send(send, http::Method::GET, path, &[], "")
+        .await
+        .map(|(status, close, _)| (status, close))
 }
 
 fn start_tls(pki: &Pki, extra: &[&str]) -> lameduck_testkit::Spawned {
@@ -310,7 +185,7 @@ async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
     let (_, _, other_key) = pki.leaf(2);
     write_atomically(&pki.cert(), &cert);
     write_atomically(&pki.key(), &other_key);
-    let missing_path = pki.dir.join("nope.crt");
+    let missing_path = pki.dir().join("nope.crt");
     let (cert_path, key_path) = (pki.cert(), pki.key());
     let (missing, cert_file, key_file) = (
         missing_path.to_str().unwrap(),
@@ -354,7 +229,7 @@ async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
 async fn the_certificate_rotates_without_a_dropped_request() {
     let pki = Pki::new("rotate");
     let first = pki.install(1);
-    let token = pki.dir.join("token");
+    let token = pki.dir().join("token");
     std::fs::write(&token, "s3cret\n").expect("token");
     let mut s = start_tls(
         &pki,

@@ -9,6 +9,8 @@ mod faults;
 mod outbox;
 mod payments;
 mod registry;
+#[cfg(feature = "tls")]
+mod tls;
 mod upgrade;
 mod writer;
 
