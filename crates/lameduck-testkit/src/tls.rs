@@ -199,3 +199,37 @@ pub async fn send(
         .to_bytes();
     Ok((status, close, body))
 }
+
+/// The serial number of a DER certificate (up to 8 bytes), read from its TBSCertificate:
+/// `SEQUENCE { SEQUENCE { [0] version, INTEGER serial, ... } }`.
+pub fn serial_of(der: &[u8]) -> Option<u64> {
+    /// The header of the DER element at `at`: (tag, start of its content, content length).
+    fn element(der: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+        let tag = *der.get(at)?;
+        let first = *der.get(at + 1)? as usize;
+        if first < 0x80 {
+            return Some((tag, at + 2, first));
+        }
+        let n = first & 0x7f;
+        let mut len = 0usize;
+        for i in 0..n {
+            len = (len << 8) | *der.get(at + 2 + i)? as usize;
+        }
+        Some((tag, at + 2 + n, len))
+    }
+    let (_, tbs_at, _) = element(der, 0)?; // Certificate
+    let (_, mut at, _) = element(der, tbs_at)?; // TBSCertificate
+    let (tag, start, len) = element(der, at)?;
+    if tag == 0xa0 {
+        at = start + len; // skip the explicit version
+    }
+    let (tag, start, len) = element(der, at)?;
+    if tag != 0x02 || len > 9 {
+        return None;
+    }
+    der.get(start..start + len)?
+        .iter()
+        .try_fold(0u64, |acc, b| {
+            acc.checked_mul(256).map(|v| v | u64::from(*b))
+        })
+}

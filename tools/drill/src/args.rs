@@ -24,7 +24,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(3600);
     about = "Load and fault drills with strict outcome classes"
 )]
 pub struct Args {
-    /// Target URL(s) (http://host:port/path); workers are spread over them in turn.
+    /// Target URL(s) (http://host:port/path or https://...); workers are spread over them
+    /// in turn.
     #[arg(required = true, num_args = 1..)]
     pub urls: Vec<String>,
     /// Request method.
@@ -75,6 +76,12 @@ pub struct Args {
     /// Number of faults.
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
+    /// For https:// targets: trust the CA certificate(s) in this PEM file.
+    #[arg(long, value_name = "PATH")]
+    pub ca: Option<PathBuf>,
+    /// For https:// targets: accept any server certificate (for self-signed test servers).
+    #[arg(long)]
+    pub insecure: bool,
     /// Write the JSON report here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -199,10 +206,20 @@ pub fn templates(args: &Args) -> anyhow::Result<Vec<Template>> {
     args.urls
         .iter()
         .map(|url| {
-            let (addr, authority, path) = target(url)?;
+            let (addr, authority, path, https) = target(url)?;
+            let tls = match https {
+                Some(host) => Some(crate::tls::target(
+                    &host,
+                    args.ca.as_deref(),
+                    args.insecure,
+                    args.mode,
+                )?),
+                None => None,
+            };
             Ok(Template {
                 addr,
                 authority,
+                tls,
                 method: method.clone(),
                 path,
                 headers: headers.clone(),
@@ -213,14 +230,16 @@ pub fn templates(args: &Args) -> anyhow::Result<Vec<Template>> {
         .collect()
 }
 
-/// A URL's address, authority and path.
-fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String, String)> {
+/// A URL's address, authority, path, and for `https://` the host name TLS verifies.
+fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String, String, Option<String>)> {
     let uri: http::Uri = url.parse().with_context(|| format!("invalid URL {url}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("only http:// URLs are supported, got {url}");
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => bail!("only http:// and https:// URLs are supported, got {url}"),
+    };
     let authority = uri.authority().context("URL has no host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let host = uri
         .host()
         .context("URL has no host")?
@@ -230,7 +249,7 @@ fn target(url: &str) -> anyhow::Result<(std::net::SocketAddr, String, String)> {
         .next()
         .with_context(|| format!("{host} has no address"))?;
     let path = uri.path_and_query().map_or("/".into(), |p| p.to_string());
-    Ok((addr, authority, path))
+    Ok((addr, authority, path, https.then(|| host.to_string())))
 }
 
 /// `Name: value` flags as header names and (template) values.
@@ -263,7 +282,8 @@ mod tests {
     #[test]
     fn bad_flags_are_refused_before_any_load() {
         for (argv, why) in [
-            (&["https://127.0.0.1:1/"][..], "only http://"),
+            (&["ftp://127.0.0.1:1/"][..], "only http:// and https://"),
+            (&["https://127.0.0.1:1/"][..], "--ca PATH"),
             (&["http://127.0.0.1:1/", "--concurrency", "0"], "at least 1"),
             (&["http://127.0.0.1:1/", "-H", "no colon"], "Name: value"),
             (&["http://127.0.0.1:1/", "--signal", "TERM"], "--pid"),

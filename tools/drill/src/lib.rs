@@ -23,6 +23,7 @@ mod load;
 pub mod outcome;
 mod report;
 pub mod svg;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

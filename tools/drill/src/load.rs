@@ -45,6 +45,8 @@ pub enum Mode {
 pub struct Template {
     /// Where to connect.
     pub addr: SocketAddr,
+    /// TLS, for an `https://` target.
+    pub tls: Option<crate::tls::TlsTarget>,
     /// `Host` / `:authority`.
     pub authority: String,
     /// Method.
@@ -71,8 +73,9 @@ impl Template {
 
     fn request(&self, mode: Mode, worker: usize, seq: u64) -> Request<Full<Bytes>> {
         let path = self.fill(&self.path, worker, seq);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = match mode {
-            Mode::H2 => format!("http://{}{}", self.authority, path),
+            Mode::H2 => format!("{scheme}://{}{}", self.authority, path),
             _ => path,
         };
         let mut req = Request::builder().method(self.method.clone()).uri(uri);
@@ -111,6 +114,21 @@ async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Ou
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
+    let Some(tls) = &t.tls else {
+        return handshake(stream, mode).await;
+    };
+    match tokio::time::timeout(timeout, tls.connector.connect(tls.name.clone(), stream)).await {
+        Err(_) => Err(Outcome::Timeout),
+        Ok(Err(_)) => Err(Outcome::TlsHandshake),
+        Ok(Ok(s)) => handshake(s, mode).await,
+    }
+}
+
+/// HTTP on a connected stream (TCP, or TLS over it).
+async fn handshake<I>(stream: I, mode: Mode) -> Result<Conn, Outcome>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let sender = match mode {
         Mode::H2 => {

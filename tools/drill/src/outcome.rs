@@ -23,6 +23,8 @@ pub enum Outcome {
     ResetReused,
     /// No complete response within the request timeout.
     Timeout,
+    /// The TLS handshake failed (certificate refused, protocol error, connection cut).
+    TlsHandshake,
 }
 
 impl Outcome {
@@ -35,6 +37,7 @@ impl Outcome {
             Outcome::ResetFresh => "reset_fresh".into(),
             Outcome::ResetReused => "reset_reused".into(),
             Outcome::Timeout => "timeout".into(),
+            Outcome::TlsHandshake => "tls_handshake".into(),
         }
     }
 

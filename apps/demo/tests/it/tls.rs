@@ -2,17 +2,15 @@
 //! in), a rustls client, real signals.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lameduck_testkit::tls::{write_atomically, H1Send, TestCa as Pki};
+use lameduck_testkit::tls::{serial_of, write_atomically, H1Send, TestCa as Pki};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
-use tokio_rustls::rustls::pki_types::ServerName;
 
 use crate::{start, wait_draining, SOON};
 
@@ -229,6 +227,7 @@ async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
 async fn the_certificate_rotates_without_a_dropped_request() {
     let pki = Pki::new("rotate");
     let first = pki.install(1);
+    assert_eq!(serial_of(&first), Some(1));
     let token = pki.dir().join("token");
     std::fs::write(&token, "s3cret\n").expect("token");
     let mut s = start_tls(
@@ -240,57 +239,21 @@ async fn the_certificate_rotates_without_a_dropped_request() {
             token.to_str().unwrap(),
         ],
     );
-    // A client making new connections all along.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (stop, addr) = (stop.clone(), s.http);
-        let connector = pki.connector(&[b"http/1.1"]);
-        tokio::spawn(async move {
-            let (mut ok, mut failed, mut seen) = (0, Vec::new(), Vec::<Vec<u8>>::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let result: Result<Vec<u8>, String> = async {
-                    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                    let name = ServerName::try_from("localhost").expect("name");
-                    let tls = connector
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let leaf = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.to_vec())
-                        .unwrap_or_default();
-                    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tokio::spawn(conn);
-                    match get_on(&mut send, "/ping").await? {
-                        (200, _) => Ok(leaf),
-                        other => Err(format!("{other:?}")),
-                    }
-                }
-                .await;
-                match result {
-                    Ok(leaf) => {
-                        ok += 1;
-                        if seen.last() != Some(&leaf) {
-                            seen.push(leaf);
-                        }
-                    }
-                    Err(e) => failed.push(e),
-                }
-            }
-            (ok, failed, seen)
-        })
-    };
+    // The drill over TLS, a new connection (and handshake) for every request.
+    std::fs::write(pki.dir().join("ca.pem"), pki.ca_pem()).expect("ca");
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let load = crate::upgrade::drill(
+        s.http,
+        "conn-per-request",
+        Some(&pki.dir().join("ca.pem")),
+        stopped,
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 1. The files change: picked up by the poll.
     let second = pki.install(2);
     let polled = lameduck_testkit::poll_until(SOON, || async {
         let (_, leaf) = https_h1(&pki, s.http).await.ok()?;
-        (leaf == second).then_some(())
+        (serial_of(&leaf) == Some(2)).then_some(())
     })
     .await;
     assert!(polled.is_some(), "the new certificate was not picked up");
@@ -308,7 +271,8 @@ async fn the_certificate_rotates_without_a_dropped_request() {
     })
     .await;
     assert!(refused.is_some(), "the mismatched pair was not refused");
-    assert_eq!(https_h1(&pki, s.http).await.expect("connect").1, second);
+    let now = https_h1(&pki, s.http).await.expect("connect").1;
+    assert_eq!((serial_of(&now), &now), (Some(2), &second));
     // 3. The admin call, with the bearer token.
     let third = pki.install(3);
     let mut admin = lameduck_testkit::connect_h1(s.admin).await.expect("admin");
@@ -322,24 +286,88 @@ async fn the_certificate_rotates_without_a_dropped_request() {
         .await
         .expect("reload");
     assert!(res.status() == 200, "{res:?}");
-    assert_eq!(https_h1(&pki, s.http).await.expect("connect").1, third);
+    let now = https_h1(&pki, s.http).await.expect("connect").1;
+    assert_eq!((serial_of(&now), &now), (Some(3), &third));
     let unauthorized = admin
         .send(http::Method::POST, "/reload-tls", &[], Bytes::new())
         .await
         .expect("reload");
     assert_eq!(unauthorized.status(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed, seen) = load.await.expect("load");
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
+    let _ = stop.send(());
+    let report = load.await.expect("drill");
+    assert_eq!(
+        report.errors, 0,
+        "failed during the rotations: {:?}",
+        report.outcomes
     );
-    assert!(ok > 20, "only {ok} requests");
-    assert_eq!(seen.first(), Some(&first));
-    assert_eq!(seen.last(), Some(&third));
+    assert!(report.requests > 100, "only {} requests", report.requests);
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_over_tls_lose_no_request_on_keep_alive_connections() {
+    let pki = Pki::new("upgrade-h1");
+    pki.install(1);
+    std::fs::write(pki.dir().join("ca.pem"), pki.ca_pem()).expect("ca");
+    let args = pki.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ca = pki.dir().join("ca.pem");
+    crate::upgrade::upgrades_under_load_with("keep-alive", 10, &args, Some(&ca)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_upgrades_over_tls_lose_no_request_over_http2() {
+    let pki = Pki::new("upgrade-h2");
+    pki.install(1);
+    std::fs::write(pki.dir().join("ca.pem"), pki.ca_pem()).expect("ca");
+    let args = pki.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ca = pki.dir().join("ca.pem");
+    crate::upgrade::upgrades_under_load_with("h2", 10, &args, Some(&ca)).await;
+}
+
+/// The drill over TLS: `--insecure` accepts the test certificate, a CA that did not sign
+/// it makes every request a `tls_handshake` failure, and no `--ca` is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drill_speaks_tls_and_counts_handshake_failures_apart() {
+    use clap::Parser as _;
+    let pki = Pki::new("drill");
+    pki.install(1);
+    let other = Pki::new("drill-other");
+    std::fs::write(other.dir().join("ca.pem"), other.ca_pem()).expect("ca");
+    let mut s = start_tls(&pki, &[]);
+    let url = format!("https://{}/ping", s.http);
+    let run = |extra: Vec<String>| {
+        let mut argv = vec![
+            "lameduck-drill".to_string(),
+            url.clone(),
+            "--requests".into(),
+            "50".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--quiet".into(),
+        ];
+        argv.extend(extra);
+        lameduck_drill::Args::try_parse_from(argv).expect("flags")
+    };
+    let ok = lameduck_drill::run(run(vec!["--insecure".into()]))
+        .await
+        .expect("drill");
+    assert_eq!((ok.requests, ok.errors), (50, 0), "{:?}", ok.outcomes);
+    let ca = other.dir().join("ca.pem").display().to_string();
+    let refused = lameduck_drill::run(run(vec!["--ca".into(), ca]))
+        .await
+        .expect("drill");
+    assert_eq!(
+        refused.outcomes.get("tls_handshake"),
+        Some(&50),
+        "{:?}",
+        refused.outcomes
+    );
+    let err = lameduck_drill::run(run(vec![])).await.expect_err("no --ca");
+    assert!(err.to_string().contains("--ca PATH"), "{err}");
     s.signal(Signal::SIGTERM);
     assert_eq!(s.wait_exit(SOON).await, Some(0));
 }

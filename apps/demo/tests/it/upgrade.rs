@@ -17,25 +17,31 @@ use crate::{start, SOON};
 const UPGRADES: usize = 20;
 const CONCURRENCY: &str = "8";
 
-/// Start `lameduck-drill` (the library) against `addr` until `stop` fires.
-fn drill(
+/// Start `lameduck-drill` (the library) against `addr` until `stop` fires; over TLS
+/// trusting the CA in `ca`, when given.
+pub(crate) fn drill(
     addr: SocketAddr,
     mode: &str,
+    ca: Option<&std::path::Path>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<lameduck_drill::Report> {
-    let url = format!("http://{addr}/ping");
-    let args = lameduck_drill::Args::try_parse_from([
-        "lameduck-drill",
-        url.as_str(),
-        "--mode",
-        mode,
-        "--concurrency",
-        CONCURRENCY,
-        "--duration",
-        "120s",
-        "--quiet",
-    ])
-    .expect("drill flags");
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}/ping");
+    let mut argv = vec![
+        "lameduck-drill".to_string(),
+        url,
+        "--mode".into(),
+        mode.into(),
+        "--concurrency".into(),
+        CONCURRENCY.into(),
+        "--duration".into(),
+        "120s".into(),
+        "--quiet".into(),
+    ];
+    if let Some(ca) = ca {
+        argv.extend(["--ca".to_string(), ca.display().to_string()]);
+    }
+    let args = lameduck_drill::Args::try_parse_from(argv).expect("drill flags");
     tokio::spawn(async move {
         lameduck_drill::run_until(args, async move {
             let _ = stop.await;
@@ -76,14 +82,27 @@ impl Drop for Newest {
 }
 
 async fn upgrades_under_load(mode: &str) {
-    let mut s = start(&["--log-format", "json"]);
+    upgrades_under_load_with(mode, UPGRADES, &[], None).await;
+}
+
+/// `upgrades` SIGHUP upgrades under the drill's load in `mode`; the demo gets `extra`, and
+/// the drill speaks TLS trusting `ca` when given.
+pub(crate) async fn upgrades_under_load_with(
+    mode: &str,
+    upgrades: usize,
+    extra: &[&str],
+    ca: Option<&std::path::Path>,
+) {
+    let mut args = vec!["--log-format", "json"];
+    args.extend_from_slice(extra);
+    let mut s = start(&args);
     let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
     let _cleanup = Newest(newest.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let load = drill(s.http, mode, stopped);
+    let load = drill(s.http, mode, ca, stopped);
     let mut pid = s.pid();
     let mut pids = vec![pid];
-    for i in 1..=UPGRADES {
+    for i in 1..=upgrades {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
         let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
             .await
@@ -118,13 +137,13 @@ async fn upgrades_under_load(mode: &str) {
         report.requests, report.outcomes
     );
     assert!(
-        report.requests > 1000,
+        report.requests > 50 * upgrades as u64,
         "the drill ran ({} requests)",
         report.requests
     );
     assert_eq!(
         report.errors, 0,
-        "failed requests across {UPGRADES} upgrades: {:?}",
+        "failed requests across {upgrades} upgrades: {:?}",
         report.outcomes
     );
     let mut unique = pids.clone();
@@ -132,7 +151,7 @@ async fn upgrades_under_load(mode: &str) {
     unique.dedup();
     assert_eq!(
         unique.len(),
-        UPGRADES + 1,
+        upgrades + 1,
         "every upgrade gave a new pid: {pids:?}"
     );
     // The final process exits 0 on SIGTERM.
