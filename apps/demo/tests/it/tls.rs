@@ -371,3 +371,33 @@ async fn the_drill_speaks_tls_and_counts_handshake_failures_apart() {
     s.signal(Signal::SIGTERM);
     assert_eq!(s.wait_exit(SOON).await, Some(0));
 }
+
+/// An idle keep-alive connection closed by the drain ends with a TLS `close_notify`: the
+/// client reads a clean end of stream, not a truncation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_with_close_notify_after_the_grace() {
+    use tokio::io::AsyncReadExt as _;
+    let pki = Pki::new("notify");
+    pki.install(1);
+    let mut s = start_tls(&pki, &["--idle-grace", "300ms"]);
+    let (mut tls, _, _) = tls_connect(&pki, s.http, &[b"http/1.1"])
+        .await
+        .expect("tls");
+    tls.write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 512];
+    let n = tls.read(&mut head).await.expect("answer");
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    s.signal(Signal::SIGTERM);
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(SOON, tls.read_to_end(&mut rest))
+        .await
+        .expect("closed within the grace");
+    assert!(end.is_ok(), "not a clean TLS close: {end:?}");
+    assert_eq!(s.wait_exit(SOON).await, Some(0));
+}
