@@ -518,33 +518,48 @@ fn spawn_connection<S, B>(
     let _ = stream.set_nodelay(true);
     let shared = shared.clone();
     shared.stack.metrics.connection_opened();
-    shared.tracker.clone().spawn(async move {
-        let (mut stream, mut peer) = (stream, peer);
-        if shared.proxy_protocol {
-            match proxy_protocol::read_header(&mut stream, shared.limits.header_read_timeout).await {
-                Ok(Some(client)) => peer = client,
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection closed: PROXY protocol header required");
-                    shared.stack.metrics.connection_closed();
-                    return;
+    // TLS connections get a task of their own: the handshake (bounded, cut by the drain)
+    // comes first, then the same HTTP serving as in cleartext.
+    #[cfg(feature = "tls")]
+    if let Some(t) = shared.tls.clone() {
+        shared.tracker.clone().spawn(async move {
+            let (mut stream, mut peer) = (stream, peer);
+            if proxy_header(&shared, &mut stream, &mut peer).await {
+                let sd = shared.stack.shutdown.clone();
+                if let Some(tls) = t.accept(stream, &sd, shared.limits.idle_grace).await {
+                    serve_io(&shared, tls, peer, svc).await;
                 }
-            }
-        }
-        #[cfg(feature = "tls")]
-        if let Some(t) = shared.tls.clone() {
-            let sd = shared.stack.shutdown.clone();
-            if let Some(tls) = t.accept(stream, &sd, shared.limits.idle_grace).await {
-                serve_io(&shared, tls, peer, svc).await;
             }
             shared.stack.metrics.connection_closed();
             drop(permit);
-            return;
+        });
+        return;
+    }
+    shared.tracker.clone().spawn(async move {
+        let (mut stream, mut peer) = (stream, peer);
+        if proxy_header(&shared, &mut stream, &mut peer).await {
+            serve_io(&shared, stream, peer, svc).await;
         }
-        serve_io(&shared, stream, peer, svc).await;
         shared.stack.metrics.connection_closed();
         drop(permit);
     });
+}
+
+/// With the PROXY protocol on, read the header and take the client's address from it;
+/// `false` when the connection must be closed (no valid header).
+async fn proxy_header(shared: &Shared, stream: &mut TcpStream, peer: &mut SocketAddr) -> bool {
+    if !shared.proxy_protocol {
+        return true;
+    }
+    match proxy_protocol::read_header(stream, shared.limits.header_read_timeout).await {
+        Ok(Some(client)) => *peer = client,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection closed: PROXY protocol header required");
+            return false;
+        }
+    }
+    true
 }
 
 /// Serve HTTP on one connection's byte stream (TCP, or TLS over it) until it ends.
