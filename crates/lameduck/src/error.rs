@@ -29,7 +29,31 @@ pub enum Error {
     /// The TLS certificate or key cannot be used.
     #[cfg(feature = "tls")]
     #[error("TLS: {0}")]
-    Tls(#[from] crate::server::TlsError),
+    Tls(#[from] TlsError),
+}
+
+#[cfg(feature = "tls")]
+/// A certificate and key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file cannot be read or parsed.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{} does not match the certificate in {}: {problem}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: std::path::PathBuf,
+        /// The key file.
+        key: std::path::PathBuf,
+        /// rustls's words.
+        problem: String,
+    },
 }
 
 /// A panic's message, when its payload is a string (as `panic!` with a message makes).

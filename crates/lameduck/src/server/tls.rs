@@ -35,6 +35,7 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+pub use crate::error::TlsError;
 use crate::lifecycle::Shutdown;
 use crate::metrics::TlsStats;
 
@@ -72,29 +73,6 @@ impl TlsConfig {
             reload_every: Some(DEFAULT_RELOAD_EVERY),
         }
     }
-}
-
-/// A certificate and key that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file cannot be read or parsed.
-    #[error("{}: {problem}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// The key is not the certificate's.
-    #[error("{} does not match the certificate in {}: {problem}", key.display(), cert.display())]
-    Mismatch {
-        /// The certificate file.
-        cert: PathBuf,
-        /// The key file.
-        key: PathBuf,
-        /// rustls's words.
-        problem: String,
-    },
 }
 
 /// Why a handshake failed, as counted on `/metrics`.

@@ -6,6 +6,8 @@ mod layout;
 mod parity;
 mod server;
 mod tasks;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
