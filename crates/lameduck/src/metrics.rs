@@ -127,17 +127,42 @@ struct Registry {
 /// labels them (in [`TlsStats`]' order).
 pub const TLS_FAILURES: [&str; 5] = ["timeout", "eof", "protocol", "drain", "io"];
 
-/// TLS handshake and certificate reload counts (the server's TLS keeps them).
-#[derive(Debug, Default)]
+/// TLS handshake and certificate reload counts, and the certificate's expiry (the server's
+/// TLS keeps them).
+#[derive(Debug)]
 pub struct TlsStats {
     pub(crate) handshakes: AtomicU64,
     /// By reason, in [`TLS_FAILURES`]' order.
     pub(crate) failures: [AtomicU64; 5],
     pub(crate) reloads: AtomicU64,
     pub(crate) reload_failures: AtomicU64,
+    /// The certificate in use expires then (Unix seconds; `i64::MIN` when unknown).
+    not_after: AtomicI64,
+}
+
+impl Default for TlsStats {
+    fn default() -> Self {
+        Self {
+            handshakes: AtomicU64::new(0),
+            failures: Default::default(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            not_after: AtomicI64::new(i64::MIN),
+        }
+    }
 }
 
 impl TlsStats {
+    /// When the certificate in use expires, in seconds since the Unix epoch, if known.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
+    }
+
+    pub(crate) fn set_not_after(&self, t: Option<i64>) {
+        self.not_after
+            .store(t.unwrap_or(i64::MIN), Ordering::Relaxed);
+    }
+
     /// Handshakes completed.
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
@@ -186,6 +211,14 @@ fn encode_tls(enc: &mut DescriptorEncoder<'_>, t: &TlsStats) -> std::fmt::Result
     let (ok, refused) = t.reloads();
     ConstCounter::new(ok).encode(m.encode_family(&[("outcome", "applied")])?)?;
     ConstCounter::new(refused).encode(m.encode_family(&[("outcome", "refused")])?)?;
+    if let Some(when) = t.not_after() {
+        gauge(
+            enc,
+            "lameduck_tls_certificate_not_after_seconds",
+            "When the certificate new connections get expires (Unix time): alert well before",
+            when,
+        )?;
+    }
     Ok(())
 }
 

@@ -83,6 +83,11 @@ async fn https_serves_http1_and_h2_as_alpn_chooses() {
         "the failed handshake is counted by reason"
     );
     assert!(metric(s.admin, "lameduck_tls_handshakes_total ").await >= Some(2.0));
+    // rcgen's certificates are valid until 4096-01-01.
+    assert_eq!(
+        metric(s.admin, "lameduck_tls_certificate_not_after_seconds ").await,
+        Some(67_090_118_400.0)
+    );
     s.signal(Signal::SIGTERM);
     assert_eq!(s.wait_exit(SOON).await, Some(0));
 }

@@ -11,7 +11,8 @@
 //!   handshake still running when the drain starts is cut after the idle grace, so it never
 //!   holds the drain. Failures are counted by reason
 //!   (`lameduck_tls_handshake_failures_total{reason}`) and logged at debug only: a scanner
-//!   must not flood the log.
+//!   must not flood the log. The certificate's expiry is
+//!   `lameduck_tls_certificate_not_after_seconds` (Unix time).
 //! - **Rotation**: [`Tls::reload`] reads both files again and swaps the pair in when their
 //!   content changed and they match; new handshakes use it at once, connections already
 //!   open keep theirs, and sessions made with the old pair are not resumed (each pair has
@@ -152,6 +153,66 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// When the leaf certificate `der` expires, in seconds since the Unix epoch: its
+/// TBSCertificate's `validity.notAfter` (UTCTime or GeneralizedTime, UTC).
+fn not_after(der: &[u8]) -> Option<i64> {
+    /// The DER element at `at`: (tag, start of its content, content length).
+    fn element(der: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+        let tag = *der.get(at)?;
+        let first = *der.get(at + 1)? as usize;
+        if first < 0x80 {
+            return Some((tag, at + 2, first));
+        }
+        let n = first & 0x7f;
+        let len = (0..n).try_fold(0usize, |len, i| {
+            Some((len << 8) | *der.get(at + 2 + i)? as usize)
+        })?;
+        Some((tag, at + 2 + n, len))
+    }
+    let (_, tbs, _) = element(der, 0)?;
+    let (_, mut at, _) = element(der, tbs)?;
+    // [0] version (optional), serial, signature algorithm, issuer, validity.
+    let (tag, start, len) = element(der, at)?;
+    if tag == 0xa0 {
+        at = start + len;
+    }
+    for _ in 0..3 {
+        let (_, start, len) = element(der, at)?;
+        at = start + len;
+    }
+    let (_, validity, _) = element(der, at)?;
+    let (_, start, len) = element(der, validity)?;
+    let (tag, start, len) = element(der, start + len)?;
+    let text = std::str::from_utf8(der.get(start..start + len)?).ok()?;
+    asn1_time(tag, text)
+}
+
+/// An ASN.1 UTCTime (tag 0x17, `YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime
+/// (0x18, `YYYYMMDDHHMMSSZ`) as seconds since the Unix epoch.
+fn asn1_time(tag: u8, text: &str) -> Option<i64> {
+    let digits = text.strip_suffix('Z')?;
+    let (year, rest) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let yy: i64 = digits.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        (0x18, 14) => (digits.get(..4)?.parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day) = (field(0)?, field(2)?);
+    let (h, m, sec) = (field(4)?, field(6)?, field(8)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
+
 /// The pair in these files' contents, checked.
 fn parse(config: &TlsConfig, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     let bad = |path: &Path, problem: String| TlsError::File {
@@ -184,12 +245,14 @@ impl Tls {
     pub(crate) fn new(config: TlsConfig) -> Result<Self, TlsError> {
         let (cert, key) = (read(&config.cert)?, read(&config.key)?);
         let pair = parse(&config, &cert, &key)?;
+        let stats = Arc::new(TlsStats::default());
+        stats.set_not_after(pair.end_entity_cert().ok().and_then(|c| not_after(c)));
         Ok(Self {
             acceptor: RwLock::new(acceptor(&config, pair)?),
             handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes.max(1))),
             config,
             seen: Mutex::new((cert, key)),
-            stats: Arc::default(),
+            stats,
         })
     }
 
@@ -207,8 +270,13 @@ impl Tls {
             return Ok(false);
         }
         *seen = (cert, key);
-        match parse(&self.config, &seen.0, &seen.1).and_then(|pair| acceptor(&self.config, pair)) {
-            Ok(next) => {
+        let parsed = parse(&self.config, &seen.0, &seen.1).and_then(|pair| {
+            let expires = pair.end_entity_cert().ok().and_then(|c| not_after(c));
+            Ok((acceptor(&self.config, pair)?, expires))
+        });
+        match parsed {
+            Ok((next, expires)) => {
+                self.stats.set_not_after(expires);
                 *self
                     .acceptor
                     .write()
@@ -275,5 +343,30 @@ impl Tls {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asn1_times_are_read_as_unix_seconds() {
+        assert_eq!(asn1_time(0x17, "250102030405Z"), Some(1_735_787_045));
+        assert_eq!(asn1_time(0x17, "491231235959Z"), Some(2_524_607_999));
+        assert_eq!(asn1_time(0x18, "40960101000000Z"), Some(67_090_118_400));
+        assert_eq!(asn1_time(0x18, "19700101000000Z"), Some(0));
+        for bad in ["2501020304Z", "250102030405", "25010203040aZ"] {
+            assert_eq!(asn1_time(0x17, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_certificates_expiry_is_read_from_its_der() {
+        // rcgen's certificates are valid until 4096-01-01 unless told otherwise.
+        let ca = lameduck_testkit::tls::TestCa::new("not-after");
+        let (der, _, _) = ca.leaf(7);
+        assert_eq!(not_after(&der), Some(67_090_118_400));
+        assert_eq!(not_after(&der[..40]), None, "a truncated certificate");
     }
 }
