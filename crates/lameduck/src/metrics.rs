@@ -158,6 +158,7 @@ impl TlsStats {
         Some(self.not_after.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN)
     }
 
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn set_not_after(&self, t: Option<i64>) {
         self.not_after
             .store(t.unwrap_or(i64::MIN), Ordering::Relaxed);
