@@ -101,8 +101,17 @@ async fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn an_order_is_paid_once_and_every_rule_holds() {
+    every_rule(Store::sqlite("pay-rules")).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+async fn an_order_is_paid_once_and_every_rule_holds_on_postgres_too() {
+    every_rule(Store::postgres("pay-rules").await).await;
+}
+
+async fn every_rule(store: Store) {
     let gw = gateway(0.0, 0.0, 0).await;
-    let store = Store::sqlite("pay-rules");
     let mut s = start(&store, &gw, &[]);
     wait_ready(&s).await;
     let id = create(s.http, "c1").await;
@@ -365,8 +374,17 @@ async fn check_ledger(addr: SocketAddr, gw: &Gw) -> HashMap<String, String> {
 
 #[tokio::test]
 async fn payments_under_faults_sigterm_and_sigkill_never_charge_twice() {
+    under_faults(Store::sqlite("pay-faults")).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+async fn payments_under_faults_never_charge_twice_on_postgres_too() {
+    under_faults(Store::postgres("pay-faults").await).await;
+}
+
+async fn under_faults(store: Store) {
     let gw = gateway(0.3, 0.1, 5).await;
-    let store = Store::sqlite("pay-faults");
     let extra = [
         "--payment-timeout-max",
         "300ms",
