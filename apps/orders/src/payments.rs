@@ -45,7 +45,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt as _};
 
 use crate::db::Db;
-use crate::model::{Order, CANCELLED, PAID, PAYING};
+use crate::model::{Order, PAID, PAYING};
 use crate::ops::{AuditCtx, Done, Op, PayStart};
 use crate::outbox::now_ms;
 use crate::writer::WriteError;
@@ -498,11 +498,6 @@ async fn send(
 }
 
 impl PayError {
-    /// `true` when the order was cancelled (else a conflict is a payment in progress).
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self, PayError::Conflict(o) if o.status == CANCELLED)
-    }
-
     /// `true` for a payment in progress.
     pub fn in_progress(&self) -> bool {
         matches!(self, PayError::Conflict(o) if o.status == PAYING)

@@ -7,24 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lameduck_testkit::tls::{serial_of, write_atomically, H1Send, TestCa as Pki};
+use lameduck_testkit::tls::{serial_of, write_atomically, H1Send, TestCa};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::{start, wait_draining, SOON};
-
-async fn https_h1(pki: &Pki, addr: SocketAddr) -> std::io::Result<(H1Send, Vec<u8>)> {
-    pki.https_h1(addr).await
-}
-
-async fn tls_connect(
-    pki: &Pki,
-    addr: SocketAddr,
-    alpn: &[&[u8]],
-) -> std::io::Result<(lameduck_testkit::tls::TlsStream, Option<Vec<u8>>, Vec<u8>)> {
-    pki.connect(addr, alpn).await
-}
 
 async fn get_on(send: &mut H1Send, path: &str) -> Result<(u16, Option<String>), String> {
     lameduck_testkit::tls::send(send, http::Method::GET, path, &[], "")
@@ -32,7 +20,7 @@ async fn get_on(send: &mut H1Send, path: &str) -> Result<(u16, Option<String>), 
         .map(|(status, close, _)| (status, close))
 }
 
-fn start_tls(pki: &Pki, extra: &[&str]) -> lameduck_testkit::Spawned {
+fn start_tls(pki: &TestCa, extra: &[&str]) -> lameduck_testkit::Spawned {
     let args = pki.args();
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(extra);
@@ -49,14 +37,15 @@ async fn metric(admin: SocketAddr, line: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_serves_http1_and_h2_as_alpn_chooses() {
-    let pki = Pki::new("alpn");
+    let pki = TestCa::new("alpn");
     let der = pki.install(1);
     let mut s = start_tls(&pki, &[]);
-    let (mut send, leaf) = https_h1(&pki, s.http).await.expect("https h1");
+    let (mut send, leaf) = pki.https_h1(s.http).await.expect("https h1");
     assert_eq!(leaf, der);
     assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
     // h2 through ALPN.
-    let (tls, alpn, _) = tls_connect(&pki, s.http, &[b"h2", b"http/1.1"])
+    let (tls, alpn, _) = pki
+        .connect(s.http, &[b"h2", b"http/1.1"])
         .await
         .expect("tls");
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
@@ -94,12 +83,12 @@ async fn https_serves_http1_and_h2_as_alpn_chooses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keep_alive_race_over_tls_loses_nothing() {
-    let pki = Pki::new("race");
+    let pki = TestCa::new("race");
     pki.install(1);
     let mut s = start_tls(&pki, &["--idle-grace", "2s"]);
     let mut pool = Vec::new();
     for _ in 0..64 {
-        let (mut send, _) = https_h1(&pki, s.http).await.expect("connect");
+        let (mut send, _) = pki.https_h1(s.http).await.expect("connect");
         assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
         pool.push(send);
     }
@@ -126,7 +115,7 @@ async fn the_keep_alive_race_over_tls_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_broken_handshakes_are_cut_and_never_hold_the_drain() {
-    let pki = Pki::new("slow");
+    let pki = TestCa::new("slow");
     pki.install(1);
     let mut s = start_tls(
         &pki,
@@ -154,7 +143,7 @@ async fn slow_and_broken_handshakes_are_cut_and_never_hold_the_drain() {
         "the silent and the partial handshake were cut at the timeout"
     );
     // Still serving.
-    let (mut send, _) = https_h1(&pki, s.http).await.expect("connect");
+    let (mut send, _) = pki.https_h1(s.http).await.expect("connect");
     assert_eq!(get_on(&mut send, "/ping").await, Ok((200, None)));
     drop((silent, garbage, partial, send));
     // With a long handshake timeout, a silent connection does not hold the drain: it is cut
@@ -183,7 +172,7 @@ async fn slow_and_broken_handshakes_are_cut_and_never_hold_the_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
-    let pki = Pki::new("bad");
+    let pki = TestCa::new("bad");
     let (_, cert, _) = pki.leaf(1);
     let (_, _, other_key) = pki.leaf(2);
     write_atomically(&pki.cert(), &cert);
@@ -230,7 +219,7 @@ async fn a_missing_or_mismatched_pair_exits_1_naming_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_rotates_without_a_dropped_request() {
-    let pki = Pki::new("rotate");
+    let pki = TestCa::new("rotate");
     let first = pki.install(1);
     assert_eq!(serial_of(&first), Some(1));
     let token = pki.dir().join("token");
@@ -257,7 +246,7 @@ async fn the_certificate_rotates_without_a_dropped_request() {
     // 1. The files change: picked up by the poll.
     let second = pki.install(2);
     let polled = lameduck_testkit::poll_until(SOON, || async {
-        let (_, leaf) = https_h1(&pki, s.http).await.ok()?;
+        let (_, leaf) = pki.https_h1(s.http).await.ok()?;
         (serial_of(&leaf) == Some(2)).then_some(())
     })
     .await;
@@ -276,7 +265,7 @@ async fn the_certificate_rotates_without_a_dropped_request() {
     })
     .await;
     assert!(refused.is_some(), "the mismatched pair was not refused");
-    let now = https_h1(&pki, s.http).await.expect("connect").1;
+    let now = pki.https_h1(s.http).await.expect("connect").1;
     assert_eq!((serial_of(&now), &now), (Some(2), &second));
     // 3. The admin call, with the bearer token.
     let third = pki.install(3);
@@ -291,7 +280,7 @@ async fn the_certificate_rotates_without_a_dropped_request() {
         .await
         .expect("reload");
     assert!(res.status() == 200, "{res:?}");
-    let now = https_h1(&pki, s.http).await.expect("connect").1;
+    let now = pki.https_h1(s.http).await.expect("connect").1;
     assert_eq!((serial_of(&now), &now), (Some(3), &third));
     let unauthorized = admin
         .send(http::Method::POST, "/reload-tls", &[], Bytes::new())
@@ -313,7 +302,7 @@ async fn the_certificate_rotates_without_a_dropped_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_over_tls_lose_no_request_on_keep_alive_connections() {
-    let pki = Pki::new("upgrade-h1");
+    let pki = TestCa::new("upgrade-h1");
     pki.install(1);
     std::fs::write(pki.dir().join("ca.pem"), pki.ca_pem()).expect("ca");
     let args = pki.args();
@@ -324,7 +313,7 @@ async fn sighup_upgrades_over_tls_lose_no_request_on_keep_alive_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_over_tls_lose_no_request_over_http2() {
-    let pki = Pki::new("upgrade-h2");
+    let pki = TestCa::new("upgrade-h2");
     pki.install(1);
     std::fs::write(pki.dir().join("ca.pem"), pki.ca_pem()).expect("ca");
     let args = pki.args();
@@ -338,9 +327,9 @@ async fn sighup_upgrades_over_tls_lose_no_request_over_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drill_speaks_tls_and_counts_handshake_failures_apart() {
     use clap::Parser as _;
-    let pki = Pki::new("drill");
+    let pki = TestCa::new("drill");
     pki.install(1);
-    let other = Pki::new("drill-other");
+    let other = TestCa::new("drill-other");
     std::fs::write(other.dir().join("ca.pem"), other.ca_pem()).expect("ca");
     let mut s = start_tls(&pki, &[]);
     let url = format!("https://{}/ping", s.http);
@@ -382,12 +371,10 @@ async fn the_drill_speaks_tls_and_counts_handshake_failures_apart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_with_close_notify_after_the_grace() {
     use tokio::io::AsyncReadExt as _;
-    let pki = Pki::new("notify");
+    let pki = TestCa::new("notify");
     pki.install(1);
     let mut s = start_tls(&pki, &["--idle-grace", "300ms"]);
-    let (mut tls, _, _) = tls_connect(&pki, s.http, &[b"http/1.1"])
-        .await
-        .expect("tls");
+    let (mut tls, _, _) = pki.connect(s.http, &[b"http/1.1"]).await.expect("tls");
     tls.write_all(b"GET /ping HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .expect("write");
