@@ -29,7 +29,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -126,9 +126,9 @@ pub fn mark_connection_close<B>(version: Version, res: &mut Response<B>) {
 /// The layer's last step: while `shutdown` is draining, mark the response so that an
 /// HTTP/1 client moves its next request to a new connection.
 #[inline]
-pub(crate) fn mark_if_draining<B>(shutdown: &Shutdown, version: Version, res: &mut Response<B>) {
-    if shutdown.is_draining() {
-        mark_connection_close(version, res);
+pub(crate) fn mark_if_draining(shutdown: &Shutdown, version: Version, headers: &mut HeaderMap) {
+    if shutdown.is_draining() && version <= Version::HTTP_11 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -212,7 +212,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut res = ready!(this.fut.poll(cx))?;
-        mark_if_draining(this.shutdown, *this.version, &mut res);
+        mark_if_draining(this.shutdown, *this.version, res.headers_mut());
         Poll::Ready(Ok(res))
     }
 }

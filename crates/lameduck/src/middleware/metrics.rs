@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Extensions, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -109,7 +109,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx))?;
-        let route = route_label(this.ctx.as_ref(), &res);
+        let route = route_label(this.ctx.as_ref(), res.extensions());
         this.metrics
             .observe(route, res.status().as_u16(), this.started.elapsed());
         Poll::Ready(Ok(res))
@@ -121,19 +121,19 @@ where
 /// template), else from the response extensions ([`RouteTemplate`], or axum's
 /// `MatchedPath`), else [`UNMATCHED_ROUTE`].
 #[inline]
-pub(crate) fn route_label<'a, B>(ctx: Option<&'a RequestContext>, res: &'a Response<B>) -> &'a str {
+pub(crate) fn route_label<'a>(ctx: Option<&'a RequestContext>, ext: &'a Extensions) -> &'a str {
     ctx.and_then(RequestContext::route)
-        .unwrap_or_else(|| response_route(res))
+        .unwrap_or_else(|| response_route(ext))
 }
 
 /// The route label the response extensions give, else [`UNMATCHED_ROUTE`].
 #[inline]
-pub(crate) fn response_route<B>(res: &Response<B>) -> &str {
-    if let Some(label) = res.extensions().get::<RouteTemplate>() {
+pub(crate) fn response_route(ext: &Extensions) -> &str {
+    if let Some(label) = ext.get::<RouteTemplate>() {
         return &label.0;
     }
     #[cfg(feature = "axum")]
-    if let Some(path) = res.extensions().get::<axum::extract::MatchedPath>() {
+    if let Some(path) = ext.get::<axum::extract::MatchedPath>() {
         return path.as_str();
     }
     UNMATCHED_ROUTE

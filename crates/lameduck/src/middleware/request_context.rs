@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -57,8 +57,7 @@ pub(crate) fn context_for<B>(
 
 /// The layer's last step: return the request id and the trace context (`traceparent`,
 /// `tracestate`) on the response, unless the application set them.
-pub(crate) fn set_response_headers<B>(res: &mut Response<B>, ctx: &RequestContext) {
-    let headers = res.headers_mut();
+pub(crate) fn set_response_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
     headers
         .entry(&X_REQUEST_ID)
         .or_insert_with(|| ctx.request_id().to_header_value());
@@ -145,7 +144,7 @@ where
         let this = self.project();
         let mut res = ready!(this.inner.poll(cx))?;
         if let Some(ctx) = this.ctx.take() {
-            set_response_headers(&mut res, &ctx);
+            set_response_headers(res.headers_mut(), &ctx);
         }
         Poll::Ready(Ok(res))
     }
