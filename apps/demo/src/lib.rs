@@ -15,13 +15,13 @@ use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
-use axum::Router;
 use clap::Parser;
 use futures_util::stream::{self, Stream};
 use lameduck::cli::{self, LogFormat};
 use lameduck::context::{RequestContext, RequestSpans};
 use lameduck::lifecycle::Lifecycle;
 use lameduck::logs::{self, LogFlusher, LogWriter};
+use lameduck::middleware::route::Routes;
 use lameduck::server::{self, Server};
 
 /// The longest `/work` accepts, in milliseconds.
@@ -299,13 +299,13 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .bind(args.listen, lifecycle)
         .await?;
     cli::announce(&server, args.listen, args.admin_listen)?;
-    let report = server.serve_router(app()).await;
+    let report = server.serve_routes(app()).await;
     Ok(report.exit_code())
 }
 
-/// The demo's routes.
-pub fn app() -> Router {
-    Router::new()
+/// The demo's routes, with their templates for the metrics' route labels.
+pub fn app() -> Routes {
+    Routes::new()
         .route("/ping", get(|| async { "pong" }))
         .route("/work", get(work))
         .route("/events", get(events))

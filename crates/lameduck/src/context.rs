@@ -244,6 +244,9 @@ struct ContextInner {
 enum Route {
     #[cfg(feature = "axum")]
     Axum(axum::extract::MatchedPath),
+    /// From the server's table of [`Routes`](crate::middleware::route::Routes).
+    #[cfg(feature = "axum")]
+    Template(Arc<str>),
 }
 
 impl RequestContext {
@@ -260,6 +263,26 @@ impl RequestContext {
             peer,
             shutdown,
             route: OnceLock::new(),
+            body_timed_out: AtomicBool::new(false),
+        }))
+    }
+
+    /// A context whose route template is already known (the server's table of
+    /// [`Routes`](crate::middleware::route::Routes)).
+    #[cfg(feature = "axum")]
+    pub(crate) fn with_template(
+        id: RequestId,
+        trace: TraceContext,
+        peer: Option<std::net::SocketAddr>,
+        shutdown: Shutdown,
+        template: Arc<str>,
+    ) -> Self {
+        Self(Arc::new(ContextInner {
+            id,
+            trace,
+            peer,
+            shutdown,
+            route: OnceLock::from(Route::Template(template)),
             body_timed_out: AtomicBool::new(false),
         }))
     }
@@ -304,13 +327,17 @@ impl RequestContext {
         self.0.shutdown.deadline()
     }
 
-    /// The route template the request matched (such as `/orders/{id}`), once
+    /// The route template the request matched (such as `/orders/{id}`): from the server's
+    /// table when it serves [`Routes`](crate::middleware::route::Routes) (known before the
+    /// handler runs), else once
     /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) has seen it; `None`
-    /// before routing, for unmatched requests, and without that layer.
+    /// before routing, for unmatched requests, and without either.
     pub fn route(&self) -> Option<&str> {
         match self.0.route.get()? {
             #[cfg(feature = "axum")]
             Route::Axum(path) => Some(path.as_str()),
+            #[cfg(feature = "axum")]
+            Route::Template(t) => Some(t),
             #[cfg(not(feature = "axum"))]
             _ => None,
         }

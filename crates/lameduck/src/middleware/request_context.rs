@@ -45,6 +45,7 @@ pub(crate) fn context_for<B>(
     req: &Request<B>,
     shutdown: &Shutdown,
     peer: Option<std::net::SocketAddr>,
+    #[cfg(feature = "axum")] template: Option<std::sync::Arc<str>>,
 ) -> RequestContext {
     let id = req
         .headers()
@@ -52,6 +53,10 @@ pub(crate) fn context_for<B>(
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
     let trace = TraceContext::from_headers(req.headers());
+    #[cfg(feature = "axum")]
+    if let Some(template) = template {
+        return RequestContext::with_template(id, trace, peer, shutdown.clone(), template);
+    }
     RequestContext::new(id, trace, peer, shutdown.clone())
 }
 
@@ -114,7 +119,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ctx = context_for(&req, &self.shutdown, None);
+        let ctx = context_for(
+            &req,
+            &self.shutdown,
+            None,
+            #[cfg(feature = "axum")]
+            None,
+        );
         req.extensions_mut().insert(ctx.clone());
         ResponseFuture {
             inner: self.inner.call(req),

@@ -76,6 +76,9 @@ pub struct Builder {
     pub(super) access_log: AccessLog,
     pub(super) request_spans: RequestSpans,
     pub(super) response_ids: bool,
+    /// Set by `serve_routes`: the route templates the server matches itself.
+    #[cfg(feature = "axum")]
+    pub(super) route_templates: Option<std::sync::Arc<crate::middleware::route::RouteTemplates>>,
     pub(super) drain_policy: DrainPolicy,
     pub(super) upgrade_timeout: Duration,
     pub(super) grace_budget: Option<Duration>,
@@ -116,6 +119,8 @@ impl Default for Builder {
             access_log: AccessLog::Off,
             request_spans: RequestSpans::Off,
             response_ids: true,
+            #[cfg(feature = "axum")]
+            route_templates: None,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             grace_budget: None,

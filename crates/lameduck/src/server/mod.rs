@@ -224,8 +224,23 @@ impl Server {
         self.lifecycle.trigger()
     }
 
+    /// Serve axum [`Routes`](crate::middleware::route::Routes): the server labels each
+    /// request with its route template by one lookup in their table, before the handler
+    /// runs (about 1,000 instructions per request fewer than
+    /// [`serve_router`](Self::serve_router)'s layer).
+    #[cfg(feature = "axum")]
+    pub async fn serve_routes(
+        mut self,
+        routes: crate::middleware::route::Routes,
+    ) -> ShutdownReport {
+        let (router, templates) = routes.into_parts();
+        self.config.route_templates = Some(Arc::new(templates));
+        self.serve(router.with_state(())).await
+    }
+
     /// Serve an axum `Router` with route labels for metrics (see
-    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer)).
+    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer), which wraps every
+    /// route; [`serve_routes`](Self::serve_routes) costs less per request).
     #[cfg(feature = "axum")]
     pub async fn serve_router(self, router: axum::Router) -> ShutdownReport {
         // `with_state` turns every handler into a route once, here, instead of on every
@@ -385,6 +400,8 @@ impl Shared {
             access_log: config.access_log.clone(),
             request_spans: config.request_spans,
             response_ids: config.response_ids,
+            #[cfg(feature = "axum")]
+            route_templates: config.route_templates.clone(),
         };
         Shared {
             builder: Arc::new(config.connection_builder()),

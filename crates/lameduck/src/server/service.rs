@@ -64,6 +64,9 @@ pub(crate) struct Stack {
     pub(crate) request_spans: RequestSpans,
     /// Return `x-request-id` and `traceparent` on responses.
     pub(crate) response_ids: bool,
+    /// The route templates of the served `Routes`, if any.
+    #[cfg(feature = "axum")]
+    pub(crate) route_templates: Option<Arc<crate::middleware::route::RouteTemplates>>,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -162,7 +165,18 @@ where
         let (conn, head_started) = self.state.begin(version);
         // From the first byte of its head.
         let started = head_started.unwrap_or_else(Instant::now);
-        let ctx = context_for(&req, &self.stack.shutdown, Some(self.peer));
+        let ctx = context_for(
+            &req,
+            &self.stack.shutdown,
+            Some(self.peer),
+            // Matched before the handler runs, which can read it.
+            #[cfg(feature = "axum")]
+            self.stack
+                .route_templates
+                .as_ref()
+                .and_then(|t| t.find(req.uri().path()))
+                .cloned(),
+        );
         let (flight, in_flight) =
             self.stack
                 .in_flight

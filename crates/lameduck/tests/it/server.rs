@@ -163,6 +163,57 @@ async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
 }
 
 #[tokio::test]
+async fn served_routes_label_requests_from_their_table_before_the_handler_runs() {
+    use axum::routing::post;
+    use lameduck::middleware::route::Routes;
+
+    let template = |ctx: RequestContext| async move { ctx.route().unwrap_or("none").to_string() };
+    let routes = Routes::new()
+        .route("/items/{id}", get(template))
+        .merge(Routes::new().route("/items/{id}/tags/{*rest}", get(template)))
+        // More methods on a path already added: still one template.
+        .route("/items/{id}", post(template))
+        .map_router(|r| r.fallback(template));
+    let server = quick()
+        .admin("127.0.0.1:0".parse().unwrap())
+        .bind(
+            "127.0.0.1:0".parse().unwrap(),
+            lameduck::lifecycle::Lifecycle::new(),
+        )
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let admin = server.admin_addr().expect("admin").expect("admin addr");
+    let trigger = server.trigger();
+    let task = tokio::spawn(server.serve_routes(routes));
+    assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
+    assert_eq!(
+        lameduck_get(addr, "/items/7/tags/a/b").await,
+        "/items/{id}/tags/{*rest}"
+    );
+    // The fallback runs with no template: the request matched no route.
+    assert_eq!(lameduck_get(addr, "/nowhere/1").await, "none");
+    let put = raw_request(
+        addr,
+        b"PUT /items/9 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&put).starts_with("HTTP/1.1 405"));
+    let metrics = lameduck_get(admin, "/metrics").await;
+    for series in [
+        r#"lameduck_http_requests_total{route="/items/{id}",status="200"} 1"#,
+        r#"lameduck_http_requests_total{route="/items/{id}",status="405"} 1"#,
+        r#"lameduck_http_requests_total{route="/items/{id}/tags/{*rest}",status="200"} 1"#,
+        r#"lameduck_http_requests_total{route="unmatched",status="200"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(!metrics.contains("/items/7"), "{metrics}");
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
+
+#[tokio::test]
 async fn outgoing_calls_through_the_propagation_layer_carry_the_requests_trace() {
     use lameduck::middleware::propagate_trace::PropagateTraceLayer;
     use tower::{Layer, ServiceExt};
