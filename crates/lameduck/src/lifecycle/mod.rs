@@ -34,6 +34,7 @@ pub use report::{AbandonedRequest, PhaseTiming, ShutdownReport, TaskOutcome, Tas
 pub use signal::{install_os_signals, Signal, Trigger};
 pub use state_file::{read_previous, PreviousShutdown, ShutdownOutcome};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,9 @@ struct Shared {
     phase_started: Mutex<Instant>,
     timings: Mutex<Vec<PhaseTiming>>,
     stop_soon: CancellationToken,
+    /// Set just before `stop_soon` fires: read on every request, where the token's
+    /// `is_cancelled` takes a lock.
+    draining: AtomicBool,
     forced: CancellationToken,
     drain_started: OnceLock<Instant>,
     deadline: OnceLock<Instant>,
@@ -125,6 +129,7 @@ impl Lifecycle {
             phase_started: Mutex::new(Instant::now()),
             timings: Mutex::new(Vec::new()),
             stop_soon: CancellationToken::new(),
+            draining: AtomicBool::new(false),
             forced: CancellationToken::new(),
             drain_started: OnceLock::new(),
             deadline: OnceLock::new(),
@@ -202,11 +207,13 @@ impl Lifecycle {
             let _ = self.shared.deadline.set(now + budget);
         }
         self.set_phase(Phase::Draining);
+        self.shared.draining.store(true, Ordering::Release);
         self.shared.stop_soon.cancel();
     }
 
     /// Fire the forced token: every connection still open is closed at once.
     pub fn force(&self) {
+        self.shared.draining.store(true, Ordering::Release);
         self.shared.stop_soon.cancel();
         self.shared.forced.cancel();
     }
@@ -237,7 +244,7 @@ impl Shutdown {
 
     /// `true` from the moment draining starts.
     pub fn is_draining(&self) -> bool {
-        self.shared.stop_soon.is_cancelled()
+        self.shared.draining.load(Ordering::Acquire)
     }
 
     /// Completes when draining starts: long-running work (streams, polling loops) should

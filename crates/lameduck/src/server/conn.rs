@@ -21,9 +21,10 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::task::AtomicWaker;
 use http::Version;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -268,6 +269,8 @@ where
     E: std::fmt::Display,
 {
     let mut graceful_sent = None;
+    let watch = Arc::new(Watch::default());
+    let watch_waker = Waker::from(watch.clone());
     loop {
         let now = Instant::now();
         let action = decide(
@@ -286,22 +289,80 @@ where
             }
             Action::Wait(at) => at,
         };
-        // While serving, only the start of the drain matters (a forced stop starts it too);
-        // fewer branches keep each wake of a busy connection cheap.
+        // While serving, only the start of the drain matters (a forced stop starts it too).
         let draining = shutdown.is_draining();
-        tokio::select! {
-            biased;
-            res = conn.as_mut() => {
+        let sleep = tokio::time::sleep_until(wake.into());
+        let stop_soon = shutdown.stop_soon();
+        let forced = shutdown.forced();
+        let changed = state.changed.notified();
+        tokio::pin!(sleep, stop_soon, forced, changed);
+        // The watchers wake the task through `watch`: a wake of the connection (every
+        // request) polls the connection alone, not the timer and the tokens as well.
+        watch.fired.store(true, Ordering::Release);
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Woke::Conn(res));
+            }
+            watch.task.register(cx.waker());
+            if !watch.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut wcx = Context::from_waker(&watch_waker);
+            if draining {
+                if forced.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Woke::Forced);
+                }
+                if changed.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Woke::Look);
+                }
+            } else if stop_soon.as_mut().poll(&mut wcx).is_ready() {
+                return Poll::Ready(Woke::Look);
+            }
+            if sleep.as_mut().poll(&mut wcx).is_ready() {
+                return Poll::Ready(Woke::Look);
+            }
+            Poll::Pending
+        })
+        .await;
+        match woke {
+            Woke::Conn(res) => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return Ended::Finished;
             }
-            _ = shutdown.stop_soon(), if !draining => {}
-            _ = shutdown.forced(), if draining => return Ended::Abandoned,
-            _ = state.changed.notified(), if draining => {}
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            Woke::Forced => return Ended::Abandoned,
+            Woke::Look => {}
         }
+    }
+}
+
+/// Why [`drive`] woke up.
+enum Woke<E> {
+    /// The connection ended.
+    Conn(Result<(), E>),
+    /// The shutdown was forced.
+    Forced,
+    /// A timer, the drain's start or a request's end: decide again.
+    Look,
+}
+
+/// The waker the driver gives its watchers (the timer, the tokens, the request-end
+/// notification): notes that one of them fired, then wakes the task.
+#[derive(Debug, Default)]
+struct Watch {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
