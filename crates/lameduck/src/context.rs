@@ -235,6 +235,10 @@ struct ContextInner {
     peer: Option<std::net::SocketAddr>,
     shutdown: Shutdown,
     route: OnceLock<Route>,
+    /// The template from the server's table of [`Routes`](crate::middleware::route::Routes),
+    /// known at the start (a field of its own: filling a `OnceLock` runs its slow path).
+    #[cfg(feature = "axum")]
+    template: Option<Arc<str>>,
     /// The server cut the request body at a body timeout.
     body_timed_out: AtomicBool,
 }
@@ -244,9 +248,6 @@ struct ContextInner {
 enum Route {
     #[cfg(feature = "axum")]
     Axum(axum::extract::MatchedPath),
-    /// From the server's table of [`Routes`](crate::middleware::route::Routes).
-    #[cfg(feature = "axum")]
-    Template(Arc<str>),
 }
 
 impl RequestContext {
@@ -263,6 +264,8 @@ impl RequestContext {
             peer,
             shutdown,
             route: OnceLock::new(),
+            #[cfg(feature = "axum")]
+            template: None,
             body_timed_out: AtomicBool::new(false),
         }))
     }
@@ -282,7 +285,8 @@ impl RequestContext {
             trace,
             peer,
             shutdown,
-            route: OnceLock::from(Route::Template(template)),
+            route: OnceLock::new(),
+            template: Some(template),
             body_timed_out: AtomicBool::new(false),
         }))
     }
@@ -333,11 +337,13 @@ impl RequestContext {
     /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) has seen it; `None`
     /// before routing, for unmatched requests, and without either.
     pub fn route(&self) -> Option<&str> {
+        #[cfg(feature = "axum")]
+        if let Some(t) = &self.0.template {
+            return Some(t);
+        }
         match self.0.route.get()? {
             #[cfg(feature = "axum")]
             Route::Axum(path) => Some(path.as_str()),
-            #[cfg(feature = "axum")]
-            Route::Template(t) => Some(t),
             #[cfg(not(feature = "axum"))]
             _ => None,
         }

@@ -99,6 +99,39 @@ struct HookSample {
     seconds: f64,
 }
 
+/// One route's series by status, each found by indexing after its first request: statuses
+/// 100 to 599, a block of 100 made when the first status of its class is seen.
+#[derive(Debug)]
+pub(crate) struct RouteHandle {
+    metrics: Metrics,
+    route: Arc<str>,
+    classes: [OnceLock<Box<StatusClass>>; 5],
+}
+
+/// The series of one class of statuses (such as 200 to 299), by status.
+type StatusClass = [OnceLock<Arc<Series>>; 100];
+
+impl RouteHandle {
+    /// The route's template.
+    #[cfg(feature = "axum")]
+    pub(crate) fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    /// Record one finished request.
+    #[inline]
+    pub(crate) fn observe(&self, status: u16, latency: Duration) {
+        let at = usize::from(status).wrapping_sub(100);
+        let Some(class) = self.classes.get(at / 100) else {
+            return self.metrics.observe(&self.route, status, latency);
+        };
+        let block = class.get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
+        block[at % 100]
+            .get_or_init(|| self.metrics.series(&self.route, status))
+            .observe(latency);
+    }
+}
+
 type FnvMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
 type RouteSeries = FnvMap<Arc<str>, FnvMap<u16, Arc<Series>>>;
 
@@ -341,12 +374,28 @@ impl Metrics {
                 return s.observe(latency);
             }
         }
+        self.series(route, status).observe(latency);
+    }
+
+    /// The series of `route` and `status`, made if new.
+    fn series(&self, route: &str, status: u16) -> Arc<Series> {
         let mut map = write(&self.inner.series);
         map.entry(Arc::from(route))
             .or_default()
             .entry(status)
             .or_default()
-            .observe(latency);
+            .clone()
+    }
+
+    #[cfg(feature = "axum")]
+    /// A handle that records `route`'s requests without a lock or a lookup, once a status
+    /// has been seen (the server keeps one per route template it matches itself).
+    pub(crate) fn route_handle(&self, route: Arc<str>) -> RouteHandle {
+        RouteHandle {
+            metrics: self.clone(),
+            route,
+            classes: Default::default(),
+        }
     }
 
     /// A connection was accepted.
@@ -746,6 +795,24 @@ fn counter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn a_route_handle_records_into_the_same_series_as_observe() {
+        let m = Metrics::new();
+        let h = m.route_handle(Arc::from("/items/{id}"));
+        m.observe("/items/{id}", 200, Duration::from_millis(1));
+        for status in [200, 200, 404, 599, 100, 99, 600] {
+            h.observe(status, Duration::from_millis(1));
+        }
+        let text = m.render();
+        for (status, n) in [(200, 3), (404, 1), (599, 1), (100, 1), (99, 1), (600, 1)] {
+            let line = format!(
+                "lameduck_http_requests_total{{route=\"/items/{{id}}\",status=\"{status}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+    }
 
     #[test]
     fn rejected_and_abandoned_requests_are_counted() {

@@ -180,6 +180,8 @@ mod tests {
             "[::1",
             "[::1]x",
             "h\"x",
+            "a:b:80",
+            ":80:",
         ] {
             assert!(
                 host_problem(&req(Version::HTTP_11, &[bad])).is_some(),

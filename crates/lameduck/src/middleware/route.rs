@@ -37,6 +37,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::context::RequestContext;
+use crate::metrics::{Metrics, RouteHandle};
 
 /// Records [`MatchedPath`] in the [`RequestContext`], or copies it to the response
 /// extensions when the request has no context.
@@ -231,9 +232,48 @@ impl RouteTemplates {
     }
 
     /// The template `path` matches.
-    #[inline]
-    pub(crate) fn find(&self, path: &str) -> Option<&Arc<str>> {
+    fn find(&self, path: &str) -> Option<&Arc<str>> {
         self.matcher.at(path).ok().map(|m| m.value)
+    }
+
+    /// The server's table: the same templates, each with its metrics handle.
+    pub(crate) fn bind(&self, metrics: &Metrics) -> RouteTable {
+        let mut table = RouteTable {
+            matcher: matchit::Router::new(),
+            routes: Vec::with_capacity(self.list.len()),
+        };
+        for template in &self.list {
+            if table
+                .matcher
+                .insert(&**template, table.routes.len())
+                .is_ok()
+            {
+                table.routes.push(metrics.route_handle(template.clone()));
+            }
+        }
+        table
+    }
+}
+
+/// The route table a server matches each request against: an index into its routes, each
+/// with the handle that records its metrics.
+#[derive(Debug)]
+pub(crate) struct RouteTable {
+    matcher: matchit::Router<usize>,
+    routes: Vec<RouteHandle>,
+}
+
+impl RouteTable {
+    /// The route `path` matches, as an index.
+    #[inline]
+    pub(crate) fn find(&self, path: &str) -> Option<usize> {
+        self.matcher.at(path).ok().map(|m| *m.value)
+    }
+
+    /// The route at `index` (from [`find`](Self::find)).
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&RouteHandle> {
+        self.routes.get(index)
     }
 }
 

@@ -78,7 +78,7 @@ pub struct Builder {
     pub(super) response_ids: bool,
     /// Set by `serve_routes`: the route templates the server matches itself.
     #[cfg(feature = "axum")]
-    pub(super) route_templates: Option<std::sync::Arc<crate::middleware::route::RouteTemplates>>,
+    pub(super) route_templates: Option<crate::middleware::route::RouteTemplates>,
     pub(super) drain_policy: DrainPolicy,
     pub(super) upgrade_timeout: Duration,
     pub(super) grace_budget: Option<Duration>,

@@ -234,7 +234,7 @@ impl Server {
         routes: crate::middleware::route::Routes,
     ) -> ShutdownReport {
         let (router, templates) = routes.into_parts();
-        self.config.route_templates = Some(Arc::new(templates));
+        self.config.route_templates = Some(templates);
         self.serve(router.with_state(())).await
     }
 
@@ -383,6 +383,8 @@ impl Shared {
                 move || a.current() as f64,
             ));
         }
+        #[cfg(feature = "axum")]
+        let route_table = config.route_templates.as_ref().map(|t| t.bind(&metrics));
         let stack = Stack {
             drain: DrainAdmissionLayer::new(shutdown.clone())
                 .policy(config.drain_policy)
@@ -401,7 +403,7 @@ impl Shared {
             request_spans: config.request_spans,
             response_ids: config.response_ids,
             #[cfg(feature = "axum")]
-            route_templates: config.route_templates.clone(),
+            route_table,
         };
         Shared {
             builder: Arc::new(config.connection_builder()),

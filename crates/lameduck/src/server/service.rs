@@ -64,9 +64,9 @@ pub(crate) struct Stack {
     pub(crate) request_spans: RequestSpans,
     /// Return `x-request-id` and `traceparent` on responses.
     pub(crate) response_ids: bool,
-    /// The route templates of the served `Routes`, if any.
+    /// The route table of the served `Routes`, if any.
     #[cfg(feature = "axum")]
-    pub(crate) route_templates: Option<Arc<crate::middleware::route::RouteTemplates>>,
+    pub(crate) route_table: Option<crate::middleware::route::RouteTable>,
 }
 
 /// Held by a response body until it is sent: the request is in flight and the connection
@@ -165,17 +165,25 @@ where
         let (conn, head_started) = self.state.begin(version);
         // From the first byte of its head.
         let started = head_started.unwrap_or_else(Instant::now);
+        // Matched before the handler runs, which can read it.
+        #[cfg(feature = "axum")]
+        let route = self.stack.route_table.as_ref().and_then(|t| {
+            let at = t.find(req.uri().path())?;
+            Some((at, t.get(at)?.route().clone()))
+        });
+        #[cfg(feature = "axum")]
+        let (route, template) = match route {
+            Some((at, template)) => (Some(at), Some(template)),
+            None => (None, None),
+        };
+        #[cfg(not(feature = "axum"))]
+        let route = None;
         let ctx = context_for(
             &req,
             &self.stack.shutdown,
             Some(self.peer),
-            // Matched before the handler runs, which can read it.
             #[cfg(feature = "axum")]
-            self.stack
-                .route_templates
-                .as_ref()
-                .and_then(|t| t.find(req.uri().path()))
-                .cloned(),
+            template,
         );
         let (flight, in_flight) =
             self.stack
@@ -252,6 +260,7 @@ where
             stack: self.stack.clone(),
             span,
             ids_in_logs,
+            route,
         }
     }
 }
@@ -287,6 +296,8 @@ pin_project! {
         span: tracing::Span,
         // The log output writes the request's ids (instead of a `request` span).
         ids_in_logs: bool,
+        // The route in the server's table, if it matched one.
+        route: Option<usize>,
     }
 }
 
@@ -349,10 +360,20 @@ where
             set_response_headers(&mut head.headers, this.ctx);
         }
         let status = head.status.as_u16();
-        let route = route_label(Some(&*this.ctx), &head.extensions);
-        this.stack
-            .metrics
-            .observe(route, status, this.started.elapsed());
+        let latency = this.started.elapsed();
+        #[cfg(feature = "axum")]
+        let routed = this
+            .route
+            .and_then(|at| this.stack.route_table.as_ref()?.get(at));
+        #[cfg(not(feature = "axum"))]
+        let routed: Option<&crate::metrics::RouteHandle> = this.route.and(None);
+        match routed {
+            Some(route) => route.observe(status, latency),
+            None => {
+                let route = route_label(Some(&*this.ctx), &head.extensions);
+                this.stack.metrics.observe(route, status, latency);
+            }
+        }
         let mut guards = this.guards.take();
         if let Some(Guards {
             access: Some(a), ..
