@@ -176,6 +176,28 @@ pub(crate) fn targets(names: &[String], res: &[Runs], paired_costs: Option<&[f64
             &|v| v < 64.0,
         );
     }
+    // The per-request cost against plain axum (same routes, same hyper-util auto builder).
+    if let (Some(a), Some(d)) = (find("plain axum"), demo) {
+        row(
+            "lameduck-demo /ping throughput >= 0.90x plain axum",
+            per_run(&d[6], &a[6], ratio),
+            &|v| format!("{v:.2}"),
+            &|v| v >= 0.90,
+        );
+        row(
+            "p99 at that load <= 1.2x plain axum's",
+            per_run(&d[8], &a[8], ratio),
+            &times,
+            &|v| v <= 1.2,
+        );
+        let per_conn = |r: &Runs| per_run(&r[5], &r[4], |x, y| (x - y) * 1024.0 / RSS_CONNS as f64);
+        row(
+            "memory per idle keep-alive connection <= plain axum's",
+            per_run(&per_conn(d), &per_conn(a), |x, y| x - y),
+            &|v| format!("{v:+.1} KiB"),
+            &|v| v <= 0.0,
+        );
+    }
     if let (Some(h), Some(dl)) = (hyper, demo_log) {
         row(
             "with JSON access log to a file + metrics: >= 0.75 of bare hyper",
