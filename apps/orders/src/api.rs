@@ -11,9 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use lameduck::context::RequestContext;
+use lameduck::middleware::route::Routes;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
@@ -42,20 +43,24 @@ pub struct App {
     pub payments: Option<Payments>,
 }
 
-/// The routes.
-pub fn router(app: App) -> Router {
-    Router::new()
+/// The routes, with their templates for the metrics' route labels.
+pub fn router(app: App) -> Routes {
+    Routes::new()
         .route("/orders", post(create).get(list))
         .route("/orders/{id}", get(fetch))
         .route("/orders/{id}/cancel", post(cancel))
         .route("/orders/{id}/pay", post(pay))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route",
-            )
+        .map_router(|r| {
+            r.fallback(|| async {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+            })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed on this route",
+                )
+            })
         })
         .with_state(app)
 }

@@ -327,6 +327,14 @@ async fn concurrent_creates_share_commits_and_the_metrics_show_it() {
         }
         let m = get(s.admin, "/metrics").await.expect("metrics");
         let text = String::from_utf8_lossy(m.body()).into_owned();
+        // Labelled by the route template from the server's table.
+        assert_eq!(
+            counter(
+                &text,
+                r#"lameduck_http_requests_total{route="/orders",status="201"}"#
+            ),
+            f64::from(32 * (round + 1))
+        );
         jobs = counter(&text, "orders_write_jobs_total");
         batches = counter(&text, "orders_write_batches_total");
         assert_eq!(jobs, f64::from(32 * (round + 1)), "every create is a write");

@@ -135,24 +135,38 @@ where
 /// [`map_router`](Self::map_router), or a nested router) is labelled `unmatched`, like a
 /// request no route matched.
 ///
+/// Like `Router<S>`, `Routes<S>` is missing a state of type `S` until
+/// [`with_state`](Self::with_state) gives it; the server serves `Routes<()>`.
+///
 /// ```
+/// use axum::extract::State;
 /// use axum::routing::{get, post};
 /// use lameduck::middleware::route::Routes;
 ///
-/// let routes = Routes::new()
+/// let routes: Routes = Routes::new()
 ///     .route("/orders", post(|| async { "created" }))
-///     .route("/orders/{id}", get(|| async { "order" }))
-///     .map_router(|r| r.fallback(|| async { "nothing here" }));
+///     .route("/orders/{id}", get(|State(shop): State<&'static str>| async move { shop }))
+///     .map_router(|r| r.fallback(|| async { "nothing here" }))
+///     .with_state("the shop");
 /// assert_eq!(routes.template("/orders/7"), Some("/orders/{id}"));
 /// assert_eq!(routes.template("/elsewhere"), None);
 /// ```
-#[derive(Clone, Default)]
-pub struct Routes {
-    router: Router,
+#[derive(Clone)]
+pub struct Routes<S = ()> {
+    router: Router<S>,
     templates: RouteTemplates,
 }
 
-impl fmt::Debug for Routes {
+impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
+    fn default() -> Self {
+        Self {
+            router: Router::new(),
+            templates: RouteTemplates::default(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for Routes<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Routes")
             .field("templates", &self.templates.list)
@@ -160,7 +174,7 @@ impl fmt::Debug for Routes {
     }
 }
 
-impl Routes {
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
     /// No routes yet.
     pub fn new() -> Self {
         Self::default()
@@ -170,7 +184,7 @@ impl Routes {
     /// that conflicts with an earlier route), and its template to the table. Adding methods
     /// to a path already added keeps one template.
     #[must_use]
-    pub fn route(mut self, path: &str, method_router: MethodRouter) -> Self {
+    pub fn route(mut self, path: &str, method_router: MethodRouter<S>) -> Self {
         self.router = self.router.route(path, method_router);
         self.templates.insert(path);
         self
@@ -178,7 +192,7 @@ impl Routes {
 
     /// Merge the routes and templates of `other`, as [`Router::merge`] does.
     #[must_use]
-    pub fn merge(mut self, other: Routes) -> Self {
+    pub fn merge(mut self, other: Routes<S>) -> Self {
         self.router = self.router.merge(other.router);
         for path in &other.templates.list {
             self.templates.insert(path);
@@ -186,19 +200,29 @@ impl Routes {
         self
     }
 
-    /// Change the router another way: layers, a fallback, state. Routes added here are not
-    /// in the table (see the type's docs).
+    /// Change the router another way: layers, fallbacks. Routes added here are not in the
+    /// table (see the type's docs).
     #[must_use]
-    pub fn map_router(mut self, f: impl FnOnce(Router) -> Router) -> Self {
+    pub fn map_router(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
         self.router = f(self.router);
         self
+    }
+
+    /// Give the routes their state, as [`Router::with_state`] does.
+    pub fn with_state<S2>(self, state: S) -> Routes<S2> {
+        Routes {
+            router: self.router.with_state(state),
+            templates: self.templates,
+        }
     }
 
     /// The template a request for `path` matches, if any.
     pub fn template(&self, path: &str) -> Option<&str> {
         self.templates.find(path).map(|t| &**t)
     }
+}
 
+impl Routes {
     /// The router and the template table.
     pub(crate) fn into_parts(self) -> (Router, RouteTemplates) {
         (self.router, self.templates)
