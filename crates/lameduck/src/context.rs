@@ -258,27 +258,24 @@ impl RequestContext {
         peer: Option<std::net::SocketAddr>,
         shutdown: Shutdown,
     ) -> Self {
-        Self(Arc::new(ContextInner {
+        Self::with(
             id,
             trace,
             peer,
             shutdown,
-            route: OnceLock::new(),
             #[cfg(feature = "axum")]
-            template: None,
-            body_timed_out: AtomicBool::new(false),
-        }))
+            None,
+        )
     }
 
-    /// A context whose route template is already known (the server's table of
-    /// [`Routes`](crate::middleware::route::Routes)).
-    #[cfg(feature = "axum")]
-    pub(crate) fn with_template(
+    /// A context, with its route template when it is already known (the server's table
+    /// of [`Routes`](crate::middleware::route::Routes)).
+    pub(crate) fn with(
         id: RequestId,
         trace: TraceContext,
         peer: Option<std::net::SocketAddr>,
         shutdown: Shutdown,
-        template: Arc<str>,
+        #[cfg(feature = "axum")] template: Option<Arc<str>>,
     ) -> Self {
         Self(Arc::new(ContextInner {
             id,
@@ -286,7 +283,8 @@ impl RequestContext {
             peer,
             shutdown,
             route: OnceLock::new(),
-            template: Some(template),
+            #[cfg(feature = "axum")]
+            template,
             body_timed_out: AtomicBool::new(false),
         }))
     }

@@ -53,11 +53,14 @@ pub(crate) fn context_for<B>(
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
     let trace = TraceContext::from_headers(req.headers());
-    #[cfg(feature = "axum")]
-    if let Some(template) = template {
-        return RequestContext::with_template(id, trace, peer, shutdown.clone(), template);
-    }
-    RequestContext::new(id, trace, peer, shutdown.clone())
+    RequestContext::with(
+        id,
+        trace,
+        peer,
+        shutdown.clone(),
+        #[cfg(feature = "axum")]
+        template,
+    )
 }
 
 /// The layer's last step: return the request id and the trace context (`traceparent`,

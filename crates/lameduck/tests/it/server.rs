@@ -131,12 +131,14 @@ async fn lameduck_get(addr: std::net::SocketAddr, path: &str) -> String {
     text.split("\r\n\r\n").nth(1).unwrap_or("").to_string()
 }
 
-#[tokio::test]
-async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
-    let app = Router::new().route(
-        "/items/{id}",
-        get(|ctx: RequestContext| async move { ctx.route().unwrap_or("none").to_string() }),
-    );
+/// A quick server bound on loopback with an admin listener: the server, its address, the
+/// admin address and a trigger.
+async fn with_admin() -> (
+    Server,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    lameduck::lifecycle::Trigger,
+) {
     let server = quick()
         .admin("127.0.0.1:0".parse().unwrap())
         .bind(
@@ -148,6 +150,16 @@ async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
     let addr = server.local_addr().expect("addr");
     let admin = server.admin_addr().expect("admin").expect("admin addr");
     let trigger = server.trigger();
+    (server, addr, admin, trigger)
+}
+
+#[tokio::test]
+async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
+    let app = Router::new().route(
+        "/items/{id}",
+        get(|ctx: RequestContext| async move { ctx.route().unwrap_or("none").to_string() }),
+    );
+    let (server, addr, admin, trigger) = with_admin().await;
     let task = tokio::spawn(server.serve_router(app));
     assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
     assert_eq!(lameduck_get(addr, "/items/8").await, "/items/{id}");
@@ -174,17 +186,7 @@ async fn served_routes_label_requests_from_their_table_before_the_handler_runs()
         // More methods on a path already added: still one template.
         .route("/items/{id}", post(template))
         .map_router(|r| r.fallback(template));
-    let server = quick()
-        .admin("127.0.0.1:0".parse().unwrap())
-        .bind(
-            "127.0.0.1:0".parse().unwrap(),
-            lameduck::lifecycle::Lifecycle::new(),
-        )
-        .await
-        .expect("bind");
-    let addr = server.local_addr().expect("addr");
-    let admin = server.admin_addr().expect("admin").expect("admin addr");
-    let trigger = server.trigger();
+    let (server, addr, admin, trigger) = with_admin().await;
     let task = tokio::spawn(server.serve_routes(routes));
     assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
     assert_eq!(
