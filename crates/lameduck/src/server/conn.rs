@@ -53,6 +53,11 @@ pub(crate) struct ConnState {
     heard: AtomicBool,
     version: AtomicU8,
     changed: Notify,
+    /// The driver's watchers (its timer, the tokens, `changed`) wake its task through this
+    /// state (see [`drive`]): one of them fired.
+    watch_fired: AtomicBool,
+    /// The driver's task, for the watchers to wake.
+    watch_task: AtomicWaker,
 }
 
 impl ConnState {
@@ -66,6 +71,8 @@ impl ConnState {
             heard: AtomicBool::new(false),
             version: AtomicU8::new(VERSION_UNKNOWN),
             changed: Notify::new(),
+            watch_fired: AtomicBool::new(false),
+            watch_task: AtomicWaker::new(),
         }
     }
 
@@ -260,7 +267,7 @@ pub(crate) enum Ended {
 pub(crate) async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
-    state: &ConnState,
+    state: &Arc<ConnState>,
     shutdown: &Shutdown,
     limits: ConnLimits,
 ) -> Ended
@@ -269,8 +276,8 @@ where
     E: std::fmt::Display,
 {
     let mut graceful_sent = None;
-    let watch = Arc::new(Watch::default());
-    let watch_waker = Waker::from(watch.clone());
+    // The connection's state is the watchers' waker: no allocation of its own.
+    let watch_waker = Waker::from(state.clone());
     loop {
         let now = Instant::now();
         let action = decide(
@@ -292,30 +299,31 @@ where
         // While serving, only the start of the drain matters (a forced stop starts it too).
         let draining = shutdown.is_draining();
         let sleep = tokio::time::sleep_until(wake.into());
-        let stop_soon = shutdown.stop_soon();
-        let forced = shutdown.forced();
+        // While serving, the drain's start; while draining, the forced stop. One future for
+        // either (the same type): every open connection holds it.
+        let token = if draining {
+            shutdown.forced()
+        } else {
+            shutdown.stop_soon()
+        };
         let changed = state.changed.notified();
-        tokio::pin!(sleep, stop_soon, forced, changed);
-        // The watchers wake the task through `watch`: a wake of the connection (every
+        tokio::pin!(sleep, token, changed);
+        // The watchers wake the task through the state: a wake of the connection (every
         // request) polls the connection alone, not the timer and the tokens as well.
-        watch.fired.store(true, Ordering::Release);
+        state.watch_fired.store(true, Ordering::Release);
         let woke = std::future::poll_fn(|cx| {
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Woke::Conn(res));
             }
-            watch.task.register(cx.waker());
-            if !watch.fired.swap(false, Ordering::AcqRel) {
+            state.watch_task.register(cx.waker());
+            if !state.watch_fired.swap(false, Ordering::AcqRel) {
                 return Poll::Pending;
             }
             let mut wcx = Context::from_waker(&watch_waker);
-            if draining {
-                if forced.as_mut().poll(&mut wcx).is_ready() {
-                    return Poll::Ready(Woke::Forced);
-                }
-                if changed.as_mut().poll(&mut wcx).is_ready() {
-                    return Poll::Ready(Woke::Look);
-                }
-            } else if stop_soon.as_mut().poll(&mut wcx).is_ready() {
+            if token.as_mut().poll(&mut wcx).is_ready() {
+                return Poll::Ready(if draining { Woke::Forced } else { Woke::Look });
+            }
+            if draining && changed.as_mut().poll(&mut wcx).is_ready() {
                 return Poll::Ready(Woke::Look);
             }
             if sleep.as_mut().poll(&mut wcx).is_ready() {
@@ -348,21 +356,15 @@ enum Woke<E> {
 }
 
 /// The waker the driver gives its watchers (the timer, the tokens, the request-end
-/// notification): notes that one of them fired, then wakes the task.
-#[derive(Debug, Default)]
-struct Watch {
-    fired: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Watch {
+/// notification): notes that one of them fired, then wakes the driver's task.
+impl Wake for ConnState {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
+        self.watch_fired.store(true, Ordering::Release);
+        self.watch_task.wake();
     }
 }
 
@@ -534,11 +536,13 @@ mod tests {
                 Err(std::io::Error::other("unreachable"))
             }
         });
-        let state = ConnState::new();
+        let state = Arc::new(ConnState::new());
         let shutdown = crate::lifecycle::Lifecycle::new().shutdown();
         let driver = drive(conn, |_| {}, &state, &shutdown, LIMITS);
         let size = std::mem::size_of_val(&driver);
-        assert!(size < 1024, "the driver future is {size} bytes");
+        // 528 bytes on x86_64 (one token future for the drain's start or the forced stop,
+        // the timer, the request-end notification, and the waker in the connection state).
+        assert!(size <= 576, "the driver future is {size} bytes");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Library integration tests: a real `Server` on loopback, driven by a [`Trigger`] instead of
 //! OS signals (the demo's tests send real signals to a real process).
+// Every test here serves an axum `Router`.
+#![cfg(feature = "axum")]
 
 mod hooks;
 mod layout;
