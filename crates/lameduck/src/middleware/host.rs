@@ -14,10 +14,11 @@
 //! # let _ = app;
 //! ```
 
+use std::cell::Cell;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use tower::{Layer, Service};
 
@@ -76,6 +77,60 @@ where
 /// The layer's step: what is wrong with an HTTP/1.1 request's `Host`, if anything.
 #[inline]
 pub(crate) fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
+    check(req, |host| valid_host(host.as_bytes()))
+}
+
+/// [`host_problem`] for the requests of one connection: a `Host` equal to the last valid
+/// one in `last_valid` is valid without another scan (clients send the same one each time).
+#[inline]
+pub(crate) fn host_problem_on<B>(
+    req: &Request<B>,
+    last_valid: &LastValidHost,
+) -> Option<&'static str> {
+    check(req, |host| {
+        let host = host.as_bytes();
+        let (len, bytes) = last_valid.0.get();
+        if usize::from(len) == host.len() && !host.is_empty() && bytes[..host.len()] == *host {
+            return true;
+        }
+        let valid = valid_host(host);
+        if valid && host.len() <= LAST_HOST_MAX {
+            let mut copy = [0u8; LAST_HOST_MAX];
+            copy[..host.len()].copy_from_slice(host);
+            last_valid.0.set((host.len() as u8, copy));
+        }
+        valid
+    })
+}
+
+/// The longest `Host` a connection remembers (longer ones are checked every time).
+const LAST_HOST_MAX: usize = 47;
+
+/// The last valid `Host` on a connection (see [`host_problem_on`]), copied: holding the
+/// request's own bytes would keep hyper's read buffer alive. A clone starts empty.
+pub(crate) struct LastValidHost(Cell<(u8, [u8; LAST_HOST_MAX])>);
+
+impl Default for LastValidHost {
+    fn default() -> Self {
+        Self(Cell::new((0, [0; LAST_HOST_MAX])))
+    }
+}
+
+impl Clone for LastValidHost {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for LastValidHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LastValidHost")
+    }
+}
+
+/// One `Host` (HTTP/1.1 only), judged by `valid`.
+#[inline]
+fn check<B>(req: &Request<B>, valid: impl FnOnce(&HeaderValue) -> bool) -> Option<&'static str> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
@@ -86,7 +141,7 @@ pub(crate) fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
     if hosts.next().is_some() {
         return Some("more than one Host header");
     }
-    (!valid_host(host.as_bytes())).then_some("the Host header is not a valid host[:port]")
+    (!valid(host)).then_some("the Host header is not a valid host[:port]")
 }
 
 /// The bytes of a registered name or IPv4 address (RFC 3986: unreserved, sub-delims and
@@ -190,6 +245,28 @@ mod tests {
         }
         assert!(host_problem(&req(Version::HTTP_11, &[])).is_some());
         assert!(host_problem(&req(Version::HTTP_11, &["a", "b"])).is_some());
+    }
+
+    #[test]
+    fn a_connection_remembers_its_last_valid_host_and_still_refuses_bad_ones() {
+        let last = LastValidHost::default();
+        let on = |host: &str| host_problem_on(&req(Version::HTTP_11, &[host]), &last);
+        let long = format!("{}.example:80", "a".repeat(60));
+        for (host, ok) in [
+            ("a.example:80", true),
+            ("a.example:80", true),
+            ("a.example:80 x", false),
+            ("a.example:8", true),
+            ("a.example:8x", false),
+            ("a.example:80", true),
+            (long.as_str(), true),
+            (&format!("{long} x"), false),
+            ("", true),
+            ("a b", false),
+        ] {
+            assert_eq!(on(host).is_none(), ok, "{host:?}");
+        }
+        assert!(host_problem_on(&req(Version::HTTP_11, &[]), &last).is_some());
     }
 
     #[test]

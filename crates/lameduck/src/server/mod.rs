@@ -599,6 +599,7 @@ where
         peer,
         state: state.clone(),
         stack: shared.stack.clone(),
+        last_host: Default::default(),
     };
     let sd = &shared.stack.shutdown;
     // Pinned where it is made: one copy of the connection in this task (see `drive`).

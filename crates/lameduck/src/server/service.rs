@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::middleware::body_limit::{declares_over, too_large};
 use crate::middleware::catch_panic::{catching, internal_error};
 use crate::middleware::drain::{mark_if_draining, DrainAdmissionLayer};
-use crate::middleware::host::{bad_request, host_problem};
+use crate::middleware::host::{bad_request, host_problem_on, LastValidHost};
 use crate::middleware::metrics::{response_route, route_label};
 use crate::middleware::request_context::{context_for, set_response_headers};
 
@@ -148,6 +148,8 @@ pub(crate) struct ConnService<S> {
     pub(crate) peer: std::net::SocketAddr,
     pub(crate) state: Arc<ConnState>,
     pub(crate) stack: Arc<Stack>,
+    /// The connection's last valid `Host`.
+    pub(crate) last_host: LastValidHost,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -204,7 +206,7 @@ where
             (None, Early::Refused)
         } else if in_flight > self.stack.max_in_flight.now() {
             (None, Early::Overloaded)
-        } else if let Some(why) = host_problem(&req) {
+        } else if let Some(why) = host_problem_on(&req, &self.last_host) {
             (None, Early::BadHost(why))
         } else if declares_over(&req, self.stack.body_limit) {
             (None, Early::TooLarge)
