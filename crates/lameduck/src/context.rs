@@ -93,7 +93,11 @@ pub(crate) fn take_new_span<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R
 }
 
 /// The header that carries the request id, in and out.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_REQUEST_ID: HeaderName = X_REQUEST_ID_NAME;
+
+/// [`X_REQUEST_ID`] as a constant: passed by value, a name moves into a header map where a
+/// reference to the static is cloned (on every response).
+pub(crate) const X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The longest request id accepted from a client.
 pub const MAX_REQUEST_ID_LEN: usize = 128;

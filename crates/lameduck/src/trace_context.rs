@@ -37,7 +37,9 @@ use std::sync::OnceLock;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The `traceparent` header.
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACEPARENT: HeaderName = TRACEPARENT_NAME;
+/// [`TRACEPARENT`] as a constant, to pass by value (see `context::X_REQUEST_ID_NAME`).
+pub(crate) const TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` header.
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 

@@ -32,9 +32,9 @@ use http::{HeaderMap, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::context::{RequestContext, RequestId, X_REQUEST_ID};
+use crate::context::{RequestContext, RequestId, X_REQUEST_ID, X_REQUEST_ID_NAME};
 use crate::lifecycle::Shutdown;
-use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
+use crate::trace_context::{TraceContext, TRACEPARENT_NAME, TRACESTATE};
 
 /// The layer's first step: the [`RequestContext`] of `req`, with its id (the client's, if
 /// valid, else a new one) and its trace context. The layer puts it in the request
@@ -67,10 +67,10 @@ pub(crate) fn context_for<B>(
 /// `tracestate`) on the response, unless the application set them.
 pub(crate) fn set_response_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
     headers
-        .entry(&X_REQUEST_ID)
+        .entry(X_REQUEST_ID_NAME)
         .or_insert_with(|| ctx.request_id().to_header_value());
     let trace = ctx.trace();
-    if let http::header::Entry::Vacant(e) = headers.entry(&TRACEPARENT) {
+    if let http::header::Entry::Vacant(e) = headers.entry(TRACEPARENT_NAME) {
         e.insert(trace.traceparent());
         if let Some(state) = trace.tracestate() {
             headers.entry(&TRACESTATE).or_insert_with(|| state.clone());
