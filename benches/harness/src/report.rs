@@ -40,7 +40,7 @@ pub(crate) fn tables(servers: &[(String, String, bool)], res: &[Runs]) {
             continue;
         }
         let cols: Vec<String> = res[i][..6].iter().map(|v| stats(&mut v.clone())).collect();
-        let per_conn = (med[i][5] - med[i][4]) * 1024.0 / RSS_CONNS as f64;
+        let per_conn = per_conn_kib(med[i][5], med[i][4]);
         println!("| {name} | {} | {per_conn:.1} |", cols.join(" | "));
     }
     println!("\n### /ping throughput and latency\n");
@@ -114,6 +114,11 @@ fn spread(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
 }
 
 /// `f(a[k], b[k])` for each run `k`: a comparison within each interleaved run.
+/// KiB per idle connection, from the RSS (MiB) with the idle connections and without.
+fn per_conn_kib(rss_with: f64, rss_idle: f64) -> f64 {
+    (rss_with - rss_idle) * 1024.0 / RSS_CONNS as f64
+}
+
 fn per_run(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
 }
@@ -190,7 +195,7 @@ pub(crate) fn targets(names: &[String], res: &[Runs], paired_costs: Option<&[f64
             &times,
             &|v| v <= 1.2,
         );
-        let per_conn = |r: &Runs| per_run(&r[5], &r[4], |x, y| (x - y) * 1024.0 / RSS_CONNS as f64);
+        let per_conn = |r: &Runs| per_run(&r[5], &r[4], per_conn_kib);
         row(
             "memory per idle keep-alive connection <= plain axum's",
             per_run(&per_conn(d), &per_conn(a), |x, y| x - y),

@@ -387,9 +387,9 @@ impl Metrics {
             .clone()
     }
 
-    #[cfg(feature = "axum")]
     /// A handle that records `route`'s requests without a lock or a lookup, once a status
     /// has been seen (the server keeps one per route template it matches itself).
+    #[cfg(feature = "axum")]
     pub(crate) fn route_handle(&self, route: Arc<str>) -> RouteHandle {
         RouteHandle {
             metrics: self.clone(),

@@ -207,14 +207,18 @@ impl Lifecycle {
             let _ = self.shared.deadline.set(now + budget);
         }
         self.set_phase(Phase::Draining);
+        self.fire_stop_soon();
+    }
+
+    /// Fire the "stop soon" token, its flag first.
+    fn fire_stop_soon(&self) {
         self.shared.draining.store(true, Ordering::Release);
         self.shared.stop_soon.cancel();
     }
 
     /// Fire the forced token: every connection still open is closed at once.
     pub fn force(&self) {
-        self.shared.draining.store(true, Ordering::Release);
-        self.shared.stop_soon.cancel();
+        self.fire_stop_soon();
         self.shared.forced.cancel();
     }
 

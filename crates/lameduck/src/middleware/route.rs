@@ -229,10 +229,10 @@ impl Routes {
     }
 }
 
-/// The template table of [`Routes`].
+/// The template table of [`Routes`]: the matcher gives a template's index in `list`.
 #[derive(Clone, Default)]
 pub(crate) struct RouteTemplates {
-    matcher: matchit::Router<Arc<str>>,
+    matcher: matchit::Router<usize>,
     list: Vec<Arc<str>>,
 }
 
@@ -247,35 +247,28 @@ impl RouteTemplates {
         if self.list.iter().any(|p| &**p == path) {
             return;
         }
-        let template: Arc<str> = Arc::from(path);
         // axum accepted the path with the same matcher, so this succeeds; a refusal would
         // leave the route labelled `unmatched`, never panic.
-        if self.matcher.insert(path, template.clone()).is_ok() {
-            self.list.push(template);
+        if self.matcher.insert(path, self.list.len()).is_ok() {
+            self.list.push(Arc::from(path));
         }
     }
 
     /// The template `path` matches.
     fn find(&self, path: &str) -> Option<&Arc<str>> {
-        self.matcher.at(path).ok().map(|m| m.value)
+        self.list.get(*self.matcher.at(path).ok()?.value)
     }
 
-    /// The server's table: the same templates, each with its metrics handle.
+    /// The server's table: the same matcher, each template with its metrics handle.
     pub(crate) fn bind(&self, metrics: &Metrics) -> RouteTable {
-        let mut table = RouteTable {
-            matcher: matchit::Router::new(),
-            routes: Vec::with_capacity(self.list.len()),
-        };
-        for template in &self.list {
-            if table
-                .matcher
-                .insert(&**template, table.routes.len())
-                .is_ok()
-            {
-                table.routes.push(metrics.route_handle(template.clone()));
-            }
+        RouteTable {
+            matcher: self.matcher.clone(),
+            routes: self
+                .list
+                .iter()
+                .map(|t| metrics.route_handle(t.clone()))
+                .collect(),
         }
-        table
     }
 }
 

@@ -296,11 +296,11 @@ where
             }
             Action::Wait(at) => at,
         };
-        // While serving, only the start of the drain matters (a forced stop starts it too).
         let draining = shutdown.is_draining();
         let sleep = tokio::time::sleep_until(wake.into());
-        // While serving, the drain's start; while draining, the forced stop. One future for
-        // either (the same type): every open connection holds it.
+        // While serving, only the drain's start matters (a forced stop starts it too); while
+        // draining, the forced stop. One future for either (the same type): every open
+        // connection holds it.
         let token = if draining {
             shutdown.forced()
         } else {

@@ -69,6 +69,17 @@ pub(crate) struct Stack {
     pub(crate) route_table: Option<crate::middleware::route::RouteTable>,
 }
 
+impl Stack {
+    /// The route at `at` in the served `Routes`' table (see `ConnService::call`).
+    #[inline]
+    fn route(&self, at: Option<usize>) -> Option<&crate::metrics::RouteHandle> {
+        #[cfg(feature = "axum")]
+        return self.route_table.as_ref()?.get(at?);
+        #[cfg(not(feature = "axum"))]
+        at.and(None)
+    }
+}
+
 /// Held by a response body until it is sent: the request is in flight and the connection
 /// busy until then. Field order is drop order.
 #[derive(Debug)]
@@ -169,15 +180,11 @@ where
         let started = head_started.unwrap_or_else(Instant::now);
         // Matched before the handler runs, which can read it.
         #[cfg(feature = "axum")]
-        let route = self.stack.route_table.as_ref().and_then(|t| {
-            let at = t.find(req.uri().path())?;
-            Some((at, t.get(at)?.route().clone()))
-        });
-        #[cfg(feature = "axum")]
-        let (route, template) = match route {
-            Some((at, template)) => (Some(at), Some(template)),
-            None => (None, None),
-        };
+        let route = self
+            .stack
+            .route_table
+            .as_ref()
+            .and_then(|t| t.find(req.uri().path()));
         #[cfg(not(feature = "axum"))]
         let route = None;
         let ctx = context_for(
@@ -185,7 +192,7 @@ where
             &self.stack.shutdown,
             Some(self.peer),
             #[cfg(feature = "axum")]
-            template,
+            self.stack.route(route).map(|r| r.route().clone()),
         );
         let (flight, in_flight) =
             self.stack
@@ -363,13 +370,7 @@ where
         }
         let status = head.status.as_u16();
         let latency = this.started.elapsed();
-        #[cfg(feature = "axum")]
-        let routed = this
-            .route
-            .and_then(|at| this.stack.route_table.as_ref()?.get(at));
-        #[cfg(not(feature = "axum"))]
-        let routed: Option<&crate::metrics::RouteHandle> = this.route.and(None);
-        match routed {
+        match this.stack.route(*this.route) {
             Some(route) => route.observe(status, latency),
             None => {
                 let route = route_label(Some(&*this.ctx), &head.extensions);
