@@ -317,6 +317,56 @@ pub async fn insert_new(
     Ok(order)
 }
 
+/// On SQLite, [`insert_new`] together with the `BEGIN IMMEDIATE` that opens its
+/// transaction, in one statement text: one hand-over to the connection's thread instead of
+/// three (the writer's batch of one, a quiet moment, where each hand-over shows in the
+/// latency). SQLite binds the numbered parameters of every statement in the text from the
+/// one argument list, and stops at the first statement that fails. Not for outbox events
+/// (their insert stays a statement of its own).
+///
+/// # Errors
+/// As `BEGIN IMMEDIATE` or [`insert_new`]. When it fails, the transaction may be open (an
+/// insert failed) or not (the `BEGIN` failed): the caller tells them apart by its
+/// `ROLLBACK`.
+pub async fn begin_insert_new(
+    conn: &mut AnyConnection,
+    new: &NewOrder,
+    key: Option<&str>,
+) -> Result<Order, sqlx::Error> {
+    static WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({}); \
+             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($8, $9, $1, $7)",
+            list(1, 7)
+        )
+    });
+    static WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})",
+            list(1, 7)
+        )
+    });
+    let order = fresh_order(new);
+    let sql = if key.is_some() {
+        &WITH_KEY
+    } else {
+        &WITHOUT_KEY
+    };
+    let mut q = sqlx::query(sql.as_str())
+        .bind(order.id.as_str())
+        .bind(order.customer_id.as_str())
+        .bind(order.sku.as_str())
+        .bind(order.quantity)
+        .bind(order.amount_cents)
+        .bind(order.status.as_str())
+        .bind(order.created_at.as_str());
+    if let Some(key) = key {
+        q = q.bind(key).bind(new.fingerprint());
+    }
+    q.execute(&mut *conn).await?;
+    Ok(order)
+}
+
 /// Carry out `creates` (each an order and its idempotency key, if any) in order, with a
 /// handful of statements whatever their number: one read of the keys already stored, one
 /// insert each for the new orders, their keys and their events. The answers are those of

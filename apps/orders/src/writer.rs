@@ -30,7 +30,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::model::NewOrder;
-use crate::ops::{apply, audit_line, create_many, insert_new, AuditCtx, Created, Done, Op};
+use crate::ops::{
+    apply, audit_line, begin_insert_new, create_many, insert_new, AuditCtx, Created, Done, Op,
+};
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -430,7 +432,7 @@ async fn transaction(
 }
 
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
-/// would alone; when its key is stored already (the unique violation), it rolls back and
+/// would alone (on SQLite in the same statement text as its `BEGIN`: [`begin_insert_new`]); when its key is stored already (the unique violation), it rolls back and
 /// runs again through [`apply`], which replays or refuses. Its own failure rolls the
 /// transaction back.
 async fn single(
@@ -439,17 +441,32 @@ async fn single(
     op: &Op,
     events: bool,
 ) -> Result<Result<Done, WriteError>, sqlx::Error> {
-    conn.execute(target.begin()).await?;
     let first = match op {
-        Op::Create { new, key } => insert_new(conn, new, key.as_deref(), events)
-            .await
-            .map(|o| Done::Created(Created::New(o))),
-        other => apply(conn, other, events).await,
+        Op::Create { new, key } if target.sqlite && !events => {
+            match begin_insert_new(conn, new, key.as_deref()).await {
+                Ok(order) => Ok(Done::Created(Created::New(order))),
+                // No transaction to roll back: the BEGIN failed, and with it the batch.
+                Err(e) if conn.execute("ROLLBACK").await.is_err() => return Err(e),
+                Err(e) => Err(e),
+            }
+        }
+        _ => {
+            conn.execute(target.begin()).await?;
+            let first = match op {
+                Op::Create { new, key } => insert_new(conn, new, key.as_deref(), events)
+                    .await
+                    .map(|o| Done::Created(Created::New(o))),
+                other => apply(conn, other, events).await,
+            };
+            if first.is_err() {
+                conn.execute("ROLLBACK").await?;
+            }
+            first
+        }
     };
     let done = match first {
         Ok(done) => done,
         Err(e) => {
-            conn.execute("ROLLBACK").await?;
             if !crate::db::is_unique_violation(&e) {
                 return Ok(Err(WriteError::Db(e)));
             }

@@ -284,3 +284,27 @@ async fn a_write_alone_in_its_batch_follows_the_same_rules() {
     let (batches, jobs) = counts(&f.db);
     assert_eq!((batches, jobs), (5, 5), "one batch per write");
 }
+
+#[tokio::test]
+async fn a_write_alone_that_cannot_take_the_write_lock_fails_its_batch() {
+    use sqlx::{Connection as _, Executor as _};
+    let f = open("writer-locked").await;
+    // Another process's transaction (an upgrade's other half) holds SQLite's write lock
+    // past the writer's busy_timeout (5 s): the batch's BEGIN fails, and the batch with it.
+    let url = format!("sqlite:{}", f.store.dir.join("orders.db").display());
+    let mut holder = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    holder.execute("BEGIN IMMEDIATE").await.expect("lock");
+    let locked = f.db.write(create("c1", 1, Some("k")), None).await;
+    assert!(
+        matches!(locked, Err(WriteError::Unavailable(_))),
+        "{locked:?}"
+    );
+    holder.execute("ROLLBACK").await.expect("unlock");
+    // Nothing of it was written: the retry creates.
+    let retry = f.db.write(create("c1", 1, Some("k")), None).await;
+    assert!(
+        matches!(retry, Ok(Done::Created(Created::New(_)))),
+        "{retry:?}"
+    );
+    assert_eq!(f.db.count().await.expect("count"), 1);
+}
