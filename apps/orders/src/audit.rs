@@ -38,9 +38,13 @@ pub enum AuditError {
     Closed,
 }
 
+/// What the writer thread does with an outcome: answer a waiting task, or call a function
+/// on the writer thread ([`AuditLog::append_lines_then`]).
+type Then = Box<dyn FnOnce(Result<(), AuditError>) + Send>;
+
 enum Job {
     Line(String, oneshot::Sender<Result<(), AuditError>>),
-    Lines(Vec<String>, oneshot::Sender<Result<(), AuditError>>),
+    Lines(Vec<String>, Then),
     Sync(oneshot::Sender<Result<(), AuditError>>),
 }
 
@@ -111,18 +115,36 @@ impl AuditLog {
         rx.await.map_err(|_| AuditError::Closed)?
     }
 
-    /// Append several lines, written together and made durable with one fsync (the SQLite
-    /// writer's batch); returns once they are on disk.
+    /// Append several lines, written together and made durable with one fsync; returns once
+    /// they are on disk.
     ///
     /// # Errors
     /// The log is broken or closed.
     pub async fn append_lines(&self, lines: Vec<String>) -> Result<(), AuditError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Lines(lines, done))
-            .await
-            .map_err(|_| AuditError::Closed)?;
+        self.append_lines_then(lines, move |r| {
+            let _ = done.send(r);
+        })
+        .await;
         rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Append several lines, written together and made durable with one fsync, then call
+    /// `then` with the outcome on the log's writer thread (at once with
+    /// [`AuditError::Closed`] when the log is closed). The SQLite writer answers its batch's
+    /// callers from there: one hand-over fewer than waking a task to answer them. Waits
+    /// only while the log's queue is full. `then` runs after every earlier append's and
+    /// before a later [`sync`](Self::sync) returns.
+    pub async fn append_lines_then(
+        &self,
+        lines: Vec<String>,
+        then: impl FnOnce(Result<(), AuditError>) + Send + 'static,
+    ) {
+        if let Err(mpsc::error::SendError(Job::Lines(_, then))) =
+            self.tx.send(Job::Lines(lines, Box::new(then))).await
+        {
+            then(Err(AuditError::Closed));
+        }
     }
 
     /// Wait until everything queued so far is on disk.
@@ -173,8 +195,12 @@ impl Writer {
             }
             let result = self.commit(&batch, &mut buf);
             for job in batch {
-                let (Job::Line(_, done) | Job::Lines(_, done) | Job::Sync(done)) = job;
-                let _ = done.send(result.clone());
+                match job {
+                    Job::Line(_, done) | Job::Sync(done) => {
+                        let _ = done.send(result.clone());
+                    }
+                    Job::Lines(_, then) => then(result.clone()),
+                }
             }
         }
         let _ = self.file.sync_data();
@@ -236,6 +262,45 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 50);
         drop(log);
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn append_lines_then_runs_once_the_lines_are_on_disk_or_the_log_is_closed() {
+        let dir = std::env::temp_dir().join(format!("ld-audit-then-{}", std::process::id()));
+        let path = dir.join("audit.log");
+        let _ = std::fs::remove_file(&path);
+        let (log, thread) = AuditLog::open(&path, AuditFsync::Batch).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let seen = path.clone();
+        log.append_lines_then(vec!["{\"a\":1}".into(), "{\"b\":2}".into()], move |r| {
+            // Runs on the writer thread, after the write and the fsync.
+            let lines = std::fs::read_to_string(&seen).unwrap().lines().count();
+            let _ = tx.send((r, lines));
+        })
+        .await;
+        let (result, lines) = rx.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(lines, 2);
+        // Once the writer thread has stopped, `then` is called at once with `Closed`.
+        let (log2, closed) = {
+            let (tx, rx) = mpsc::channel(1);
+            drop(rx);
+            let log2 = AuditLog {
+                tx,
+                broken: log.broken.clone(),
+                path: path.clone(),
+            };
+            let (ctx, crx) = oneshot::channel();
+            log2.append_lines_then(vec!["x".into()], move |r| {
+                let _ = ctx.send(r);
+            })
+            .await;
+            (log2, crx.await.unwrap())
+        };
+        assert!(matches!(closed, Err(AuditError::Closed)), "{closed:?}");
+        drop((log, log2));
         thread.join().unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }

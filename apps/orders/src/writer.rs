@@ -12,8 +12,9 @@
 //! and the next batch opens a new connection.
 //!
 //! The batch's audit lines are then written and fsync'd together, and only then is each
-//! caller answered, so a 201 still means "in the database and in the audit log, on disk".
-//! While one batch's audit lines are synced, the next batch runs. Before taking a batch the
+//! caller answered (from the audit log's thread, which wakes each caller directly), so a 201
+//! still means "in the database and in the audit log, on disk". While one batch's audit
+//! lines are synced, the next batch runs. Before taking a batch the
 //! writer yields once, so that requests ready to run add their writes to it.
 //!
 //! The queue is bounded ([`QUEUE`]): a write that finds it full is refused at once
@@ -26,7 +27,6 @@ use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::model::NewOrder;
@@ -225,7 +225,6 @@ impl Writer {
             events,
             wake,
             stats: stats.clone(),
-            answering: TaskTracker::new(),
         };
         tokio::spawn(run.run());
         Self { tx, stats }
@@ -274,8 +273,6 @@ struct Run {
     events: bool,
     wake: Arc<Notify>,
     stats: Arc<WriterStats>,
-    /// Batches whose audit lines are being synced before their callers are answered.
-    answering: TaskTracker,
 }
 
 impl Run {
@@ -311,8 +308,9 @@ impl Run {
                 self.batch(jobs).await;
             }
         }
-        self.answering.close();
-        self.answering.wait().await;
+        // Every batch's callers are answered once the audit lines queued before this are
+        // on disk (or the log failed).
+        let _ = self.audit.sync().await;
         tracing::info!(
             batches = self.stats.batches.load(Ordering::Relaxed),
             writes = self.stats.jobs.load(Ordering::Relaxed),
@@ -324,8 +322,9 @@ impl Run {
         }
     }
 
-    /// One transaction for `jobs`, each under its own savepoint; then their audit lines and
-    /// answers, in a task of their own so that the next batch can start.
+    /// One transaction for `jobs`, each under its own savepoint; then their audit lines,
+    /// and the answers once those are on disk (on the audit log's thread, so that the next
+    /// batch can start meanwhile).
     async fn batch(&mut self, jobs: Vec<Job>) {
         self.stats.record(jobs.len());
         let results = match self.transaction(&jobs).await {
@@ -350,13 +349,7 @@ impl Run {
             .zip(&results)
             .filter_map(|(job, r)| audit_line(r.as_ref().ok()?, job.audit.as_ref()?))
             .collect();
-        let audit = self.audit.clone();
-        self.answering.spawn(async move {
-            let synced = if lines.is_empty() {
-                Ok(())
-            } else {
-                audit.append_lines(lines).await
-            };
+        let answer = move |synced: Result<(), AuditError>| {
             for (job, result) in jobs.into_iter().zip(results) {
                 let answer = match (&synced, result) {
                     (_, Err(e)) => Err(e),
@@ -367,7 +360,14 @@ impl Run {
                 };
                 let _ = job.reply.send(answer);
             }
-        });
+        };
+        if lines.is_empty() {
+            answer(Ok(()));
+        } else {
+            // Answered on the audit log's thread once the lines are on disk; meanwhile the
+            // next batch runs.
+            self.audit.append_lines_then(lines, answer).await;
+        }
     }
 
     /// Run and commit the batch's transaction, within [`BATCH_TIMEOUT`], on the connection
