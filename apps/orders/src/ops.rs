@@ -317,18 +317,19 @@ pub async fn insert_new(
     Ok(order)
 }
 
-/// On SQLite, [`insert_new`] together with the `BEGIN IMMEDIATE` that opens its
-/// transaction, in one statement text: one hand-over to the connection's thread instead of
-/// three (the writer's batch of one, a quiet moment, where each hand-over shows in the
-/// latency). SQLite binds the numbered parameters of every statement in the text from the
-/// one argument list, and stops at the first statement that fails. Not for outbox events
-/// (their insert stays a statement of its own).
+/// On SQLite, [`insert_new`] as a transaction of its own, in one statement text:
+/// `BEGIN IMMEDIATE`, the inserts, `COMMIT`. One hand-over to the connection's thread instead
+/// of four, for the writer's batch of one (a quiet moment), where each hand-over shows in
+/// the latency. SQLite binds the numbered parameters of every statement in the text from
+/// the one argument list, and stops at the first statement that fails. Not for outbox
+/// events (their insert stays a statement of its own).
 ///
 /// # Errors
-/// As `BEGIN IMMEDIATE` or [`insert_new`]. When it fails, the transaction may be open (an
-/// insert failed) or not (the `BEGIN` failed): the caller tells them apart by its
-/// `ROLLBACK`.
-pub async fn begin_insert_new(
+/// A constraint violation ([`is_constraint_violation`]) comes from an insert: the
+/// transaction is open, for the caller to roll back. Any other error is the transaction's
+/// own (its `BEGIN`, or its `COMMIT`, after which it may be open or not): nothing is known
+/// to be committed.
+pub async fn insert_new_alone(
     conn: &mut AnyConnection,
     new: &NewOrder,
     key: Option<&str>,
@@ -336,13 +337,14 @@ pub async fn begin_insert_new(
     static WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({}); \
-             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($8, $9, $1, $7)",
+             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($8, $9, $1, $7); \
+             COMMIT",
             list(1, 7)
         )
     });
     static WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})",
+            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({}); COMMIT",
             list(1, 7)
         )
     });
@@ -365,6 +367,13 @@ pub async fn begin_insert_new(
     }
     q.execute(&mut *conn).await?;
     Ok(order)
+}
+
+/// Whether `e` is a constraint violation (unique, foreign key, not null, check): a
+/// statement's failure, which leaves its transaction open.
+pub fn is_constraint_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.kind() != sqlx::error::ErrorKind::Other)
 }
 
 /// Carry out `creates` (each an order and its idempotency key, if any) in order, with a

@@ -31,7 +31,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::audit::{AuditError, AuditLog};
 use crate::model::NewOrder;
 use crate::ops::{
-    apply, audit_line, begin_insert_new, create_many, insert_new, AuditCtx, Created, Done, Op,
+    apply, audit_line, create_many, insert_new, insert_new_alone, is_constraint_violation,
+    AuditCtx, Created, Done, Op,
 };
 
 /// Most writes in one transaction.
@@ -432,7 +433,7 @@ async fn transaction(
 }
 
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
-/// would alone (on SQLite in the same statement text as its `BEGIN`: [`begin_insert_new`]); when its key is stored already (the unique violation), it rolls back and
+/// would alone (on SQLite in one statement text with its `BEGIN` and `COMMIT`: [`insert_new_alone`]); when its key is stored already (the unique violation), it rolls back and
 /// runs again through [`apply`], which replays or refuses. Its own failure rolls the
 /// transaction back.
 async fn single(
@@ -443,11 +444,15 @@ async fn single(
 ) -> Result<Result<Done, WriteError>, sqlx::Error> {
     let first = match op {
         Op::Create { new, key } if target.sqlite && !events => {
-            match begin_insert_new(conn, new, key.as_deref()).await {
-                Ok(order) => Ok(Done::Created(Created::New(order))),
-                // No transaction to roll back: the BEGIN failed, and with it the batch.
-                Err(e) if conn.execute("ROLLBACK").await.is_err() => return Err(e),
-                Err(e) => Err(e),
+            match insert_new_alone(conn, new, key.as_deref()).await {
+                Ok(order) => return Ok(Ok(Done::Created(Created::New(order)))),
+                // An insert failed: the rules below decide, after the rollback.
+                Err(e) if is_constraint_violation(&e) => {
+                    conn.execute("ROLLBACK").await?;
+                    Err(e)
+                }
+                // The BEGIN or the COMMIT failed, and with it the batch.
+                Err(e) => return Err(e),
             }
         }
         _ => {
