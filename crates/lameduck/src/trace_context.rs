@@ -41,7 +41,9 @@ pub static TRACEPARENT: HeaderName = TRACEPARENT_NAME;
 /// [`TRACEPARENT`] as a constant, to pass by value (see `context::X_REQUEST_ID_NAME`).
 pub(crate) const TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
 /// The `tracestate` header.
-pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static TRACESTATE: HeaderName = TRACESTATE_NAME;
+/// [`TRACESTATE`] as a constant (see [`TRACEPARENT_NAME`]).
+pub(crate) const TRACESTATE_NAME: HeaderName = HeaderName::from_static("tracestate");
 
 /// Longest `tracestate` passed on (the specification's limit for propagation is 512).
 pub const MAX_TRACESTATE_LEN: usize = 512;
@@ -86,14 +88,21 @@ impl TraceContext {
     /// The context for a request with these headers: a child of the caller's span when
     /// `traceparent` is valid, else the root of a new (sampled) trace.
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let Some((trace_id, parent, flags)) = headers
-            .get(&TRACEPARENT)
-            .and_then(|v| parse_traceparent(v.as_bytes()))
+        Self::from_values(headers.get(&TRACEPARENT), || headers.get(&TRACESTATE))
+    }
+
+    /// [`from_headers`](Self::from_headers) from the request's `traceparent` and (read only
+    /// when that is valid) `tracestate`.
+    pub(crate) fn from_values<'a>(
+        traceparent: Option<&HeaderValue>,
+        tracestate: impl FnOnce() -> Option<&'a HeaderValue>,
+    ) -> Self {
+        let Some((trace_id, parent, flags)) =
+            traceparent.and_then(|v| parse_traceparent(v.as_bytes()))
         else {
             return Self::new_root();
         };
-        let tracestate = headers
-            .get(&TRACESTATE)
+        let tracestate = tracestate()
             .filter(|v| !v.is_empty() && v.len() <= MAX_TRACESTATE_LEN)
             .cloned();
         Self::with_ids(trace_id, new_span_id(), Some(parent), flags, tracestate)

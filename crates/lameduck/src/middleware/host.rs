@@ -77,17 +77,23 @@ where
 /// The layer's step: what is wrong with an HTTP/1.1 request's `Host`, if anything.
 #[inline]
 pub(crate) fn host_problem<B>(req: &Request<B>) -> Option<&'static str> {
-    check(req, |host| valid_host(host.as_bytes()))
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (host, more) = (hosts.next(), hosts.next().is_some());
+    check(req.version(), host, more, |host| {
+        valid_host(host.as_bytes())
+    })
 }
 
 /// [`host_problem`] for the requests of one connection: a `Host` equal to the last valid
 /// one in `last_valid` is valid without another scan (clients send the same one each time).
 #[inline]
-pub(crate) fn host_problem_on<B>(
-    req: &Request<B>,
+pub(crate) fn host_problem_on(
+    version: Version,
+    host: Option<&HeaderValue>,
+    more_than_one: bool,
     last_valid: &LastValidHost,
 ) -> Option<&'static str> {
-    check(req, |host| {
+    check(version, host, more_than_one, |host| {
         let host = host.as_bytes();
         let (len, bytes) = last_valid.0.get();
         if usize::from(len) == host.len() && !host.is_empty() && bytes[..host.len()] == *host {
@@ -128,17 +134,22 @@ impl std::fmt::Debug for LastValidHost {
     }
 }
 
-/// One `Host` (HTTP/1.1 only), judged by `valid`.
 #[inline]
-fn check<B>(req: &Request<B>, valid: impl FnOnce(&HeaderValue) -> bool) -> Option<&'static str> {
-    if req.version() != Version::HTTP_11 {
+/// What is wrong with an HTTP/1.1 request's `Host` (its first, and whether another came),
+/// if anything, `valid` judging the value.
+fn check(
+    version: Version,
+    host: Option<&HeaderValue>,
+    more_than_one: bool,
+    valid: impl FnOnce(&HeaderValue) -> bool,
+) -> Option<&'static str> {
+    if version != Version::HTTP_11 {
         return None;
     }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let Some(host) = hosts.next() else {
+    let Some(host) = host else {
         return Some("an HTTP/1.1 request needs a Host header");
     };
-    if hosts.next().is_some() {
+    if more_than_one {
         return Some("more than one Host header");
     }
     (!valid(host)).then_some("the Host header is not a valid host[:port]")
@@ -250,7 +261,10 @@ mod tests {
     #[test]
     fn a_connection_remembers_its_last_valid_host_and_still_refuses_bad_ones() {
         let last = LastValidHost::default();
-        let on = |host: &str| host_problem_on(&req(Version::HTTP_11, &[host]), &last);
+        let on = |host: &str| {
+            let v = HeaderValue::from_str(host).unwrap();
+            host_problem_on(Version::HTTP_11, Some(&v), false, &last)
+        };
         let long = format!("{}.example:80", "a".repeat(60));
         for (host, ok) in [
             ("a.example:80", true),
@@ -266,7 +280,10 @@ mod tests {
         ] {
             assert_eq!(on(host).is_none(), ok, "{host:?}");
         }
-        assert!(host_problem_on(&req(Version::HTTP_11, &[]), &last).is_some());
+        assert!(host_problem_on(Version::HTTP_11, None, false, &last).is_some());
+        let ok = HeaderValue::from_static("a.example:80");
+        assert!(host_problem_on(Version::HTTP_11, Some(&ok), true, &last).is_some());
+        assert!(host_problem_on(Version::HTTP_2, None, false, &last).is_none());
     }
 
     #[test]

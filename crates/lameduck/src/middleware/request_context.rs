@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -47,12 +47,28 @@ pub(crate) fn context_for<B>(
     peer: Option<std::net::SocketAddr>,
     #[cfg(feature = "axum")] template: Option<std::sync::Arc<str>>,
 ) -> RequestContext {
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
+    context_from(
+        req.headers().get(&X_REQUEST_ID),
+        TraceContext::from_headers(req.headers()),
+        shutdown,
+        peer,
+        #[cfg(feature = "axum")]
+        template,
+    )
+}
+
+/// [`context_for`] from the request's `x-request-id` (kept when it is a valid id) and its
+/// trace context: the server finds the headers in one pass of its own.
+pub(crate) fn context_from(
+    request_id: Option<&HeaderValue>,
+    trace: TraceContext,
+    shutdown: &Shutdown,
+    peer: Option<std::net::SocketAddr>,
+    #[cfg(feature = "axum")] template: Option<std::sync::Arc<str>>,
+) -> RequestContext {
+    let id = request_id
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate);
-    let trace = TraceContext::from_headers(req.headers());
     RequestContext::with(
         id,
         trace,

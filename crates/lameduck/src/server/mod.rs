@@ -51,6 +51,7 @@ mod handoff;
 mod head_limit;
 mod pid_file;
 mod proxy_protocol;
+mod request_headers;
 mod service;
 #[cfg(feature = "tls")]
 mod tls;

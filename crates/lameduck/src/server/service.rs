@@ -33,17 +33,19 @@ use tower::{Service, ServiceExt};
 use super::access::{Access, AccessLog};
 use super::body_timeout::{request_timeout, BodyTimeouts, TimedBody};
 use super::conn::{ActiveGuard, ConnState};
+use super::request_headers::RequestHeaders;
 use super::RequestBody;
 use crate::context::{request_span, RequestContext, RequestSpans};
 use crate::in_flight::{InFlight, InFlightGuard};
 use crate::lifecycle::Shutdown;
 use crate::metrics::Metrics;
-use crate::middleware::body_limit::{declares_over, too_large};
+use crate::middleware::body_limit::too_large;
 use crate::middleware::catch_panic::{catching, internal_error};
 use crate::middleware::drain::{mark_if_draining, DrainAdmissionLayer};
 use crate::middleware::host::{bad_request, host_problem_on, LastValidHost};
 use crate::middleware::metrics::{response_route, route_label};
-use crate::middleware::request_context::{context_for, set_response_headers};
+use crate::middleware::request_context::{context_from, set_response_headers};
+use crate::trace_context::TraceContext;
 
 /// What every connection's service shares.
 #[derive(Debug)]
@@ -187,8 +189,10 @@ where
             .and_then(|t| t.find(req.uri().path()));
         #[cfg(not(feature = "axum"))]
         let route = None;
-        let ctx = context_for(
-            &req,
+        let seen = RequestHeaders::scan(req.headers());
+        let ctx = context_from(
+            seen.request_id,
+            TraceContext::from_values(seen.traceparent, || seen.tracestate),
             &self.stack.shutdown,
             Some(self.peer),
             #[cfg(feature = "axum")]
@@ -213,9 +217,12 @@ where
             (None, Early::Refused)
         } else if in_flight > self.stack.max_in_flight.now() {
             (None, Early::Overloaded)
-        } else if let Some(why) = host_problem_on(&req, &self.last_host) {
+        } else if let Some(why) =
+            host_problem_on(version, seen.host, seen.hosts > 1, &self.last_host)
+        {
             (None, Early::BadHost(why))
-        } else if declares_over(&req, self.stack.body_limit) {
+        } else if http_body::Body::size_hint(req.body()).lower() > self.stack.body_limit as u64 {
+            // hyper's parsed `Content-Length` (a lookup less than `declares_over`).
             (None, Early::TooLarge)
         } else {
             let (limit, timeouts) = (self.stack.body_limit, self.stack.body_timeouts);
