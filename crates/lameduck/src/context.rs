@@ -122,7 +122,7 @@ enum Repr {
 struct IdBuf([u8; GENERATED_LEN]);
 
 /// Prefix (12 hex digits), '-', counter (up to 16 hex digits).
-const GENERATED_LEN: usize = 12 + 1 + 16;
+pub(crate) const GENERATED_LEN: usize = 12 + 1 + 16;
 
 impl RequestId {
     /// The id as text.
@@ -148,9 +148,17 @@ impl RequestId {
     pub fn to_header_value(&self) -> HeaderValue {
         match &self.0 {
             Repr::Header(v) => v.clone(),
-            // Hex digits and '-' are always a valid header value.
-            Repr::Generated { .. } => HeaderValue::from_bytes(self.as_bytes())
-                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+            Repr::Generated { .. } => {
+                crate::trace_context::hex_value(bytes::Bytes::copy_from_slice(self.as_bytes()))
+            }
+        }
+    }
+
+    /// The header value a client sent as this id, if it did.
+    pub(crate) fn sent(&self) -> Option<&HeaderValue> {
+        match &self.0 {
+            Repr::Header(v) => Some(v),
+            Repr::Generated { .. } => None,
         }
     }
 
