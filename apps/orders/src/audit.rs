@@ -243,12 +243,19 @@ impl Writer {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn appended_lines_are_on_disk_when_append_returns() {
-        let dir = std::env::temp_dir().join(format!("ld-audit-{}", std::process::id()));
+    /// A fresh log in a directory of the test's own (`name`): the directory, the file, the
+    /// log and its writer thread.
+    fn fresh(name: &str) -> (PathBuf, PathBuf, AuditLog, std::thread::JoinHandle<()>) {
+        let dir = std::env::temp_dir().join(format!("ld-{name}-{}", std::process::id()));
         let path = dir.join("audit.log");
         let _ = std::fs::remove_file(&path);
         let (log, thread) = AuditLog::open(&path, AuditFsync::Batch).unwrap();
+        (dir, path, log, thread)
+    }
+
+    #[tokio::test]
+    async fn appended_lines_are_on_disk_when_append_returns() {
+        let (dir, path, log, thread) = fresh("audit");
         let tasks: Vec<_> = (0..50)
             .map(|i| {
                 let log = log.clone();
@@ -268,10 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn append_lines_then_runs_once_the_lines_are_on_disk_or_the_log_is_closed() {
-        let dir = std::env::temp_dir().join(format!("ld-audit-then-{}", std::process::id()));
-        let path = dir.join("audit.log");
-        let _ = std::fs::remove_file(&path);
-        let (log, thread) = AuditLog::open(&path, AuditFsync::Batch).unwrap();
+        let (dir, path, log, thread) = fresh("audit-then");
         let (tx, rx) = oneshot::channel();
         let seen = path.clone();
         log.append_lines_then(vec!["{\"a\":1}".into(), "{\"b\":2}".into()], move |r| {

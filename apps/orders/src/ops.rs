@@ -354,14 +354,7 @@ pub async fn insert_new_alone(
     } else {
         &WITHOUT_KEY
     };
-    let mut q = sqlx::query(sql.as_str())
-        .bind(order.id.as_str())
-        .bind(order.customer_id.as_str())
-        .bind(order.sku.as_str())
-        .bind(order.quantity)
-        .bind(order.amount_cents)
-        .bind(order.status.as_str())
-        .bind(order.created_at.as_str());
+    let mut q = bind_new_order(sqlx::query(sql.as_str()), &order);
     if let Some(key) = key {
         q = q.bind(key).bind(new.fingerprint());
     }
@@ -503,14 +496,7 @@ async fn insert_rows(
         });
         let mut q = sqlx::query(&sql);
         for o in &orders[at..at + n] {
-            q = q
-                .bind(o.id.as_str())
-                .bind(o.customer_id.as_str())
-                .bind(o.sku.as_str())
-                .bind(o.quantity)
-                .bind(o.amount_cents)
-                .bind(o.status.as_str())
-                .bind(o.created_at.as_str());
+            q = bind_new_order(q, o);
         }
         q.execute(&mut *conn).await?;
     }
@@ -537,6 +523,20 @@ async fn insert_rows(
         outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
     }
     Ok(())
+}
+
+/// `q` with the [`NEW_COLUMNS`] of `o` bound, in order.
+fn bind_new_order<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    o: &'q Order,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(o.id.as_str())
+        .bind(o.customer_id.as_str())
+        .bind(o.sku.as_str())
+        .bind(o.quantity)
+        .bind(o.amount_cents)
+        .bind(o.status.as_str())
+        .bind(o.created_at.as_str())
 }
 
 /// The text of a multi-row statement for `rows` rows (a power of two up to 512), made

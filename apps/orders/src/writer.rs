@@ -14,8 +14,8 @@
 //! The batch's audit lines are then written and fsync'd together, and only then is each
 //! caller answered (from the audit log's thread, which wakes each caller directly), so a 201
 //! still means "in the database and in the audit log, on disk". While one batch's audit
-//! lines are synced, the next batch runs. Before taking a batch the
-//! writer yields once, so that requests ready to run add their writes to it.
+//! lines are synced, the next batch runs. Before taking a batch the writer yields once, so
+//! that requests ready to run add their writes to it.
 //!
 //! The queue is bounded ([`QUEUE`]): a write that finds it full is refused at once
 //! ([`WriteError::Overloaded`], answered 503 with `Retry-After`) instead of waiting without
@@ -433,9 +433,10 @@ async fn transaction(
 }
 
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
-/// would alone (on SQLite in one statement text with its `BEGIN` and `COMMIT`: [`insert_new_alone`]); when its key is stored already (the unique violation), it rolls back and
-/// runs again through [`apply`], which replays or refuses. Its own failure rolls the
-/// transaction back.
+/// would alone (on SQLite in one statement text with its `BEGIN` and `COMMIT`:
+/// [`insert_new_alone`]); when its key is stored already (the unique violation), it rolls
+/// back and runs again through [`apply`], which replays or refuses. Its own failure rolls
+/// the transaction back.
 async fn single(
     conn: &mut AnyConnection,
     target: &Target,
