@@ -257,8 +257,6 @@ impl<const N: usize> fmt::Debug for Hex<N> {
     }
 }
 
-/// Lowercase hex digits of `bytes` into `out` (twice as long): four bytes at a time
-/// (every request writes a 16-byte trace id and an 8-byte span id), the rest one by one.
 /// A header value of text lameduck wrote itself, hex digits and `-` only (ids,
 /// `traceparent`), without `HeaderValue`'s byte-by-byte validation and without copying
 /// `bytes`: about 4 instructions a byte, on two values of every response.
@@ -274,6 +272,8 @@ pub(crate) fn hex_value(bytes: bytes::Bytes) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
+/// Lowercase hex digits of `bytes` into `out` (twice as long): four bytes at a time
+/// (every request writes a 16-byte trace id and an 8-byte span id), the rest one by one.
 fn write_hex(bytes: &[u8], out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut words = bytes.chunks_exact(4);

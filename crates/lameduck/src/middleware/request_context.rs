@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 use crate::context::{RequestContext, RequestId, GENERATED_LEN, X_REQUEST_ID, X_REQUEST_ID_NAME};
 use crate::lifecycle::Shutdown;
 use crate::trace_context::{
-    hex_value, TraceContext, TRACEPARENT_LEN, TRACEPARENT_NAME, TRACESTATE,
+    hex_value, TraceContext, TRACEPARENT_LEN, TRACEPARENT_NAME, TRACESTATE_NAME,
 };
 
 /// The layer's first step: the [`RequestContext`] of `req`, with its id (the client's, if
@@ -91,7 +91,9 @@ pub(crate) fn set_response_headers(headers: &mut HeaderMap, ctx: &RequestContext
     if let http::header::Entry::Vacant(e) = headers.entry(TRACEPARENT_NAME) {
         e.insert(traceparent);
         if let Some(state) = trace.tracestate() {
-            headers.entry(&TRACESTATE).or_insert_with(|| state.clone());
+            headers
+                .entry(TRACESTATE_NAME)
+                .or_insert_with(|| state.clone());
         }
     }
 }
