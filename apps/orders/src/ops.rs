@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row as _};
+use sqlx::{AnyConnection, Executor as _, Row as _};
 
 use crate::model::{
     new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED, PAID, PAYING, PAYMENT_FAILED,
@@ -317,18 +317,20 @@ pub async fn insert_new(
     Ok(order)
 }
 
-/// On SQLite, [`insert_new`] as a transaction of its own, in one statement text:
-/// `BEGIN IMMEDIATE`, the inserts, `COMMIT`. One hand-over to the connection's thread instead
-/// of four, for the writer's batch of one (a quiet moment), where each hand-over shows in
-/// the latency. SQLite binds the numbered parameters of every statement in the text from
-/// the one argument list, and stops at the first statement that fails. Not for outbox
-/// events (their insert stays a statement of its own).
+/// On SQLite, [`insert_new`] as a transaction of its own, in one statement: SQLite runs a
+/// statement outside `BEGIN` as its own transaction, taking the write lock as it starts
+/// (waiting up to `busy_timeout`) and committing as it ends. The order and its key go in
+/// together through a temporary view whose trigger does both inserts
+/// ([`prepare_sqlite_writer`], on the writer's connection). This is for the writer's
+/// batch of one (a quiet moment): SQLite's connection thread sends back one result, where
+/// `BEGIN`, two inserts and `COMMIT` sent four, each a hand-over to the async side (and
+/// with the server on one core, two context switches). Not for outbox events (their insert
+/// stays a statement of its own).
 ///
 /// # Errors
-/// A constraint violation ([`is_constraint_violation`]) comes from an insert: the
-/// transaction is open, for the caller to roll back. Any other error is the transaction's
-/// own (its `BEGIN`, or its `COMMIT`, after which it may be open or not): nothing is known
-/// to be committed.
+/// Whatever the error, nothing was written: a failed statement rolls its transaction back.
+/// A constraint violation ([`is_constraint_violation`]) is an insert's; any other error is
+/// the transaction's (the write lock, or the commit).
 pub async fn insert_new_alone(
     conn: &mut AnyConnection,
     new: &NewOrder,
@@ -336,17 +338,12 @@ pub async fn insert_new_alone(
 ) -> Result<Order, sqlx::Error> {
     static WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({}); \
-             INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES ($8, $9, $1, $7); \
-             COMMIT",
-            list(1, 7)
+            "INSERT INTO temp.{NEW_ORDER_WITH_KEY} ({NEW_COLUMNS}, key, fingerprint) VALUES ({})",
+            list(1, 9)
         )
     });
     static WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "BEGIN IMMEDIATE; INSERT INTO orders ({NEW_COLUMNS}) VALUES ({}); COMMIT",
-            list(1, 7)
-        )
+        format!("INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})", list(1, 7))
     });
     let order = fresh_order(new);
     let sql = if key.is_some() {
@@ -360,6 +357,34 @@ pub async fn insert_new_alone(
     }
     q.execute(&mut *conn).await?;
     Ok(order)
+}
+
+/// The temporary view through which [`insert_new_alone`] inserts an order and its key in
+/// one statement (its trigger does both inserts).
+const NEW_ORDER_WITH_KEY: &str = "new_order_with_key";
+
+/// Make the view [`insert_new_alone`] needs on the writer's SQLite connection: temporary,
+/// so it lives with the connection and no migration or other connection sees it.
+///
+/// # Errors
+/// The database refuses the statements.
+pub async fn prepare_sqlite_writer(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    let view = format!(
+        "CREATE TEMP VIEW IF NOT EXISTS {NEW_ORDER_WITH_KEY} AS \
+         SELECT o.id, o.customer_id, o.sku, o.quantity, o.amount_cents, o.status, o.created_at, \
+         k.key, k.fingerprint FROM orders o, idempotency_keys k WHERE 0"
+    );
+    let trigger = format!(
+        "CREATE TEMP TRIGGER IF NOT EXISTS {NEW_ORDER_WITH_KEY}_insert \
+         INSTEAD OF INSERT ON {NEW_ORDER_WITH_KEY} BEGIN \
+         INSERT INTO orders ({NEW_COLUMNS}) VALUES (NEW.id, NEW.customer_id, NEW.sku, \
+         NEW.quantity, NEW.amount_cents, NEW.status, NEW.created_at); \
+         INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) \
+         VALUES (NEW.key, NEW.fingerprint, NEW.id, NEW.created_at); END"
+    );
+    conn.execute(view.as_str()).await?;
+    conn.execute(trigger.as_str()).await?;
+    Ok(())
 }
 
 /// Whether `e` is a constraint violation (unique, foreign key, not null, check): a

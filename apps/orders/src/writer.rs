@@ -84,6 +84,7 @@ impl Target {
         let mut conn = AnyConnection::connect(&self.url).await?;
         if self.sqlite {
             crate::db::sqlite_pragmas(&mut conn).await?;
+            crate::ops::prepare_sqlite_writer(&mut conn).await?;
         } else {
             // PostgreSQL would settle on a generic plan for the batch's `key IN (...)` read
             // after five runs, chosen while the table was small (a sequential scan) and
@@ -433,10 +434,9 @@ async fn transaction(
 }
 
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
-/// would alone (on SQLite in one statement text with its `BEGIN` and `COMMIT`:
-/// [`insert_new_alone`]); when its key is stored already (the unique violation), it rolls
-/// back and runs again through [`apply`], which replays or refuses. Its own failure rolls
-/// the transaction back.
+/// would alone (on SQLite in one statement, its own transaction: [`insert_new_alone`]);
+/// when its key is stored already (the unique violation), it runs again through
+/// [`apply`], which replays or refuses. Its own failure rolls the transaction back.
 async fn single(
     conn: &mut AnyConnection,
     target: &Target,
@@ -447,12 +447,10 @@ async fn single(
         Op::Create { new, key } if target.sqlite && !events => {
             match insert_new_alone(conn, new, key.as_deref()).await {
                 Ok(order) => return Ok(Ok(Done::Created(Created::New(order)))),
-                // An insert failed: the rules below decide, after the rollback.
-                Err(e) if is_constraint_violation(&e) => {
-                    conn.execute("ROLLBACK").await?;
-                    Err(e)
-                }
-                // The BEGIN or the COMMIT failed, and with it the batch.
+                // An insert failed, and its statement's transaction with it: the rules
+                // below decide.
+                Err(e) if is_constraint_violation(&e) => Err(e),
+                // The write lock or the commit failed, and with it the batch.
                 Err(e) => return Err(e),
             }
         }

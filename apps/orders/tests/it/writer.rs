@@ -290,7 +290,7 @@ async fn a_write_alone_that_cannot_take_the_write_lock_fails_its_batch() {
     use sqlx::{Connection as _, Executor as _};
     let f = open("writer-locked").await;
     // Another process's transaction (an upgrade's other half) holds SQLite's write lock
-    // past the writer's busy_timeout (5 s): the batch's BEGIN fails, and the batch with it.
+    // past the writer's busy_timeout (5 s): the batch's insert cannot start, and the batch fails.
     let url = format!("sqlite:{}", f.store.dir.join("orders.db").display());
     let mut holder = sqlx::AnyConnection::connect(&url).await.expect("connect");
     holder.execute("BEGIN IMMEDIATE").await.expect("lock");
