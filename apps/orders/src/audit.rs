@@ -48,12 +48,13 @@ enum Job {
     Sync(oneshot::Sender<Result<(), AuditError>>),
 }
 
-/// A handle to the audit log writer. Cheap to clone.
+/// A handle to the audit log writer. Cheap to clone (no allocation: every request clones
+/// the application's state, which holds it twice).
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Job>,
     broken: Arc<AtomicBool>,
-    path: PathBuf,
+    path: Arc<Path>,
 }
 
 impl std::fmt::Debug for Job {
@@ -96,7 +97,7 @@ impl AuditLog {
             Self {
                 tx,
                 broken,
-                path: path.to_path_buf(),
+                path: Arc::from(path),
             },
             thread,
         ))
@@ -294,7 +295,7 @@ mod tests {
             let log2 = AuditLog {
                 tx,
                 broken: log.broken.clone(),
-                path: path.clone(),
+                path: Arc::from(path.as_path()),
             };
             let (ctx, crx) = oneshot::channel();
             log2.append_lines_then(vec!["x".into()], move |r| {
