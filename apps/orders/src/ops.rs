@@ -456,7 +456,9 @@ pub async fn create_many(
     let mut fresh: HashMap<&str, (String, usize)> = HashMap::new();
     let mut new_orders: Vec<Order> = Vec::new();
     let mut new_keys: Vec<(&str, String, usize)> = Vec::new();
-    let mut out = Vec::with_capacity(creates.len());
+    // The answers; `None` for a new order, which moves into its answer once the orders are
+    // inserted (rather than being copied: five strings).
+    let mut out: Vec<Option<Created>> = Vec::with_capacity(creates.len());
     for (new, key) in creates {
         let fingerprint = key.map(|_| new.fingerprint());
         let seen = key.and_then(|k| {
@@ -470,22 +472,30 @@ pub async fn create_many(
                 })
         });
         match (seen, &fingerprint) {
-            (Some((f, _)), Some(fp)) if f != fp => out.push(Created::KeyMismatch),
-            (Some((_, Some(order))), _) => out.push(Created::Replayed(order)),
+            (Some((f, _)), Some(fp)) if f != fp => out.push(Some(Created::KeyMismatch)),
+            (Some((_, Some(order))), _) => out.push(Some(Created::Replayed(order))),
             (Some((_, None)), _) => return Err(sqlx::Error::RowNotFound),
             (None, _) => {
-                let order = fresh_order(new);
                 if let (Some(k), Some(fp)) = (key, fingerprint) {
                     fresh.insert(k, (fp.clone(), new_orders.len()));
                     new_keys.push((k, fp, new_orders.len()));
                 }
-                out.push(Created::New(order.clone()));
-                new_orders.push(order);
+                out.push(None);
+                new_orders.push(fresh_order(new));
             }
         }
     }
     insert_rows(conn, &new_orders, &new_keys, events).await?;
-    Ok(out)
+    // The new orders, in the order they were decided.
+    let mut new_orders = new_orders.into_iter();
+    let mut answers = Vec::with_capacity(out.len());
+    for answer in out {
+        answers.push(match answer {
+            Some(created) => created,
+            None => Created::New(new_orders.next().ok_or(sqlx::Error::RowNotFound)?),
+        });
+    }
+    Ok(answers)
 }
 
 /// A new order for `new`: a fresh id, status `created`, created now.
