@@ -369,16 +369,21 @@ const NEW_ORDER_WITH_KEY: &str = "new_order_with_key";
 /// # Errors
 /// The database refuses the statements.
 pub async fn prepare_sqlite_writer(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    // The view has the order's columns and the key's two: it never holds a row, it only
+    // names what an insert into it carries.
     let view = format!(
         "CREATE TEMP VIEW IF NOT EXISTS {NEW_ORDER_WITH_KEY} AS \
-         SELECT o.id, o.customer_id, o.sku, o.quantity, o.amount_cents, o.status, o.created_at, \
-         k.key, k.fingerprint FROM orders o, idempotency_keys k WHERE 0"
+         SELECT {NEW_COLUMNS}, '' AS key, '' AS fingerprint FROM orders WHERE 0"
     );
+    let new_values = NEW_COLUMNS
+        .split(", ")
+        .map(|c| format!("NEW.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let trigger = format!(
         "CREATE TEMP TRIGGER IF NOT EXISTS {NEW_ORDER_WITH_KEY}_insert \
          INSTEAD OF INSERT ON {NEW_ORDER_WITH_KEY} BEGIN \
-         INSERT INTO orders ({NEW_COLUMNS}) VALUES (NEW.id, NEW.customer_id, NEW.sku, \
-         NEW.quantity, NEW.amount_cents, NEW.status, NEW.created_at); \
+         INSERT INTO orders ({NEW_COLUMNS}) VALUES ({new_values}); \
          INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) \
          VALUES (NEW.key, NEW.fingerprint, NEW.id, NEW.created_at); END"
     );
@@ -388,7 +393,8 @@ pub async fn prepare_sqlite_writer(conn: &mut AnyConnection) -> Result<(), sqlx:
 }
 
 /// Whether `e` is a constraint violation (unique, foreign key, not null, check): a
-/// statement's failure, which leaves its transaction open.
+/// statement's failure, which leaves an explicit transaction open (a statement outside one
+/// rolls back alone).
 pub fn is_constraint_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.kind() != sqlx::error::ErrorKind::Other)
