@@ -211,11 +211,17 @@ fn audit_ctx(ctx: &RequestContext) -> AuditCtx {
     }
 }
 
-/// Run `op` in a task the shutdown waits for (a client that goes away cannot cut a commit
-/// in half and lose its outcome).
+/// Run `op` so that a client that goes away cannot cut a commit in half and lose its
+/// outcome: through the writer, which finishes every write it accepted before it stops
+/// (the `finish-writes` hook), or else in a task the shutdown waits for. The writer needs
+/// no task of its own per write: spawning one cost about 7,000 instructions per POST
+/// (`benches/orders-instructions`, 32 clients: 108,000 against 100,700).
 async fn write(app: &App, op: Op, ctx: &RequestContext) -> Result<Done, ApiError> {
-    let db = app.db.clone();
     let audit = audit_ctx(ctx);
+    if let Some(writer) = app.db.writer() {
+        return Ok(writer.write(op, Some(audit)).await?);
+    }
+    let db = app.db.clone();
     let job = app
         .work
         .clone()

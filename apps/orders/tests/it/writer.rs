@@ -262,6 +262,60 @@ async fn a_full_queue_refuses_at_once_and_a_stop_finishes_what_it_accepted() {
     assert!(matches!(late, Err(WriteError::Closed)), "{late:?}");
 }
 
+/// The HTTP handler hands its write to the writer and awaits the answer; a client that
+/// goes away drops that wait. A write still queued then commits all the same, with its
+/// audit line.
+#[tokio::test]
+async fn a_write_whose_caller_goes_away_while_queued_still_commits_and_is_audited() {
+    use sqlx::{Connection as _, Executor as _};
+    let f = open("writer-gone").await;
+    let stats = f.db.writer().expect("writer").stats();
+    // Another connection holds the write lock: the writer's first batch waits for it
+    // (busy_timeout, 5 s), and the next write stays in the queue meanwhile.
+    let url = format!("sqlite:{}", f.store.dir.join("orders.db").display());
+    let mut holder = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    holder.execute("BEGIN IMMEDIATE").await.expect("lock");
+    let db = f.db.clone();
+    let first = tokio::spawn(async move { db.write(create("first", 1, None), ctx(1)).await });
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stats.jobs.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first write never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let db = f.db.clone();
+    let caller =
+        tokio::spawn(async move { db.write(create("gone", 1, Some("k-gone")), ctx(7)).await });
+    while stats.queued.load(Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second write was never queued"
+        );
+        tokio::task::yield_now().await;
+    }
+    caller.abort();
+    let gone = caller
+        .await
+        .expect_err("the caller is cut off before its answer");
+    assert!(gone.is_cancelled(), "{gone:?}");
+    assert_eq!(
+        stats.queued.load(Ordering::Relaxed),
+        1,
+        "still queued when its caller went"
+    );
+    holder.execute("ROLLBACK").await.expect("unlock");
+    first
+        .await
+        .expect("first")
+        .expect("the first write commits once the lock is free");
+    f.db.finish_writes().await;
+    assert_eq!(f.db.count().await.expect("count"), 2);
+    let log = std::fs::read_to_string(f.store.dir.join("audit.log")).expect("audit log");
+    assert_eq!(log.matches("req-7").count(), 1, "{log}");
+}
+
 #[tokio::test]
 async fn a_write_alone_in_its_batch_follows_the_same_rules() {
     let f = open("writer-single").await;
