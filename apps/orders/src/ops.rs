@@ -339,11 +339,14 @@ pub async fn insert_new_alone(
     static WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO temp.{NEW_ORDER_WITH_KEY} ({NEW_COLUMNS}, key, fingerprint) VALUES ({})",
-            list(1, 9)
+            list(Marks::InOrder, 1, 9)
         )
     });
     static WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!("INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})", list(1, 7))
+        format!(
+            "INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})",
+            list(Marks::InOrder, 1, 7)
+        )
     });
     let order = fresh_order(new);
     let sql = if key.is_some() {
@@ -421,12 +424,12 @@ pub async fn create_many(
     keys.dedup();
     let mut stored: HashMap<String, (String, String)> = HashMap::new();
     if !keys.is_empty() {
-        static SQL: SqlCache = [const { std::sync::OnceLock::new() }; 10];
+        static SQL: SqlCache = SqlCache::new();
         let width = width(conn, keys.len());
-        let sql = sql_for(&SQL, width, |n| {
+        let sql = SQL.get(Marks::of(conn), width, |marks, n| {
             format!(
                 "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
-                list(1, n)
+                list(marks, 1, n)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -447,7 +450,7 @@ pub async fn create_many(
         let width = width(conn, ids.len());
         let sql = format!(
             "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
-            list(1, width)
+            list(Marks::of(conn), 1, width)
         );
         let mut q = sqlx::query(&sql);
         for i in 0..width {
@@ -526,13 +529,14 @@ async fn insert_rows(
     keys: &[(&str, String, usize)],
     events: bool,
 ) -> Result<(), sqlx::Error> {
-    static ORDERS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
-    static KEYS: SqlCache = [const { std::sync::OnceLock::new() }; 10];
+    static ORDERS: SqlCache = SqlCache::new();
+    static KEYS: SqlCache = SqlCache::new();
+    let marks = Marks::of(conn);
     for (at, n) in chunks(conn, orders.len()) {
-        let sql = sql_for(&ORDERS, n, |n| {
+        let sql = ORDERS.get(marks, n, |marks, n| {
             format!(
                 "INSERT INTO orders ({NEW_COLUMNS}) VALUES {}",
-                placeholders(n, 7)
+                placeholders(marks, n, 7)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -542,10 +546,10 @@ async fn insert_rows(
         q.execute(&mut *conn).await?;
     }
     for (at, n) in chunks(conn, keys.len()) {
-        let sql = sql_for(&KEYS, n, |n| {
+        let sql = KEYS.get(marks, n, |marks, n| {
             format!(
                 "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
-                placeholders(n, 4)
+                placeholders(marks, n, 4)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -580,22 +584,57 @@ fn bind_new_order<'q>(
         .bind(o.created_at.as_str())
 }
 
-/// The text of a multi-row statement for `rows` rows (a power of two up to 512), made
-/// once per size by `make` and kept: formatting hundreds of placeholders per batch showed
-/// in the profile.
-pub(crate) fn sql_for(
-    cache: &'static [std::sync::OnceLock<String>; 10],
-    rows: usize,
-    make: impl FnOnce(usize) -> String,
-) -> std::borrow::Cow<'static, str> {
-    match cache.get(rows.trailing_zeros() as usize) {
-        Some(slot) if rows.is_power_of_two() => slot.get_or_init(|| make(rows)).as_str().into(),
-        _ => make(rows).into(),
+/// The texts of one multi-row statement, by row count and [`Marks`]: made once for each
+/// power of two up to 512 and kept (formatting hundreds of placeholders per batch showed
+/// in the profile); other counts are made each time.
+#[derive(Debug)]
+pub(crate) struct SqlCache([[std::sync::OnceLock<String>; 10]; 2]);
+
+impl SqlCache {
+    /// Empty, for a `static`.
+    pub(crate) const fn new() -> Self {
+        Self([const { [const { std::sync::OnceLock::new() }; 10] }; 2])
+    }
+
+    /// The text for `rows` rows marked with `marks`, made by `make` the first time.
+    pub(crate) fn get(
+        &'static self,
+        marks: Marks,
+        rows: usize,
+        make: impl FnOnce(Marks, usize) -> String,
+    ) -> std::borrow::Cow<'static, str> {
+        match self.0[marks as usize].get(rows.trailing_zeros() as usize) {
+            Some(slot) if rows.is_power_of_two() => {
+                slot.get_or_init(|| make(marks, rows)).as_str().into()
+            }
+            _ => make(marks, rows).into(),
+        }
     }
 }
 
-/// A cache for [`sql_for`].
-pub(crate) type SqlCache = [std::sync::OnceLock<String>; 10];
+/// How a generated statement marks its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Marks {
+    /// `$1, $2, ...`: PostgreSQL's.
+    Numbered = 0,
+    /// `?, ?, ...`, bound in order: SQLite's. SQLite also takes `$1`, but as a named
+    /// parameter, and sqlx looks up each parameter's name as it binds it, a lookup SQLite
+    /// does by scanning the statement's names from the first: for a batch's multi-row
+    /// inserts, hundreds of parameters, about 3,900 instructions per POST
+    /// (`benches/orders-instructions`).
+    InOrder = 1,
+}
+
+impl Marks {
+    /// The marks for `conn`'s database.
+    pub(crate) fn of(conn: &AnyConnection) -> Self {
+        if is_sqlite(conn) {
+            Self::InOrder
+        } else {
+            Self::Numbered
+        }
+    }
+}
 
 /// `n` rows in the chunks one multi-row statement each: on SQLite power-of-two sizes
 /// ([`pow2_chunks`]), where parsing a statement costs more than running another (it is in
@@ -640,27 +679,34 @@ pub(crate) fn pow2_chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
     })
 }
 
-/// `$from, $from+1, ...`: `n` placeholders.
-fn list(from: usize, n: usize) -> String {
+/// `n` placeholders, the first the statement's parameter `from`: `$from, $from+1, ...`
+/// or `?, ?, ...`.
+fn list(marks: Marks, from: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 5);
     for i in from..from + n {
         if i > from {
             s.push_str(", ");
         }
-        let _ = write!(s, "${i}");
+        match marks {
+            Marks::Numbered => {
+                let _ = write!(s, "${i}");
+            }
+            Marks::InOrder => s.push('?'),
+        }
     }
     s
 }
 
-/// `($1, ..., $w), ($w+1, ...), ...`: `rows` rows of `width` placeholders.
-pub(crate) fn placeholders(rows: usize, width: usize) -> String {
+/// `($1, ..., $w), ($w+1, ...), ...` (or `(?, ...), ...`): `rows` rows of `width`
+/// placeholders.
+pub(crate) fn placeholders(marks: Marks, rows: usize, width: usize) -> String {
     let mut s = String::with_capacity(rows * width * 5);
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        s.push_str(&list(1 + r * width, width));
+        s.push_str(&list(marks, 1 + r * width, width));
         s.push(')');
     }
     s
@@ -814,9 +860,14 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_of_columns() {
-        assert_eq!(list(3, 2), "$3, $4");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(list(Marks::Numbered, 3, 2), "$3, $4");
+        assert_eq!(
+            placeholders(Marks::Numbered, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(placeholders(Marks::Numbered, 1, 1), "($1)");
+        assert_eq!(list(Marks::InOrder, 3, 2), "?, ?");
+        assert_eq!(placeholders(Marks::InOrder, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(
             pow2_chunks(13).collect::<Vec<_>>(),
             [(0, 8), (8, 4), (12, 1)]

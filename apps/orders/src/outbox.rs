@@ -86,12 +86,13 @@ pub async fn enqueue_many(
         return Ok(());
     }
     let now = now_ms();
-    static SQL: crate::ops::SqlCache = [const { std::sync::OnceLock::new() }; 10];
+    static SQL: crate::ops::SqlCache = crate::ops::SqlCache::new();
+    let marks = crate::ops::Marks::of(conn);
     for (at, n) in crate::ops::chunks(conn, orders.len()) {
-        let sql = crate::ops::sql_for(&SQL, n, |n| {
+        let sql = SQL.get(marks, n, |marks, n| {
             format!(
                 "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
-                crate::ops::placeholders(n, 5)
+                crate::ops::placeholders(marks, n, 5)
             )
         });
         let mut q = sqlx::query(&sql);
