@@ -299,7 +299,10 @@ fn unexpected(done: &Done) -> ApiError {
 }
 
 fn created_response(order: Order, replayed: bool) -> Response {
-    let location = HeaderValue::from_str(&format!("/orders/{}", order.id)).ok();
+    let mut location = String::with_capacity(8 + order.id.len());
+    location.push_str("/orders/");
+    location.push_str(&order.id);
+    let location = HeaderValue::from_str(&location).ok();
     let mut res = (StatusCode::CREATED, Json(order)).into_response();
     if let Some(l) = location {
         res.headers_mut().insert(header::LOCATION, l);

@@ -133,7 +133,9 @@ impl Db {
         if self.events && done.made_event() {
             self.wake.notify_one();
         }
-        if let Some(line) = audit.and_then(|ctx| audit_line(&done, &ctx)) {
+        if let Some(line) =
+            audit.and_then(|ctx| audit_line(&done, &ctx, &crate::model::now_rfc3339()))
+        {
             self.audit.append_lines(vec![line]).await?;
         }
         Ok(done)

@@ -310,7 +310,7 @@ pub async fn insert_new(
     key: Option<&str>,
     events: bool,
 ) -> Result<Order, sqlx::Error> {
-    let order = fresh_order(new);
+    let order = fresh_order(new, &now_rfc3339());
     let keys: Vec<(&str, String, usize)> =
         key.map(|k| (k, new.fingerprint(), 0)).into_iter().collect();
     insert_rows(conn, std::slice::from_ref(&order), &keys, events).await?;
@@ -348,7 +348,7 @@ pub async fn insert_new_alone(
             list(Marks::InOrder, 1, 7)
         )
     });
-    let order = fresh_order(new);
+    let order = fresh_order(new, &now_rfc3339());
     let sql = if key.is_some() {
         &WITH_KEY
     } else {
@@ -462,6 +462,7 @@ pub async fn create_many(
         }
     }
     // Decide each create in order; keys first used in this batch are remembered as they go.
+    let created_at = now_rfc3339();
     let mut fresh: HashMap<&str, (String, usize)> = HashMap::new();
     let mut new_orders: Vec<Order> = Vec::new();
     let mut new_keys: Vec<(&str, String, usize)> = Vec::new();
@@ -490,7 +491,7 @@ pub async fn create_many(
                     new_keys.push((k, fp, new_orders.len()));
                 }
                 out.push(None);
-                new_orders.push(fresh_order(new));
+                new_orders.push(fresh_order(new, &created_at));
             }
         }
     }
@@ -507,8 +508,9 @@ pub async fn create_many(
     Ok(answers)
 }
 
-/// A new order for `new`: a fresh id, status `created`, created now.
-fn fresh_order(new: &NewOrder) -> Order {
+/// A new order for `new`: a fresh id, status `created`, created at `created_at` (RFC 3339;
+/// the orders of one batch share their transaction's, formatted once).
+fn fresh_order(new: &NewOrder, created_at: &str) -> Order {
     Order {
         id: new_order_id(),
         customer_id: new.customer_id.clone(),
@@ -516,7 +518,7 @@ fn fresh_order(new: &NewOrder) -> Order {
         quantity: new.quantity,
         amount_cents: new.amount_cents,
         status: CREATED.into(),
-        created_at: now_rfc3339(),
+        created_at: created_at.to_owned(),
         charge_id: None,
     }
 }
@@ -802,8 +804,9 @@ pub struct AuditCtx {
     pub trace_id: Option<String>,
 }
 
-/// The audit line of `done`, if it changed an order.
-pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
+/// The audit line of `done`, if it changed an order, stamped `ts` (RFC 3339; the lines of
+/// one batch share the moment it committed, formatted once).
+pub fn audit_line(done: &Done, ctx: &AuditCtx, ts: &str) -> Option<String> {
     /// The line's fields, in the order they are written (alphabetical).
     #[derive(serde::Serialize)]
     struct Line<'a> {
@@ -814,7 +817,7 @@ pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
         request_id: &'a str,
         status: &'a str,
         trace_id: Option<&'a str>,
-        ts: String,
+        ts: &'a str,
     }
     let (action, order) = done.audited()?;
     serde_json::to_string(&Line {
@@ -825,7 +828,7 @@ pub fn audit_line(done: &Done, ctx: &AuditCtx) -> Option<String> {
         request_id: &ctx.request_id,
         status: &order.status,
         trace_id: ctx.trace_id.as_deref(),
-        ts: now_rfc3339(),
+        ts,
     })
     .ok()
 }
@@ -836,18 +839,23 @@ mod tests {
 
     #[test]
     fn an_audit_line_is_one_json_object_with_its_fields_in_order() {
-        let order = fresh_order(&NewOrder {
-            customer_id: "c\"1".into(),
-            sku: "s".into(),
-            quantity: 1,
-            amount_cents: 0,
-        });
+        let order = fresh_order(
+            &NewOrder {
+                customer_id: "c\"1".into(),
+                sku: "s".into(),
+                quantity: 1,
+                amount_cents: 0,
+            },
+            "2026-12-03T10:00:00.000Z",
+        );
         let ctx = AuditCtx {
             client_ip: None,
             request_id: "r1".into(),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         };
-        let line = audit_line(&Done::Created(Created::New(order.clone())), &ctx).expect("line");
+        let ts = now_rfc3339();
+        let line =
+            audit_line(&Done::Created(Created::New(order.clone())), &ctx, &ts).expect("line");
         let want = format!(
             r#"{{"action":"order.created","client_ip":null,"customer_id":"c\"1","order_id":"{}","request_id":"r1","status":"created","trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","ts":"#,
             order.id
@@ -855,7 +863,7 @@ mod tests {
         assert!(line.starts_with(&want), "{line}");
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
-        assert_eq!(audit_line(&Done::Rows(1), &ctx), None);
+        assert_eq!(audit_line(&Done::Rows(1), &ctx, &ts), None);
     }
 
     #[test]

@@ -346,10 +346,11 @@ impl Run {
         {
             self.wake.notify_one();
         }
+        let ts = crate::model::now_rfc3339();
         let lines: Vec<String> = jobs
             .iter()
             .zip(&results)
-            .filter_map(|(job, r)| audit_line(r.as_ref().ok()?, job.audit.as_ref()?))
+            .filter_map(|(job, r)| audit_line(r.as_ref().ok()?, job.audit.as_ref()?, &ts))
             .collect();
         let answer = move |synced: Result<(), AuditError>| {
             for (job, result) in jobs.into_iter().zip(results) {
