@@ -1,8 +1,11 @@
 //! The HTTP API of `lameduck-orders` (contract in the project's DESIGN).
 //!
-//! Writes (create, cancel) run in tasks tracked by [`App::work`]: a client that disconnects,
-//! or a forced shutdown that drops the request, cannot cut a commit in half and lose its
-//! outcome; the shutdown waits for them before it closes the database.
+//! A client that disconnects, or a forced shutdown that drops the request, cannot cut a
+//! write (create, cancel) in half and lose its outcome: a write handed to the writer is
+//! committed and audited whether or not its caller still waits, and the shutdown stops
+//! the writer only once it has finished them (the `finish-writes` hook); without the
+//! writer (`--write-batching off`) a write runs in a task tracked by [`App::work`], which
+//! the shutdown waits for before it closes the database.
 
 use std::collections::HashMap;
 
@@ -37,7 +40,8 @@ pub struct App {
     pub db: Db,
     /// The audit log.
     pub audit: AuditLog,
-    /// Writes in progress; the shutdown waits for them.
+    /// Writes in progress outside the writer (with `--write-batching off`, and payments);
+    /// the shutdown waits for them.
     pub work: TaskTracker,
     /// The payment gateway's client (`--payment-url`), if payments are on.
     pub payments: Option<Payments>,
