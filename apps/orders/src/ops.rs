@@ -339,13 +339,13 @@ pub async fn insert_new_alone(
     static WITH_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO temp.{NEW_ORDER_WITH_KEY} ({NEW_COLUMNS}, key, fingerprint) VALUES ({})",
-            list(Marks::InOrder, 1, 9)
+            list(Dialect::Sqlite, 1, 9)
         )
     });
     static WITHOUT_KEY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "INSERT INTO orders ({NEW_COLUMNS}) VALUES ({})",
-            list(Marks::InOrder, 1, 7)
+            list(Dialect::Sqlite, 1, 7)
         )
     });
     let order = fresh_order(new, &now_rfc3339());
@@ -418,6 +418,7 @@ pub async fn create_many(
     creates: &[(&NewOrder, Option<&str>)],
     events: bool,
 ) -> Result<Vec<Created>, sqlx::Error> {
+    let dialect = Dialect::of(conn);
     // Keys stored before this batch: key -> (fingerprint, order id).
     let mut keys: Vec<&str> = creates.iter().filter_map(|(_, k)| *k).collect();
     keys.sort_unstable();
@@ -425,11 +426,11 @@ pub async fn create_many(
     let mut stored: HashMap<String, (String, String)> = HashMap::new();
     if !keys.is_empty() {
         static SQL: SqlCache = SqlCache::new();
-        let width = width(conn, keys.len());
-        let sql = SQL.get(Marks::of(conn), width, |marks, n| {
+        let width = dialect.width(keys.len());
+        let sql = SQL.get(dialect, width, |dialect, n| {
             format!(
                 "SELECT key, fingerprint, order_id FROM idempotency_keys WHERE key IN ({})",
-                list(marks, 1, n)
+                list(dialect, 1, n)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -447,10 +448,10 @@ pub async fn create_many(
     let mut old: HashMap<String, Order> = HashMap::new();
     if !stored.is_empty() {
         let ids: Vec<&String> = stored.values().map(|(_, id)| id).collect();
-        let width = width(conn, ids.len());
+        let width = dialect.width(ids.len());
         let sql = format!(
             "SELECT {COLUMNS} FROM orders WHERE id IN ({})",
-            list(Marks::of(conn), 1, width)
+            list(dialect, 1, width)
         );
         let mut q = sqlx::query(&sql);
         for i in 0..width {
@@ -533,12 +534,12 @@ async fn insert_rows(
 ) -> Result<(), sqlx::Error> {
     static ORDERS: SqlCache = SqlCache::new();
     static KEYS: SqlCache = SqlCache::new();
-    let marks = Marks::of(conn);
-    for (at, n) in chunks(conn, orders.len()) {
-        let sql = ORDERS.get(marks, n, |marks, n| {
+    let dialect = Dialect::of(conn);
+    for (at, n) in dialect.chunks(orders.len()) {
+        let sql = ORDERS.get(dialect, n, |dialect, n| {
             format!(
                 "INSERT INTO orders ({NEW_COLUMNS}) VALUES {}",
-                placeholders(marks, n, 7)
+                placeholders(dialect, n, 7)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -547,11 +548,11 @@ async fn insert_rows(
         }
         q.execute(&mut *conn).await?;
     }
-    for (at, n) in chunks(conn, keys.len()) {
-        let sql = KEYS.get(marks, n, |marks, n| {
+    for (at, n) in dialect.chunks(keys.len()) {
+        let sql = KEYS.get(dialect, n, |dialect, n| {
             format!(
                 "INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
-                placeholders(marks, n, 4)
+                placeholders(dialect, n, 4)
             )
         });
         let mut q = sqlx::query(&sql);
@@ -586,7 +587,7 @@ fn bind_new_order<'q>(
         .bind(o.created_at.as_str())
 }
 
-/// The texts of one multi-row statement, by row count and [`Marks`]: made once for each
+/// The texts of one multi-row statement, by row count and [`Dialect`]: made once for each
 /// power of two up to 512 and kept (formatting hundreds of placeholders per batch showed
 /// in the profile); other counts are made each time.
 #[derive(Debug)]
@@ -598,71 +599,67 @@ impl SqlCache {
         Self([const { [const { std::sync::OnceLock::new() }; 10] }; 2])
     }
 
-    /// The text for `rows` rows marked with `marks`, made by `make` the first time.
+    /// The text for `rows` rows in `dialect`, made by `make` the first time.
     pub(crate) fn get(
         &'static self,
-        marks: Marks,
+        dialect: Dialect,
         rows: usize,
-        make: impl FnOnce(Marks, usize) -> String,
+        make: impl FnOnce(Dialect, usize) -> String,
     ) -> std::borrow::Cow<'static, str> {
-        match self.0[marks as usize].get(rows.trailing_zeros() as usize) {
+        match self.0[dialect as usize].get(rows.trailing_zeros() as usize) {
             Some(slot) if rows.is_power_of_two() => {
-                slot.get_or_init(|| make(marks, rows)).as_str().into()
+                slot.get_or_init(|| make(dialect, rows)).as_str().into()
             }
-            _ => make(marks, rows).into(),
+            _ => make(dialect, rows).into(),
         }
     }
 }
 
-/// How a generated statement marks its parameters.
+/// How the generated statements are shaped for a connection's database: their chunks,
+/// the width of their `IN` lists and how their parameters are marked. Decided once per
+/// connection use ([`Dialect::of`]) instead of by each helper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Marks {
-    /// `$1, $2, ...`: PostgreSQL's.
-    Numbered = 0,
-    /// `?, ?, ...`, bound in order: SQLite's. SQLite also takes `$1`, but as a named
+pub(crate) enum Dialect {
+    /// Parameters `$1, $2, ...`; a statement of the exact size (each one is a network
+    /// round trip).
+    Postgres = 0,
+    /// Parameters `?, ?, ...`, bound in order. SQLite also takes `$1`, but as a named
     /// parameter, and sqlx looks up each parameter's name as it binds it, a lookup SQLite
     /// does by scanning the statement's names from the first: for a batch's multi-row
     /// inserts, hundreds of parameters, about 3,900 instructions per POST
-    /// (`benches/orders-instructions`).
-    InOrder = 1,
+    /// (`benches/orders-instructions`). Sizes go in powers of two ([`pow2_chunks`]), where
+    /// parsing a statement costs more than running another (it is in the process).
+    Sqlite = 1,
 }
 
-impl Marks {
-    /// The marks for `conn`'s database.
+impl Dialect {
+    /// The dialect of `conn`'s database.
     pub(crate) fn of(conn: &AnyConnection) -> Self {
-        if is_sqlite(conn) {
-            Self::InOrder
+        if conn.backend_name() == "SQLite" {
+            Self::Sqlite
         } else {
-            Self::Numbered
+            Self::Postgres
         }
     }
-}
 
-/// `n` rows in the chunks one multi-row statement each: on SQLite power-of-two sizes
-/// ([`pow2_chunks`]), where parsing a statement costs more than running another (it is in
-/// the process); on PostgreSQL one chunk, where each statement is a network round trip.
-pub(crate) fn chunks(conn: &AnyConnection, n: usize) -> Vec<(usize, usize)> {
-    if is_sqlite(conn) {
-        pow2_chunks(n).collect()
-    } else if n == 0 {
-        Vec::new()
-    } else {
-        vec![(0, n)]
+    /// `n` rows in the chunks of one multi-row statement each: on SQLite power-of-two
+    /// sizes, on PostgreSQL one chunk.
+    pub(crate) fn chunks(self, n: usize) -> Vec<(usize, usize)> {
+        match self {
+            Self::Sqlite => pow2_chunks(n).collect(),
+            Self::Postgres if n == 0 => Vec::new(),
+            Self::Postgres => vec![(0, n)],
+        }
     }
-}
 
-/// How many places an `IN` list of `n` values gets: on SQLite the next power of two (the
-/// last value repeated), for the same reason as [`chunks`].
-fn width(conn: &AnyConnection, n: usize) -> usize {
-    if is_sqlite(conn) {
-        n.next_power_of_two()
-    } else {
-        n
+    /// How many places an `IN` list of `n` values gets: on SQLite the next power of two
+    /// (the last value repeated), for the same reason as [`chunks`](Self::chunks).
+    fn width(self, n: usize) -> usize {
+        match self {
+            Self::Sqlite => n.next_power_of_two(),
+            Self::Postgres => n,
+        }
     }
-}
-
-fn is_sqlite(conn: &AnyConnection) -> bool {
-    conn.backend_name() == "SQLite"
 }
 
 /// `n` rows as chunks of power-of-two sizes, largest first: `(start, len)`. A multi-row
@@ -683,17 +680,17 @@ pub(crate) fn pow2_chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// `n` placeholders, the first the statement's parameter `from`: `$from, $from+1, ...`
 /// or `?, ?, ...`.
-fn list(marks: Marks, from: usize, n: usize) -> String {
+fn list(dialect: Dialect, from: usize, n: usize) -> String {
     let mut s = String::with_capacity(n * 5);
     for i in from..from + n {
         if i > from {
             s.push_str(", ");
         }
-        match marks {
-            Marks::Numbered => {
+        match dialect {
+            Dialect::Postgres => {
                 let _ = write!(s, "${i}");
             }
-            Marks::InOrder => s.push('?'),
+            Dialect::Sqlite => s.push('?'),
         }
     }
     s
@@ -701,14 +698,14 @@ fn list(marks: Marks, from: usize, n: usize) -> String {
 
 /// `($1, ..., $w), ($w+1, ...), ...` (or `(?, ...), ...`): `rows` rows of `width`
 /// placeholders.
-pub(crate) fn placeholders(marks: Marks, rows: usize, width: usize) -> String {
+pub(crate) fn placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
     let mut s = String::with_capacity(rows * width * 5);
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        s.push_str(&list(marks, 1 + r * width, width));
+        s.push_str(&list(dialect, 1 + r * width, width));
         s.push(')');
     }
     s
@@ -868,14 +865,14 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_of_columns() {
-        assert_eq!(list(Marks::Numbered, 3, 2), "$3, $4");
+        assert_eq!(list(Dialect::Postgres, 3, 2), "$3, $4");
         assert_eq!(
-            placeholders(Marks::Numbered, 2, 3),
+            placeholders(Dialect::Postgres, 2, 3),
             "($1, $2, $3), ($4, $5, $6)"
         );
-        assert_eq!(placeholders(Marks::Numbered, 1, 1), "($1)");
-        assert_eq!(list(Marks::InOrder, 3, 2), "?, ?");
-        assert_eq!(placeholders(Marks::InOrder, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(placeholders(Dialect::Postgres, 1, 1), "($1)");
+        assert_eq!(list(Dialect::Sqlite, 3, 2), "?, ?");
+        assert_eq!(placeholders(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(
             pow2_chunks(13).collect::<Vec<_>>(),
             [(0, 8), (8, 4), (12, 1)]

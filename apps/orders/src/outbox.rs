@@ -87,12 +87,12 @@ pub async fn enqueue_many(
     }
     let now = now_ms();
     static SQL: crate::ops::SqlCache = crate::ops::SqlCache::new();
-    let marks = crate::ops::Marks::of(conn);
-    for (at, n) in crate::ops::chunks(conn, orders.len()) {
-        let sql = SQL.get(marks, n, |marks, n| {
+    let dialect = crate::ops::Dialect::of(conn);
+    for (at, n) in dialect.chunks(orders.len()) {
+        let sql = SQL.get(dialect, n, |dialect, n| {
             format!(
                 "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
-                crate::ops::placeholders(marks, n, 5)
+                crate::ops::placeholders(dialect, n, 5)
             )
         });
         let mut q = sqlx::query(&sql);
