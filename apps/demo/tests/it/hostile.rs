@@ -163,6 +163,13 @@ fn fd_count(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_cuts_slow_and_silent_clients() {
     let s = start(&["--header-read-timeout", "1s"]);
+    // Counted once the server is serving: descriptors still appear after the `listening`
+    // line (the copies of the listeners kept for an upgrade).
+    let ready = lameduck_testkit::poll_until(SOON, || async {
+        (crate::admin_status(&s, "/readyz").await == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "ready");
     let before = fd_count(s.pid());
     let mut held = Vec::new();
     for i in 0..100 {

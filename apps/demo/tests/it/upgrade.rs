@@ -222,11 +222,37 @@ async fn systemd_hears_ready_then_the_new_main_pid_then_stopping() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Open descriptors of `pid`.
-fn fd_count(pid: u32) -> usize {
+/// What each open descriptor of `pid` refers to (`socket:[inode]`, `pipe:[inode]`, a path).
+fn fd_targets(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `socket:[inode]` names of every listening TCP socket on this machine.
+fn listening_sockets() -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // Column 3 is the state (0A: LISTEN), column 9 the inode.
+                    match (cols.get(3), cols.get(9)) {
+                        (Some(&"0A"), Some(inode)) => Some(format!("socket:[{inode}]")),
+                        _ => None,
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,30 +260,36 @@ async fn the_new_process_inherits_only_the_listeners() {
     let s = start(&["--log-format", "json"]);
     let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
     let _cleanup = Newest(newest.clone());
-    let at_start = fd_count(s.pid());
-    // Client connections to the old process: descriptors a careless exec would leak.
+    // Client connections to the old process: descriptors a careless exec would leak. Once
+    // each has been answered the old process holds all five, and it has finished starting
+    // (its descriptor count right after the `listening` line can still grow).
     let mut conns = Vec::new();
     for _ in 0..5 {
         let mut c = lameduck_testkit::connect_h1(s.http).await.expect("connect");
         assert_eq!(c.get("/ping").await.expect("ping").status(), 200);
         conns.push(c);
     }
-    assert!(
-        fd_count(s.pid()) >= at_start + 5,
-        "the old process holds the connections"
-    );
+    let old = fd_targets(s.pid());
     let _ = kill(Pid::from_raw(s.pid() as i32), Signal::SIGHUP);
     let new_pid = poll_until(SOON, || async { new_pids(&s).first().copied() })
         .await
         .expect("upgraded");
     newest.store(new_pid as usize, Ordering::Relaxed);
-    assert_eq!(
-        fd_count(new_pid),
-        at_start,
-        "the new process has the descriptors of a fresh start, no more: {:?}",
-        std::fs::read_dir(format!("/proc/{new_pid}/fd")).map(|d| d
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .collect::<Vec<_>>())
+    let new = fd_targets(new_pid);
+    assert!(
+        new.len() + 5 <= old.len(),
+        "the new process has the descriptors of a fresh start, not the old one's \
+         connections: old {old:?}, new {new:?}"
+    );
+    // Sockets both processes hold are the listeners, and nothing else.
+    let listeners = listening_sockets();
+    let shared: Vec<&String> = new
+        .iter()
+        .filter(|t| t.starts_with("socket:") && old.contains(t) && !listeners.contains(t))
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "sockets of the old process, not listeners, in the new one: {shared:?}"
     );
     drop(conns);
     let _ = kill(Pid::from_raw(new_pid as i32), Signal::SIGTERM);
