@@ -525,7 +525,9 @@ fn fresh_order(new: &NewOrder, created_at: &str) -> Order {
 }
 
 /// Insert `orders`, the idempotency `keys` (key, fingerprint, index of its order) and,
-/// with `events`, an `order.created` event per order: one statement each.
+/// with `events`, an `order.created` event per order: one statement each, except on
+/// PostgreSQL, where the orders and their keys go in one statement (one round trip fewer,
+/// and atomic by itself: see [`create_many`]).
 async fn insert_rows(
     conn: &mut AnyConnection,
     orders: &[Order],
@@ -535,6 +537,14 @@ async fn insert_rows(
     static ORDERS: SqlCache = SqlCache::new();
     static KEYS: SqlCache = SqlCache::new();
     let dialect = Dialect::of(conn);
+    if dialect == Dialect::Postgres && !keys.is_empty() {
+        insert_orders_and_keys(conn, orders, keys).await?;
+        if events {
+            let orders: Vec<&Order> = orders.iter().collect();
+            outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
+        }
+        return Ok(());
+    }
     for (at, n) in dialect.chunks(orders.len()) {
         let sql = ORDERS.get(dialect, n, |dialect, n| {
             format!(
@@ -570,6 +580,36 @@ async fn insert_rows(
         let orders: Vec<&Order> = orders.iter().collect();
         outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
     }
+    Ok(())
+}
+
+/// On PostgreSQL, `orders` and their idempotency `keys` in one statement: the keys'
+/// insert with the orders' as a data-modifying `WITH`. The foreign key from a key to its
+/// order is checked at the end of the statement, when both are in.
+async fn insert_orders_and_keys(
+    conn: &mut AnyConnection,
+    orders: &[Order],
+    keys: &[(&str, String, usize)],
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "WITH o AS (INSERT INTO orders ({NEW_COLUMNS}) VALUES {}) \
+         INSERT INTO idempotency_keys (key, fingerprint, order_id, created_at) VALUES {}",
+        rows_from(Dialect::Postgres, 1, orders.len(), 7),
+        rows_from(Dialect::Postgres, 1 + orders.len() * 7, keys.len(), 4)
+    );
+    let mut q = sqlx::query(&sql);
+    for o in orders {
+        q = bind_new_order(q, o);
+    }
+    for (k, fp, i) in keys {
+        let o = &orders[*i];
+        q = q
+            .bind(*k)
+            .bind(fp.as_str())
+            .bind(o.id.as_str())
+            .bind(o.created_at.as_str());
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -699,13 +739,19 @@ fn list(dialect: Dialect, from: usize, n: usize) -> String {
 /// `($1, ..., $w), ($w+1, ...), ...` (or `(?, ...), ...`): `rows` rows of `width`
 /// placeholders.
 pub(crate) fn placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
+    rows_from(dialect, 1, rows, width)
+}
+
+/// [`placeholders`] whose first parameter is `from`: for a statement with more than one
+/// list of rows.
+fn rows_from(dialect: Dialect, from: usize, rows: usize, width: usize) -> String {
     let mut s = String::with_capacity(rows * width * 5);
     for r in 0..rows {
         if r > 0 {
             s.push_str(", ");
         }
         s.push('(');
-        s.push_str(&list(dialect, 1 + r * width, width));
+        s.push_str(&list(dialect, from + r * width, width));
         s.push(')');
     }
     s
@@ -871,6 +917,7 @@ mod tests {
             "($1, $2, $3), ($4, $5, $6)"
         );
         assert_eq!(placeholders(Dialect::Postgres, 1, 1), "($1)");
+        assert_eq!(rows_from(Dialect::Postgres, 7, 2, 2), "($7, $8), ($9, $10)");
         assert_eq!(list(Dialect::Sqlite, 3, 2), "?, ?");
         assert_eq!(placeholders(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
         assert_eq!(

@@ -7,7 +7,10 @@
 //! statements for the whole batch ([`create_many`]), every other write under a SAVEPOINT
 //! of its own; then one commit, one fsync for the batch. When the creates' statements fail
 //! together (a constraint), they are rolled back and run one by one, each under its own
-//! savepoint, so that the one at fault fails alone. A failed commit, a broken connection or
+//! savepoint, so that the one at fault fails alone. On PostgreSQL, where each statement is
+//! a round trip, a batch of creates alone without outbox events skips the transaction: one
+//! read of the keys, then one insert of every order and key, atomic by itself
+//! ([`creates_at_once`]). A failed commit, a broken connection or
 //! a batch over [`BATCH_TIMEOUT`] fails the whole batch ([`WriteError::Unavailable`], 503),
 //! and the next batch opens a new connection.
 //!
@@ -423,6 +426,11 @@ async fn transaction(
     if let [job] = jobs {
         return single(conn, target, &job.op, events).await.map(|r| vec![r]);
     }
+    if !target.sqlite && !events {
+        if let Some(done) = creates_at_once(conn, jobs).await {
+            return Ok(done);
+        }
+    }
     conn.execute(target.begin()).await?;
     let mut done = creates(conn, target, jobs, events).await?;
     for (job, slot) in jobs.iter().zip(done.iter_mut()) {
@@ -434,8 +442,38 @@ async fn transaction(
     Ok(done.into_iter().flatten().collect())
 }
 
+/// On PostgreSQL, a batch of creates alone and without outbox events needs no transaction
+/// around it: the read of the stored keys, then one statement for every new order and key
+/// ([`create_many`]), which commits as it ends and is atomic by itself. Two round trips
+/// where `BEGIN`, the read, the inserts and `COMMIT` took four or more. Reading outside
+/// the insert's transaction is no weaker than inside it: under `READ COMMITTED` a key
+/// another process commits in between is not seen either way, and the insert's unique
+/// violation catches it. `None` when the batch holds other writes, or when a statement
+/// failed (nothing of the batch is then written: the read writes nothing, the insert
+/// rolls back whole), and the batch runs in a transaction as usual.
+async fn creates_at_once(
+    conn: &mut AnyConnection,
+    jobs: &[Job],
+) -> Option<Vec<Result<Done, WriteError>>> {
+    let creates = jobs
+        .iter()
+        .map(|j| match &j.op {
+            Op::Create { new, key } => Some((new, key.as_deref())),
+            _ => None,
+        })
+        .collect::<Option<Vec<(&NewOrder, Option<&str>)>>>()?;
+    match create_many(conn, &creates, false).await {
+        Ok(created) => Some(created.into_iter().map(|c| Ok(Done::Created(c))).collect()),
+        Err(e) => {
+            tracing::debug!(error = %e, writes = creates.len(), "writer: a batch's creates failed together; running them one by one");
+            None
+        }
+    }
+}
+
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
-/// would alone (on SQLite in one statement, its own transaction: [`insert_new_alone`]);
+/// would alone (on SQLite in one statement, its own transaction: [`insert_new_alone`];
+/// on PostgreSQL the order and its key in one statement outside `BEGIN`: [`insert_new`]);
 /// when its key is stored already (the unique violation), it runs again through
 /// [`apply`], which replays or refuses. Its own failure rolls the transaction back.
 async fn single(
@@ -445,8 +483,13 @@ async fn single(
     events: bool,
 ) -> Result<Result<Done, WriteError>, sqlx::Error> {
     let first = match op {
-        Op::Create { new, key } if target.sqlite && !events => {
-            match insert_new_alone(conn, new, key.as_deref()).await {
+        Op::Create { new, key } if !events => {
+            let alone = if target.sqlite {
+                insert_new_alone(conn, new, key.as_deref()).await
+            } else {
+                insert_new(conn, new, key.as_deref(), false).await
+            };
+            match alone {
                 Ok(order) => return Ok(Ok(Done::Created(Created::New(order)))),
                 // An insert failed, and its statement's transaction with it: the rules
                 // below decide.
