@@ -10,9 +10,9 @@
 //! savepoint, so that the one at fault fails alone. On PostgreSQL, where each statement is
 //! a round trip, a batch of creates alone without outbox events skips the transaction: one
 //! read of the keys, then one insert of every order and key, atomic by itself
-//! ([`creates_at_once`]). A failed commit, a broken connection or
-//! a batch over [`BATCH_TIMEOUT`] fails the whole batch ([`WriteError::Unavailable`], 503),
-//! and the next batch opens a new connection.
+//! (`creates_at_once`). A failed commit, a broken connection or a batch over
+//! [`BATCH_TIMEOUT`] fails the whole batch ([`WriteError::Unavailable`], 503), and the next
+//! batch opens a new connection.
 //!
 //! The batch's audit lines are then written and fsync'd together, and only then is each
 //! caller answered (from the audit log's thread, which wakes each caller directly), so a 201
