@@ -534,17 +534,28 @@ async fn insert_rows(
     keys: &[(&str, String, usize)],
     events: bool,
 ) -> Result<(), sqlx::Error> {
-    static ORDERS: SqlCache = SqlCache::new();
-    static KEYS: SqlCache = SqlCache::new();
     let dialect = Dialect::of(conn);
     if dialect == Dialect::Postgres && !keys.is_empty() {
         insert_orders_and_keys(conn, orders, keys).await?;
-        if events {
-            let orders: Vec<&Order> = orders.iter().collect();
-            outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
-        }
-        return Ok(());
+    } else {
+        insert_orders_then_keys(conn, dialect, orders, keys).await?;
     }
+    if events {
+        let orders: Vec<&Order> = orders.iter().collect();
+        outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
+    }
+    Ok(())
+}
+
+/// `orders`, then their idempotency `keys`, each in statements of [`Dialect::chunks`].
+async fn insert_orders_then_keys(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    orders: &[Order],
+    keys: &[(&str, String, usize)],
+) -> Result<(), sqlx::Error> {
+    static ORDERS: SqlCache = SqlCache::new();
+    static KEYS: SqlCache = SqlCache::new();
     for (at, n) in dialect.chunks(orders.len()) {
         let sql = ORDERS.get(dialect, n, |dialect, n| {
             format!(
@@ -566,19 +577,10 @@ async fn insert_rows(
             )
         });
         let mut q = sqlx::query(&sql);
-        for (k, fp, i) in &keys[at..at + n] {
-            let o = &orders[*i];
-            q = q
-                .bind(*k)
-                .bind(fp.as_str())
-                .bind(o.id.as_str())
-                .bind(o.created_at.as_str());
+        for key in &keys[at..at + n] {
+            q = bind_new_key(q, key, orders);
         }
         q.execute(&mut *conn).await?;
-    }
-    if events {
-        let orders: Vec<&Order> = orders.iter().collect();
-        outbox::enqueue_many(conn, ORDER_CREATED, &orders).await?;
     }
     Ok(())
 }
@@ -601,16 +603,25 @@ async fn insert_orders_and_keys(
     for o in orders {
         q = bind_new_order(q, o);
     }
-    for (k, fp, i) in keys {
-        let o = &orders[*i];
-        q = q
-            .bind(*k)
-            .bind(fp.as_str())
-            .bind(o.id.as_str())
-            .bind(o.created_at.as_str());
+    for key in keys {
+        q = bind_new_key(q, key, orders);
     }
     q.execute(&mut *conn).await?;
     Ok(())
+}
+
+/// `q` with an idempotency key's columns bound, in order: the key, its fingerprint, and
+/// the id and `created_at` of its order (`orders[index]`).
+fn bind_new_key<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    (key, fingerprint, index): &'q (&str, String, usize),
+    orders: &'q [Order],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let o = &orders[*index];
+    q.bind(*key)
+        .bind(fingerprint.as_str())
+        .bind(o.id.as_str())
+        .bind(o.created_at.as_str())
 }
 
 /// `q` with the [`NEW_COLUMNS`] of `o` bound, in order.
