@@ -455,13 +455,10 @@ async fn creates_at_once(
     conn: &mut AnyConnection,
     jobs: &[Job],
 ) -> Option<Vec<Result<Done, WriteError>>> {
-    let creates = jobs
-        .iter()
-        .map(|j| match &j.op {
-            Op::Create { new, key } => Some((new, key.as_deref())),
-            _ => None,
-        })
-        .collect::<Option<Vec<(&NewOrder, Option<&str>)>>>()?;
+    let (_, creates) = creates_of(jobs);
+    if creates.len() < jobs.len() {
+        return None;
+    }
     match create_many(conn, &creates, false).await {
         Ok(created) => Some(created.into_iter().map(|c| Ok(Done::Created(c))).collect()),
         Err(e) => {
@@ -469,6 +466,17 @@ async fn creates_at_once(
             None
         }
     }
+}
+
+/// The creates among `jobs`: their positions, and each one's order and idempotency key.
+fn creates_of(jobs: &[Job]) -> (Vec<usize>, Vec<(&NewOrder, Option<&str>)>) {
+    jobs.iter()
+        .enumerate()
+        .filter_map(|(i, j)| match &j.op {
+            Op::Create { new, key } => Some((i, (new, key.as_deref()))),
+            _ => None,
+        })
+        .unzip()
 }
 
 /// A batch of one (a quiet moment): no savepoint, and a create inserts at once, as it
@@ -545,14 +553,7 @@ async fn creates(
     events: bool,
 ) -> Result<Vec<Option<Result<Done, WriteError>>>, sqlx::Error> {
     let mut out: Vec<Option<Result<Done, WriteError>>> = jobs.iter().map(|_| None).collect();
-    let (at, creates): (Vec<usize>, Vec<(&NewOrder, Option<&str>)>) = jobs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, j)| match &j.op {
-            Op::Create { new, key } => Some((i, (new, key.as_deref()))),
-            _ => None,
-        })
-        .unzip();
+    let (at, creates) = creates_of(jobs);
     if creates.len() < 2 {
         return Ok(out);
     }
