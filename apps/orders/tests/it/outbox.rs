@@ -155,10 +155,29 @@ async fn creates_and_cancels_reach_the_receiver_once_each_and_in_order() {
     let o = outbox(s.admin).await;
     assert_eq!(o["oldest_age_ms"], 0);
     assert_eq!(o["set_aside"], 0);
+    // The delivered counter moves with each delivery; the pending gauge is refreshed from the
+    // database every `STATS_EVERY` (1 s), so it may still show an older count for that long.
+    let shown = poll_until(SOON, || async {
+        let m = get(s.admin, "/metrics").await.ok()?;
+        let text = String::from_utf8_lossy(m.body()).into_owned();
+        (sample(&text, "orders_outbox_delivered_total") == Some(25.0)
+            && sample(&text, "orders_outbox_pending") == Some(0.0))
+        .then_some(())
+    })
+    .await;
     let metrics = get(s.admin, "/metrics").await.expect("metrics");
     let text = String::from_utf8_lossy(metrics.body());
-    assert!(text.contains("orders_outbox_delivered_total 25"), "{text}");
-    assert!(text.contains("orders_outbox_pending 0"), "{text}");
+    assert!(
+        shown.is_some(),
+        "the metrics never showed 25 delivered and 0 pending:\n{text}"
+    );
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A receiver that refuses (422) every delivery of the first event it sees, and takes the
