@@ -249,11 +249,17 @@ async fn the_key_comes_back_after_etcd_does_and_without_etcd_the_service_serves(
         etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
         "registers again"
     );
-    let metrics = lameduck_testkit::get(s.admin, "/metrics")
-        .await
-        .expect("metrics");
-    let text = String::from_utf8_lossy(metrics.body()).into_owned();
-    assert!(text.contains("lameduck_registry_registered 1"), "{text}");
+    // The key is in etcd a moment before the registration task records it in its gauge.
+    let text = lameduck_testkit::poll_until(SOON, || async {
+        let m = lameduck_testkit::get(s.admin, "/metrics").await.ok()?;
+        let text = String::from_utf8_lossy(m.body()).into_owned();
+        text.contains("lameduck_registry_registered 1\n")
+            .then_some(text)
+    })
+    .await;
+    let Some(text) = text else {
+        panic!("lameduck_registry_registered never showed 1");
+    };
     assert!(
         !text.contains("lameduck_registry_failures_total 0\n"),
         "failures counted: {text}"
