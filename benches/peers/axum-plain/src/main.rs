@@ -1,19 +1,24 @@
 //! Plain axum: `axum::serve(...).with_graceful_shutdown(...)` on SIGTERM/SIGINT, as axum's
 //! graceful-shutdown example teaches (with a 30 s timeout around it).
-//! Routes as lameduck-demo: `/ping`, `/work?ms=N`. Flags: `--listen ADDR`, and
+//! The same routes as lameduck-demo, so that both routers match a path in the same tree:
+//! `/ping`, `/work?ms=N`, `/events` (server-sent events, one a second), `/panic` and
+//! `POST /upload`. Flags: `--listen ADDR`, and
 //! `--access-log PATH` for the access-log comparison: tower-http's `TraceLayer` (with its
 //! request-id layers) logging the fields lameduck's access log has (method, route, status,
 //! latency, client, request id) as JSON lines through `tracing-appender`'s non-blocking
 //! writer, the way their docs teach it.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::Query;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
 use axum::routing::get;
 use axum::Router;
+use futures_util::stream::{self, Stream};
 use tokio::signal::unix::{signal, SignalKind};
 
 async fn work(Query(q): Query<HashMap<String, String>>) -> (StatusCode, &'static str) {
@@ -26,6 +31,22 @@ async fn work(Query(q): Query<HashMap<String, String>>) -> (StatusCode, &'static
     }
 }
 
+async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let tick = tokio::time::interval(Duration::from_secs(1));
+    Sse::new(stream::unfold((tick, 0u64), |(mut tick, n)| async move {
+        tick.tick().await;
+        Some((Ok(Event::default().data(n.to_string())), (tick, n + 1)))
+    }))
+}
+
+async fn panics() -> &'static str {
+    panic!("the /panic route panics on purpose")
+}
+
+async fn upload(body: axum::body::Bytes) -> String {
+    format!("received {} bytes", body.len())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
@@ -36,7 +57,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening http={}", listener.local_addr()?);
     let app = Router::new()
         .route("/ping", get(|| async { "pong" }))
-        .route("/work", get(work));
+        .route("/work", get(work))
+        .route("/events", get(events))
+        .route("/panic", get(panics))
+        .route("/upload", axum::routing::post(upload));
     let log_path = std::env::args().skip_while(|a| a != "--access-log").nth(1);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
