@@ -46,6 +46,8 @@ const VERSION_H2: u8 = 2;
 #[derive(Debug)]
 pub(crate) struct ConnState {
     born: Instant,
+    /// `born` on the raw monotonic clock (`Instant`'s clock), for [`ConnState::stamp`].
+    born_raw: Option<u64>,
     active: AtomicUsize,
     last_active: AtomicU64,
     head_started: AtomicU64,
@@ -62,8 +64,10 @@ pub(crate) struct ConnState {
 
 impl ConnState {
     pub(crate) fn new() -> Self {
+        let born = Instant::now();
         Self {
-            born: Instant::now(),
+            born,
+            born_raw: monotonic_nanos(),
             active: AtomicUsize::new(0),
             last_active: AtomicU64::new(0),
             // The first request head is due from the accept on.
@@ -78,6 +82,17 @@ impl ConnState {
 
     fn nanos(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.born).as_nanos() as u64 + 1
+    }
+
+    /// Now, as nanoseconds since `born` (plus one): the raw clock read, without the
+    /// `Instant` arithmetic of [`ConnState::nanos`] (about 40 instructions fewer each, two
+    /// stamps per request).
+    #[inline]
+    fn stamp(&self) -> u64 {
+        match (self.born_raw, monotonic_nanos()) {
+            (Some(born), Some(now)) => now.saturating_sub(born) + 1,
+            _ => self.nanos(Instant::now()),
+        }
     }
 
     fn instant(&self, nanos: u64) -> Option<Instant> {
@@ -118,8 +133,7 @@ impl ConnState {
         } else if self.head_started.load(Ordering::Relaxed) != 0 {
             return Some(false);
         }
-        self.head_started
-            .store(self.nanos(Instant::now()), Ordering::Relaxed);
+        self.head_started.store(self.stamp(), Ordering::Relaxed);
         Some(true)
     }
 
@@ -144,11 +158,18 @@ pub(crate) struct ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let s = &self.state;
-        s.last_active
-            .store(s.nanos(Instant::now()), Ordering::Relaxed);
+        s.last_active.store(s.stamp(), Ordering::Relaxed);
         s.active.fetch_sub(1, Ordering::AcqRel);
         s.changed.notify_one();
     }
+}
+
+/// Nanoseconds on `CLOCK_MONOTONIC`, the clock `Instant::now` reads on Linux.
+#[inline]
+fn monotonic_nanos() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let secs = u64::try_from(t.tv_sec()).ok()?;
+    Some(secs * 1_000_000_000 + u64::try_from(t.tv_nsec()).ok()?)
 }
 
 /// What the driver knows about a connection at one instant.
