@@ -7,6 +7,9 @@
 . benches/listening.sh
 ping_window() {
   local out=$1 log=$2 secs=$3; shift 3
+  # Emptied here, not by the redirection below: that runs in the background job, and
+  # `listening` could read the previous server's line first.
+  : > "$log"
   taskset -c 0 valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" "$@" > "$log" 2>/dev/null &
   local pid=$! addr
   addr=$(listening "$log" 30) || { echo "$1: no listening line" >&2; kill -9 "$pid"; return 1; }
