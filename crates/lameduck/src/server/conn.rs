@@ -545,6 +545,20 @@ mod tests {
     }
 
     #[test]
+    fn a_raw_stamp_agrees_with_the_instants_read_around_it() {
+        let s = ConnState::new();
+        for _ in 0..1000 {
+            let before = s.nanos(Instant::now());
+            let stamp = s.stamp();
+            let after = s.nanos(Instant::now());
+            // `born_raw` is read just after `born`: a raw stamp may run behind by that gap.
+            assert!(stamp <= after, "{stamp} after {after}");
+            assert!(stamp + 1_000_000 >= before, "{stamp} long before {before}");
+        }
+        assert!(s.born_raw.is_some(), "the raw clock is read on this system");
+    }
+
+    #[test]
     fn the_driver_holds_no_copy_of_the_connection() {
         // A stand-in connection of 4 KiB: the driver must only point at it, since every
         // open connection pays for the driver's size.
