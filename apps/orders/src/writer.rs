@@ -426,13 +426,15 @@ async fn transaction(
     if let [job] = jobs {
         return single(conn, target, &job.op, events).await.map(|r| vec![r]);
     }
-    if !target.sqlite && !events {
-        if let Some(done) = creates_at_once(conn, jobs).await {
+    // Found once, for both ways of writing them together.
+    let (at, found) = creates_of(jobs);
+    if !target.sqlite && !events && found.len() == jobs.len() {
+        if let Some(done) = creates_at_once(conn, &found).await {
             return Ok(done);
         }
     }
     conn.execute(target.begin()).await?;
-    let mut done = creates(conn, target, jobs, events).await?;
+    let mut done = creates(conn, target, jobs.len(), &at, &found, events).await?;
     for (job, slot) in jobs.iter().zip(done.iter_mut()) {
         if slot.is_none() {
             *slot = Some(one(conn, &job.op, events).await?);
@@ -448,18 +450,14 @@ async fn transaction(
 /// where `BEGIN`, the read, the inserts and `COMMIT` took four or more. Reading outside
 /// the insert's transaction is no weaker than inside it: under `READ COMMITTED` a key
 /// another process commits in between is not seen either way, and the insert's unique
-/// violation catches it. `None` when the batch holds other writes, or when a statement
-/// failed (nothing of the batch is then written: the read writes nothing, the insert
-/// rolls back whole), and the batch runs in a transaction as usual.
+/// violation catches it. `creates` is the whole batch. `None` when a statement failed
+/// (nothing of the batch is then written: the read writes nothing, the insert rolls back
+/// whole), and the batch runs in a transaction as usual.
 async fn creates_at_once(
     conn: &mut AnyConnection,
-    jobs: &[Job],
+    creates: &[(&NewOrder, Option<&str>)],
 ) -> Option<Vec<Result<Done, WriteError>>> {
-    let (_, creates) = creates_of(jobs);
-    if creates.len() < jobs.len() {
-        return None;
-    }
-    match create_many(conn, &creates, false).await {
+    match create_many(conn, creates, false).await {
         Ok(created) => Some(created.into_iter().map(|c| Ok(Done::Created(c))).collect()),
         Err(e) => {
             tracing::debug!(error = %e, writes = creates.len(), "writer: a batch's creates failed together; running them one by one");
@@ -540,7 +538,8 @@ async fn single(
     Ok(Ok(done))
 }
 
-/// The batch's creates (when there are two or more) with a few statements for all
+/// The batch's creates (when there are two or more; found by [`creates_of`]: their
+/// positions `at` among the batch's `jobs`) with a few statements for all
 /// ([`create_many`]), under one savepoint (none when the batch holds creates alone: their
 /// failure rolls back the transaction, which begins again); the answers by the jobs'
 /// positions, `None` for the jobs left to [`one`]: every other write, and every create
@@ -549,27 +548,28 @@ async fn single(
 async fn creates(
     conn: &mut AnyConnection,
     target: &Target,
-    jobs: &[Job],
+    jobs: usize,
+    at: &[usize],
+    creates: &[(&NewOrder, Option<&str>)],
     events: bool,
 ) -> Result<Vec<Option<Result<Done, WriteError>>>, sqlx::Error> {
-    let mut out: Vec<Option<Result<Done, WriteError>>> = jobs.iter().map(|_| None).collect();
-    let (at, creates) = creates_of(jobs);
+    let mut out: Vec<Option<Result<Done, WriteError>>> = (0..jobs).map(|_| None).collect();
     if creates.len() < 2 {
         return Ok(out);
     }
     // A batch of creates alone (the usual one) needs no savepoint: when they fail, nothing
     // else is in the transaction, which starts over instead. Two statements fewer per
     // batch, each a round trip on PostgreSQL.
-    let whole = creates.len() == jobs.len();
+    let whole = creates.len() == jobs;
     if !whole {
         conn.execute("SAVEPOINT bulk").await?;
     }
-    match create_many(conn, &creates, events).await {
+    match create_many(conn, creates, events).await {
         Ok(created) => {
             if !whole {
                 conn.execute("RELEASE bulk").await?;
             }
-            for (i, c) in at.into_iter().zip(created) {
+            for (&i, c) in at.iter().zip(created) {
                 out[i] = Some(Ok(Done::Created(c)));
             }
         }

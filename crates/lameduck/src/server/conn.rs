@@ -64,9 +64,9 @@ pub(crate) struct ConnState {
 
 impl ConnState {
     pub(crate) fn new() -> Self {
-        let born = Instant::now();
         Self {
-            born,
+            // Read in this order: a raw stamp runs behind an `Instant` by at most the gap.
+            born: Instant::now(),
             born_raw: monotonic_nanos(),
             active: AtomicUsize::new(0),
             last_active: AtomicU64::new(0),
