@@ -95,6 +95,9 @@ pub struct Args {
     /// exports that as lameduck_previous_shutdown{outcome} on /metrics.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<std::path::PathBuf>,
+    /// The upgrade flags every lameduck binary shares.
+    #[command(flatten)]
+    pub upgrade: cli::UpgradeArgs,
     /// Connections the kernel queues for accepting (capped by net.core.somaxconn).
     #[arg(long, default_value_t = server::DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
     pub listen_backlog: u32,
@@ -229,7 +232,10 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     let lifecycle = Lifecycle::new()
         .with_os_signals()
         .context("failed to install signal handlers")?;
-    let mut builder = Server::builder();
+    let mut builder = args
+        .upgrade
+        .apply(Server::builder())
+        .version(env!("CARGO_PKG_VERSION"));
     let access_log = match (&log_file, args.access_log) {
         (_, false) => server::AccessLog::Off,
         // Straight to the file, formatted by lameduck: several times cheaper per line.

@@ -45,6 +45,9 @@ pub struct Args {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// The upgrade flags every lameduck binary shares (command line and environment only).
+    #[command(flatten)]
+    pub upgrade: lameduck::cli::UpgradeArgs,
     /// The settings given on the command line or in the environment.
     #[command(flatten)]
     pub settings: Overrides,
@@ -324,6 +327,11 @@ pub struct Settings {
     pub listen_backlog: u32,
     /// Log format.
     pub log_format: LogFormat,
+    /// The executable a SIGHUP upgrade starts, when not the start-up path
+    /// (`--upgrade-exec`, a shared server flag: command line and environment only, so not in
+    /// the printed configuration, which must read back as a file).
+    #[serde(skip)]
+    pub upgrade_exec: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -529,6 +537,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         instance_id: o.instance_id,
         listen_backlog,
         log_format: o.log_format.unwrap_or(LogFormat::Json),
+        upgrade_exec: None,
     })
 }
 

@@ -67,7 +67,9 @@ pub fn main_impl() -> ExitCode {
 
 fn load(args: &Args) -> anyhow::Result<Settings> {
     let file = args.config.as_deref().map(config::read_file).transpose()?;
-    config::resolve(args.settings.clone(), file)
+    let mut settings = config::resolve(args.settings.clone(), file)?;
+    settings.upgrade_exec = args.upgrade.upgrade_exec.clone();
+    Ok(settings)
 }
 
 /// Run the service until it has shut down; returns the exit code.
@@ -98,7 +100,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         work: TaskTracker::new(),
         payments: payments.clone(),
     };
-    let mut builder = Server::builder();
+    let mut builder = Server::builder().version(env!("CARGO_PKG_VERSION"));
+    if let Some(path) = &settings.upgrade_exec {
+        builder = builder.upgrade_exec(path);
+    }
     if let Some(budget) = settings.grace_budget {
         builder = builder.grace_budget(budget);
     }

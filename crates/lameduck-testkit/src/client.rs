@@ -165,6 +165,23 @@ pub async fn post_json(
         .await
 }
 
+/// `POST path` with no body and, when given, `Authorization: Bearer token` on a fresh
+/// HTTP/1.1 connection (an operator request on an admin listener); the status code, or 0
+/// when no response came.
+pub async fn post_operator(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    let res = match connect_h1(addr).await {
+        Ok(mut c) => c.send(Method::POST, path, &headers, String::new()).await,
+        Err(e) => Err(e),
+    };
+    res.map_or(0, |r| r.status().as_u16())
+}
+
 /// `GET path` on a fresh HTTP/1.1 connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response<Bytes>, ClientError> {
     connect_h1(addr).await?.get(path).await

@@ -3,12 +3,13 @@
 //! with deadlines instead of sleeps.
 
 mod client;
+pub mod exe;
 mod process;
 mod proxy;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use client::{connect_h1, connect_h2, get, post_json, ClientError, H1, H2};
+pub use client::{connect_h1, connect_h2, get, post_json, post_operator, ClientError, H1, H2};
 pub use process::{SpawnError, Spawned};
 pub use proxy::Proxy;
 

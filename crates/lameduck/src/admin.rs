@@ -214,7 +214,7 @@ impl Admin {
             return Err(format!("phase is {phase}"));
         }
         if self.operator.is_drained() {
-            return Err("drained by an operator (POST /undrain to undo)".into());
+            return Err("operator drain (POST /undrain to undo)".into());
         }
         let mut failed = Vec::new();
         for c in self.checks.iter() {

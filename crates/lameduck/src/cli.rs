@@ -43,24 +43,57 @@ pub const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Parse the command line into `A`. `--help` and `--version` print and give
 /// [`OK`](crate::exit::OK); a usage error prints clap's message and gives
-/// [`USAGE`](crate::exit::USAGE): return the `Err` from `main`.
+/// [`USAGE`](crate::exit::USAGE): return the `Err` from `main`. `--version` prints the
+/// command's version followed by the executable's GNU build id (`unknown` without one), as
+/// `name 0.1.0 (build id 3f9a...)`. Also records the path the process was started with,
+/// for upgrades.
 ///
 /// # Errors
 /// The process should exit with the code in the error (help, version or usage error
 /// printed already).
 pub fn parse_args<A: clap::Parser>() -> Result<A, ExitCode> {
-    A::try_parse().map_err(usage_exit)
+    crate::exe::record();
+    let mut cmd = A::command();
+    if let Some(v) = cmd.get_version() {
+        let v = format!("{v} (build id {})", crate::exe::build_id());
+        cmd = cmd.version(v);
+    }
+    let matches = cmd.try_get_matches().map_err(usage_exit)?;
+    A::from_arg_matches(&matches).map_err(|e| usage_exit(e.format(&mut A::command())))
+}
+
+/// The upgrade flags every service binary shares: `--upgrade-exec PATH`
+/// (`LAMEDUCK_UPGRADE_EXEC`), the executable a SIGHUP upgrade starts. Flatten it into the
+/// binary's flags (`#[command(flatten)]`) and give it to the builder with
+/// [`UpgradeArgs::apply`].
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UpgradeArgs {
+    /// The executable a SIGHUP upgrade starts [default: the path this process was started
+    /// with, symlinks kept, so a binary replaced with mv or a switched symlink runs next].
+    #[arg(long, env = "LAMEDUCK_UPGRADE_EXEC", value_name = "PATH")]
+    pub upgrade_exec: Option<std::path::PathBuf>,
+}
+
+impl UpgradeArgs {
+    /// Set these flags on `builder`.
+    pub fn apply(&self, builder: crate::server::Builder) -> crate::server::Builder {
+        match &self.upgrade_exec {
+            Some(path) => builder.upgrade_exec(path),
+            None => builder,
+        }
+    }
 }
 
 /// The environment variable that holds the admin bearer token (see [`admin_token`]).
 pub const ADMIN_TOKEN_ENV: &str = "LAMEDUCK_ADMIN_TOKEN";
 
 /// The admin bearer token (`Builder::admin_token`): the contents of `file` when given
-/// (`--admin-token-file`; surrounding white space dropped), else [`ADMIN_TOKEN_ENV`], else
-/// none.
+/// (`--admin-token-file`; surrounding white space dropped, such as a trailing newline),
+/// else [`ADMIN_TOKEN_ENV`], else none.
 ///
 /// # Errors
-/// The file cannot be read, or the token is empty.
+/// The file cannot be read, or the token is empty or holds a line break (CR or LF) inside
+/// it, which no `Authorization` header can carry.
 pub fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
     let token = match file {
         Some(path) => std::fs::read_to_string(path)
@@ -72,9 +105,15 @@ pub fn admin_token(file: Option<&std::path::Path>) -> Result<Option<String>, Str
             Err(_) => return Ok(None),
         },
     };
+    let from = || file.map_or(ADMIN_TOKEN_ENV.to_owned(), |p| p.display().to_string());
     if token.is_empty() {
-        let from = file.map_or(ADMIN_TOKEN_ENV.to_owned(), |p| p.display().to_string());
-        return Err(format!("the admin token in {from} is empty"));
+        return Err(format!("the admin token in {} is empty", from()));
+    }
+    if token.contains(['\r', '\n']) {
+        return Err(format!(
+            "the admin token in {} holds a line break inside it; a token is one line",
+            from()
+        ));
     }
     Ok(Some(token))
 }

@@ -52,6 +52,7 @@ pub mod cli;
 pub mod context;
 mod error;
 mod error_response;
+mod exe;
 pub mod exit;
 pub mod hooks;
 pub mod in_flight;

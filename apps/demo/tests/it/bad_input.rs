@@ -13,6 +13,24 @@ fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().expect("run binary")
 }
 
+/// Run the demo with `args`, expecting it to stop by itself (at start-up); killed after
+/// [`SOON`] if it serves instead, so that a start it should have refused fails the test
+/// instead of hanging it.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run binary");
+    let deadline = Instant::now() + SOON;
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("output")
+}
+
 #[test]
 fn invalid_flags_and_durations_exit_2_with_the_clap_message() {
     let out = run(&["--no-such-flag"]);
@@ -125,4 +143,75 @@ async fn a_client_sending_headers_too_slowly_is_cut_off() {
         get(s.http, "/ping").await.expect("still serving").status(),
         200
     );
+}
+
+#[test]
+fn version_prints_the_version_and_the_build_id_of_the_file() {
+    let out = run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let id = lameduck_testkit::exe::build_id(std::path::Path::new(BIN)).expect("build id");
+    assert_eq!(
+        text.trim(),
+        format!(
+            "lameduck-demo {} (build id {id})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn a_pid_file_naming_a_directory_exits_1_with_one_line() {
+    let dir = std::env::temp_dir();
+    let out = run_bounded(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--pid-file",
+        dir.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("is a directory"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_with_a_line_break_inside_exits_1_and_a_trailing_one_is_trimmed() {
+    let dir = std::env::temp_dir().join(format!("ld-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = |name: &str, token: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, token).expect("token file");
+        path.display().to_string()
+    };
+    for (name, token) in [
+        ("lf", "abc\ndef\n"),
+        ("cr", "abc\rdef"),
+        ("crlf", "abc\r\ndef"),
+    ] {
+        let path = file(name, token);
+        let out = run_bounded(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            &path,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
+        assert!(err.contains("line break"), "{name}: {err}");
+    }
+    let path = file("trailing", "s3cret\n");
+    let s = start(&["--admin-token-file", &path]);
+    crate::wait_ready(&s).await;
+    assert_eq!(
+        lameduck_testkit::post_operator(s.admin, "/drain", Some("s3cret")).await,
+        200,
+        "the token without its newline"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

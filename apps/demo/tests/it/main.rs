@@ -2,6 +2,7 @@
 
 mod activation;
 mod bad_input;
+mod deploy;
 mod drain;
 mod hostile;
 mod keepalive;

@@ -52,7 +52,7 @@ pub(crate) fn drill(
 }
 
 /// `false` once `pid` has exited (gone, or a zombie nobody reaped yet).
-fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit(") ")
@@ -62,7 +62,8 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-fn new_pids(s: &Spawned) -> Vec<u32> {
+/// The pids of the new processes the upgrades so far handed over to, in order.
+pub(crate) fn new_pids(s: &Spawned) -> Vec<u32> {
     s.logs()
         .iter()
         .filter(|l| l.contains("the new process is ready"))
@@ -72,7 +73,7 @@ fn new_pids(s: &Spawned) -> Vec<u32> {
 }
 
 /// Kills whatever process is newest if the test fails midway.
-struct Newest(Arc<AtomicUsize>);
+pub(crate) struct Newest(pub(crate) Arc<AtomicUsize>);
 
 impl Drop for Newest {
     fn drop(&mut self) {
@@ -296,7 +297,7 @@ async fn the_new_process_inherits_only_the_listeners() {
 }
 
 /// The children of `pid` (for a process started through a wrapper).
-fn children(pid: u32) -> Vec<u32> {
+pub(crate) fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()
@@ -333,7 +334,7 @@ async fn as_pid_1_a_sighup_is_refused_and_sigterm_still_drains() {
         .expect("the demo knows it is PID 1");
     let _ = kill(Pid::from_raw(demo as i32), Signal::SIGHUP);
     let refused = s
-        .wait_for_log(&["upgrade failed"], SOON)
+        .wait_for_log(&["upgrade refused"], SOON)
         .await
         .expect("the SIGHUP is refused");
     assert!(

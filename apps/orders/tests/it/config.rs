@@ -152,3 +152,17 @@ fn a_grace_budget_too_small_for_the_stop_exits_1_naming_each_part() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn version_prints_the_version_and_the_build_id_of_the_file() {
+    let out = run(&["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let id = lameduck_testkit::exe::build_id(std::path::Path::new(crate::BIN)).expect("build id");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "lameduck-orders {} (build id {id})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}

@@ -3,13 +3,12 @@
 //! upgrade, expires after a crash, comes back after etcd does, and leaves with an operator
 //! drain.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use lameduck_testkit::{poll_until, Spawned};
+use lameduck_testkit::{poll_until, post_operator, Spawned};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -285,31 +284,82 @@ async fn an_operator_drain_deregisters_and_undrain_registers_again() {
     .expect("start");
     let pid = u64::from(s.pid());
     assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await);
-    assert_eq!(post(s.admin, "/drain").await, 200);
+    assert_eq!(post_operator(s.admin, "/drain", Some("s3cret")).await, 200);
     assert!(etcd.until(KEY, SOON, |v| v.is_none()).await, "deregistered");
     let res = lameduck_testkit::get(s.http, "/orders")
         .await
         .expect("still serving");
     assert_eq!(res.status(), 200);
-    assert_eq!(post(s.admin, "/undrain").await, 200);
+    assert_eq!(
+        post_operator(s.admin, "/undrain", Some("s3cret")).await,
+        200
+    );
     assert!(
         etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await,
         "registered again"
     );
 }
 
-async fn post(admin: SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(admin)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drain_passes_through_an_upgrade_and_the_key_stays_absent() {
+    let etcd = Etcd::start("operator-upgrade").await;
+    let store = Store::sqlite("registry-operator-upgrade");
+    let mut s = Spawned::start_env(
+        crate::BIN,
+        &[
+            "--data-dir",
+            store.dir.to_str().expect("path"),
+            "--etcd-endpoints",
+            &etcd.url(),
+            "--instance-id",
+            "it",
+            "--log-format",
+            "json",
+        ],
+        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret")],
+    )
+    .expect("start");
+    let old = u64::from(s.pid());
+    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(old)).await);
+    assert_eq!(post_operator(s.admin, "/drain", Some("s3cret")).await, 200);
+    assert!(etcd.until(KEY, SOON, |v| v.is_none()).await, "deregistered");
+    s.signal(Signal::SIGHUP);
+    let line = s
+        .wait_for_log(&["the new process is ready"], SOON)
         .await
-        .expect("connect");
-    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    c.write_all(head.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(SOON, c.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .expect("a handover");
+    let new_pid = serde_json::from_str::<serde_json::Value>(&line).expect("JSON")["new_pid"]
+        .as_u64()
+        .expect("new_pid");
+    let _kill = KillPid(new_pid as i32);
+    assert_eq!(s.wait_exit(SOON).await, Some(0), "the old process exits 0");
+    s.wait_for_log(&["starting drained"], SOON)
+        .await
+        .expect("the new process says it starts drained");
+    // The new process reported ready (the handover happened) without registering: a
+    // registration would have come before its readiness.
+    let res = lameduck_testkit::get(s.admin, "/readyz")
+        .await
+        .expect("/readyz");
+    let body = String::from_utf8_lossy(res.body()).into_owned();
+    assert_eq!(res.status(), 503, "{body}");
+    assert!(body.contains("operator drain"), "{body}");
+    assert!(etcd.get(KEY).await.is_none(), "the key stays absent");
+    assert_eq!(
+        post_operator(s.admin, "/undrain", Some("s3cret")).await,
+        200
+    );
+    assert!(
+        etcd.until(KEY, SOON, |v| pid_of(v) == Some(new_pid)).await,
+        "undrained, the new process registers"
+    );
+}
+
+/// Kills a process that a test started indirectly (the new process of an upgrade).
+struct KillPid(i32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
 }

@@ -121,8 +121,11 @@ impl Default for Lifecycle {
 }
 
 impl Lifecycle {
-    /// A lifecycle in [`Phase::Starting`] with no signal handlers installed.
+    /// A lifecycle in [`Phase::Starting`] with no signal handlers installed. The first one
+    /// made in a process also records the path the process was started with and its
+    /// working directory, for upgrades (before an application would change directory).
     pub fn new() -> Self {
+        crate::exe::record();
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Shared {
             phase: watch::Sender::new(Phase::Starting),

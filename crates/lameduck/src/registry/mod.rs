@@ -106,6 +106,10 @@ pub(crate) async fn keep_registered(
             return;
         }
         if operator.is_drained() {
+            // Nothing to wait for before reporting ready (a process that starts drained).
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
             metrics.set_registered(false);
             tokio::select! {
                 _ = operator_rx.changed() => continue,

@@ -26,6 +26,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Error;
 
@@ -42,6 +43,16 @@ pub const ADMIN_NAME: &str = "admin";
 pub const PARENT_ENV: &str = "LAMEDUCK_LISTEN_PPID";
 /// The descriptor on which a child started by an upgrade reports `READY=1`.
 pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
+/// Set to `1` by a lameduck parent drained by an operator (`POST /drain`) when it starts
+/// the new process of an upgrade: the new process starts drained too.
+pub const OPERATOR_DRAIN_ENV: &str = "LAMEDUCK_OPERATOR_DRAIN";
+
+/// Set when [`from_env`] has taken the inherited descriptors: they are taken once per
+/// process, whoever calls it.
+static SOCKETS_TAKEN: AtomicBool = AtomicBool::new(false);
+/// Set when [`notify_ready`] has reported readiness: the readiness descriptor is written
+/// and closed once per process.
+static READY_SENT: AtomicBool = AtomicBool::new(false);
 
 /// `true` when the `LISTEN_FDS` variables are meant for this process: `LISTEN_PID` is its
 /// pid (systemd), or `LAMEDUCK_LISTEN_PPID` is its parent's (a lameduck upgrade).
@@ -54,12 +65,15 @@ fn env_pid(key: &str) -> Option<u32> {
     std::env::var(key).ok()?.trim().parse().ok()
 }
 
-/// Report readiness, once, when serving: to systemd (`READY=1` over `NOTIFY_SOCKET`, with
+/// Report readiness when serving: to systemd (`READY=1` over `NOTIFY_SOCKET`, with
 /// `MAINPID=` when this process replaces its parent in an upgrade, so that systemd follows
 /// the new process instead of taking the old one's exit for the service's death), and to
 /// the parent that started this process in an upgrade (`READY=1` on the descriptor named in
-/// `LAMEDUCK_READY_FD`).
+/// `LAMEDUCK_READY_FD`). Only the first call in a process does anything.
 pub fn notify_ready() {
+    if READY_SENT.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let upgraded = is_parent_upgrade();
     let state = if upgraded {
         format!("MAINPID={}\nREADY=1\n", std::process::id())
@@ -100,6 +114,8 @@ fn notify_systemd(state: &str) {
     }
 }
 
+/// Write `READY=1` to the parent's readiness pipe and close it. Reached only through the
+/// first [`notify_ready`] of the process.
 #[allow(unsafe_code)]
 fn notify_parent() {
     let Some(fd) = std::env::var(READY_FD_ENV)
@@ -112,10 +128,11 @@ fn notify_parent() {
         return;
     }
     // SAFETY: the parent mapped the write end of its readiness pipe to this descriptor and
-    // named it in LAMEDUCK_READY_FD (checked against the parent pid above); nothing else in
-    // this process opens or uses it, and it is taken once: the variable is only read here,
-    // and a second call finds the descriptor already closed (writes then fail harmlessly
-    // with EBADF) only if a caller breaks the "call once" rule.
+    // named it in LAMEDUCK_READY_FD (the caller checked LAMEDUCK_LISTEN_PPID against the
+    // parent pid). It is open from the exec on, nothing else in the process takes it, and it
+    // is owned (then closed) at most once per process: this function runs only behind
+    // READY_SENT's first swap. Without that flag a second call could own a number that the
+    // process had since reused for another file, and close that file.
     let mut pipe = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     use std::io::Write as _;
     if let Err(e) = pipe.write_all(b"READY=1\n") {
@@ -137,18 +154,24 @@ pub struct Inherited {
     /// The pid of the lameduck process that handed the sockets over in an upgrade (`None`
     /// when they come from systemd).
     pub upgraded_from: Option<u32>,
+    /// The process that handed the sockets over in an upgrade was drained by an operator
+    /// (`POST /drain`): this one starts drained (`LAMEDUCK_OPERATOR_DRAIN=1`).
+    pub operator_drained: bool,
 }
 
 /// The sockets passed to this process by the `LISTEN_FDS` protocol, or `None` when the
 /// variables are absent or meant for another process (neither `LISTEN_PID` nor
-/// `LAMEDUCK_LISTEN_PPID` matches).
+/// `LAMEDUCK_LISTEN_PPID` matches), or were taken by an earlier call: the descriptors are
+/// taken once per process, and every later call finds nothing. The environment is left as
+/// it is (changing it while other threads may read it is unsound); an upgrade sets or
+/// removes the variables for its child explicitly.
 ///
 /// # Errors
 /// [`Error::Activation`] when the variables are malformed, a descriptor is not a listening
 /// TCP socket, or a name is neither `http` nor `admin`.
 pub fn from_env() -> Result<Option<Inherited>, Error> {
     let var = |k: &str| std::env::var(k).ok();
-    if !meant_for_us() {
+    if !meant_for_us() || SOCKETS_TAKEN.swap(true, Ordering::AcqRel) {
         return Ok(None);
     }
     let count = var("LISTEN_FDS").unwrap_or_default();
@@ -165,8 +188,10 @@ pub fn from_env() -> Result<Option<Inherited>, Error> {
     let names: Vec<String> = var("LISTEN_FDNAMES")
         .map(|v| v.split(':').map(str::to_owned).collect())
         .unwrap_or_default();
+    let upgraded = is_parent_upgrade();
     let mut inherited = Inherited {
-        upgraded_from: is_parent_upgrade().then(std::os::unix::process::parent_id),
+        upgraded_from: upgraded.then(std::os::unix::process::parent_id),
+        operator_drained: upgraded && var(OPERATOR_DRAIN_ENV).as_deref() == Some("1"),
         ..Inherited::default()
     };
     for i in 0..n {
@@ -196,12 +221,15 @@ pub fn from_env() -> Result<Option<Inherited>, Error> {
 }
 
 /// Take ownership of `fd`, check that it is a listening TCP socket, make it non-blocking
-/// and close-on-exec (a later exec passes it on explicitly, never by accident).
+/// and close-on-exec (a later exec passes it on explicitly, never by accident). Reached
+/// only through the first [`from_env`] of the process.
 #[allow(unsafe_code)]
 fn take_listener(fd: RawFd) -> Result<TcpListener, Error> {
-    // SAFETY: by the LISTEN_FDS protocol, checked above with LISTEN_PID, descriptors 3 to
-    // 3+LISTEN_FDS-1 are open and belong to this process alone; each is taken exactly once,
-    // here, before anything else in the process can have used it.
+    // SAFETY: by the LISTEN_FDS protocol (the variables checked against this process's pid,
+    // or its parent's in an upgrade), descriptors 3 to 3+LISTEN_FDS-1 are open from the exec
+    // on and meant for this process. Each is owned at most once per process: the caller runs
+    // behind SOCKETS_TAKEN's first swap, so no later call can own a number that was closed
+    // and reused since. Nothing else in lameduck opens them by number.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let socket = socket2::Socket::from(owned);
     let bad = |why: String| Error::Activation(format!("inherited descriptor {fd}: {why}"));

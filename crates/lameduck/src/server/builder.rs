@@ -81,6 +81,8 @@ pub struct Builder {
     pub(super) route_templates: Option<crate::middleware::route::RouteTemplates>,
     pub(super) drain_policy: DrainPolicy,
     pub(super) upgrade_timeout: Duration,
+    pub(super) upgrade_exec: Option<std::path::PathBuf>,
+    pub(super) version: Option<String>,
     pub(super) grace_budget: Option<Duration>,
     pub(super) pid_file: Option<std::path::PathBuf>,
     pub(super) state_file: Option<std::path::PathBuf>,
@@ -123,6 +125,8 @@ impl Default for Builder {
             route_templates: None,
             drain_policy: DrainPolicy::Serve,
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            upgrade_exec: None,
+            version: None,
             grace_budget: None,
             pid_file: None,
             state_file: None,
@@ -298,6 +302,24 @@ impl Builder {
         self
     }
 
+    /// The executable an upgrade starts (default: the path this process was started with,
+    /// `argv[0]` made absolute at start-up without resolving symlinks, so that a binary
+    /// replaced with `mv` or a switched `releases/current` symlink is what runs next). A
+    /// relative path is taken from the start-up working directory. An upgrade finding no
+    /// executable file there is refused before anything is started.
+    pub fn upgrade_exec(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.upgrade_exec = Some(path.into());
+        self
+    }
+
+    /// The service's version, shown with the build id and the executable's path on
+    /// `GET /upgrade` and in the take-over log line (default `unknown`); a binary gives
+    /// `env!("CARGO_PKG_VERSION")`.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
     /// Most admin connections open at once (default [`DEFAULT_ADMIN_MAX_CONNECTIONS`]); the
     /// admin listener has the main listener's header and idle timeouts too.
     pub fn admin_max_connections(mut self, n: usize) -> Self {
@@ -455,6 +477,16 @@ impl Builder {
         if self.admin_token.as_deref().is_some_and(str::is_empty) {
             return Err(Error::Config("the admin token is empty".into()));
         }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.contains(['\r', '\n']))
+        {
+            return Err(Error::Config(
+                "the admin token contains a line break, which no Authorization header can carry"
+                    .into(),
+            ));
+        }
         if let Some(path) = &self.pid_file {
             super::pid_file::check("pid file", path)?;
         }
@@ -543,6 +575,7 @@ impl Builder {
     /// [`Error::Config`] for out-of-range settings, [`Error::Bind`] naming the address
     /// that could not be bound.
     pub async fn bind(self, addr: SocketAddr, lifecycle: Lifecycle) -> Result<Server, Error> {
+        crate::exe::record();
         self.validate()?;
         #[cfg(feature = "tls")]
         let tls = match &self.tls {
@@ -562,16 +595,41 @@ impl Builder {
             (None, Some(a)) => Some(bind("admin", a, self.listen_backlog)?),
             (None, None) => None,
         };
+        let operator = crate::admin::OperatorDrain::new();
+        if inherited.operator_drained {
+            operator.set(true);
+            tracing::warn!(
+                "starting drained: the process this one took over from was drained by an operator; /readyz answers 503 and the registry is left alone until POST /undrain"
+            );
+        }
+        let exec = self.exec_path();
+        if let Err(why) = &exec {
+            tracing::warn!(reason = %why, "upgrades will be refused: no executable to start");
+        }
         Ok(Server {
             config: self,
             lifecycle,
             http,
             admin,
             upgraded_from: inherited.upgraded_from,
-            operator: crate::admin::OperatorDrain::new(),
+            operator,
+            exec,
             #[cfg(feature = "tls")]
             tls,
         })
+    }
+}
+
+impl Builder {
+    /// The path an upgrade executes: [`upgrade_exec`](Self::upgrade_exec)'s made absolute,
+    /// else the start-up path.
+    fn exec_path(&self) -> Result<std::path::PathBuf, String> {
+        match &self.upgrade_exec {
+            Some(p) => Ok(crate::exe::absolute(p)),
+            None => crate::exe::started_as()
+                .map(std::path::Path::to_path_buf)
+                .map_err(str::to_owned),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
-//! The process half of a zero-downtime upgrade (feature `fd-handoff`): start this
-//! executable again with the same arguments, hand it the listening sockets, and wait until
-//! it reports ready. Only then does this process drain;
+//! The process half of a zero-downtime upgrade (feature `fd-handoff`): execute the path this
+//! process was started with (or `Builder::upgrade_exec`'s) again with the same arguments,
+//! hand it the listening sockets, and wait until it reports ready. Only then does this process drain;
 //! the sockets stay open in the new one, so nothing waiting in their accept queues is reset.
 //! If the new process exits or is not ready in time, it is killed and this one keeps serving
 //! (rollback).
@@ -8,16 +8,20 @@
 //! The new process finds the sockets by the `LISTEN_FDS` protocol
 //! ([`activation`](super::activation)), with `LAMEDUCK_LISTEN_PPID` (its parent's pid) in
 //! place of `LISTEN_PID` (which a parent cannot know before the fork), and reports ready by
-//! writing `READY=1` to the descriptor named in `LAMEDUCK_READY_FD`.
+//! writing `READY=1` to the descriptor named in `LAMEDUCK_READY_FD`. An operator drain
+//! passes to it in `LAMEDUCK_OPERATOR_DRAIN`.
 
 use std::io::Read as _;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use command_fds::{CommandFdExt, FdMapping};
 
-use super::activation::{ADMIN_NAME, HTTP_NAME, LISTEN_FDS_START, PARENT_ENV, READY_FD_ENV};
+use super::activation::{
+    ADMIN_NAME, HTTP_NAME, LISTEN_FDS_START, OPERATOR_DRAIN_ENV, PARENT_ENV, READY_FD_ENV,
+};
 
 /// Why an upgrade did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -26,9 +30,19 @@ pub enum UpgradeError {
     /// This process is PID 1 (a container): its exit would end the container.
     #[error("this process is PID 1 (a container): its exit would end the container; use the orchestrator's rolling update, which the readiness flip and drain already serve")]
     Pid1,
+    /// There is no executable to start: the path is missing, not a regular file or not
+    /// executable, or the start-up path is not known. Nothing was started.
+    #[error("no executable to start: {0}")]
+    Executable(String),
     /// The new process could not be started.
-    #[error("cannot start the new process: {0}")]
-    Spawn(#[source] std::io::Error),
+    #[error("cannot start {}: {source}", path.display())]
+    Spawn {
+        /// The path executed.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The new process exited before it was ready.
     #[error("the new process (pid {pid}) exited before it was ready: {status}")]
     Exited {
@@ -66,20 +80,48 @@ impl Handoff {
     }
 }
 
+impl UpgradeError {
+    /// `true` when the upgrade was refused before anything was started (as opposed to a
+    /// new process that failed: a rollback).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, UpgradeError::Pid1 | UpgradeError::Executable(_))
+    }
+}
+
+/// What the new process of an upgrade is started from.
+#[derive(Debug, Clone)]
+pub(crate) struct Successor<'a> {
+    /// The path to execute, or why there is none.
+    pub(crate) exec: Result<&'a Path, &'a str>,
+    /// The operator drain passes to it.
+    pub(crate) operator_drained: bool,
+}
+
 /// Start the new process and wait for its readiness; returns its pid.
 pub(crate) async fn start_successor(
     handoff: &Handoff,
+    successor: Successor<'_>,
     timeout: Duration,
 ) -> Result<u32, UpgradeError> {
     if std::process::id() == 1 {
         return Err(UpgradeError::Pid1);
     }
-    let (child, ready) = spawn(handoff).map_err(UpgradeError::Spawn)?;
+    let exec = successor
+        .exec
+        .map_err(|why| UpgradeError::Executable(why.to_string()))?;
+    crate::exe::check_executable(exec).map_err(UpgradeError::Executable)?;
+    let (child, ready) =
+        spawn(handoff, exec, successor.operator_drained).map_err(|source| UpgradeError::Spawn {
+            path: exec.to_path_buf(),
+            source,
+        })?;
     // Killed if this future is dropped (a stop signal during the upgrade) or fails.
     let mut child = KillOnDrop(Some(child));
     let pid = child.id();
     tracing::info!(
         new_pid = pid,
+        exe = %exec.display(),
+        operator_drained = successor.operator_drained,
         "upgrade: new process started, waiting for it to be ready"
     );
     // The read ends when the child writes READY=1 and closes its end, or exits.
@@ -94,9 +136,10 @@ pub(crate) async fn start_successor(
         _ = tokio::time::sleep(timeout) => return Err(UpgradeError::NotReady { pid, timeout }),
     };
     let Some(mut child) = child.0.take() else {
-        return Err(UpgradeError::Spawn(std::io::Error::other(
-            "child handle lost",
-        )));
+        return Err(UpgradeError::Spawn {
+            path: exec.to_path_buf(),
+            source: std::io::Error::other("child handle lost"),
+        });
     };
     if !outcome {
         let status = wait_briefly(&mut child).await;
@@ -127,8 +170,13 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn spawn(handoff: &Handoff) -> std::io::Result<(Child, std::io::PipeReader)> {
-    let exe = std::env::current_exe()?;
+/// Start `exec` (its `argv[0]` the path itself, so that the new process records it as its
+/// own start-up path) with this process's arguments and the sockets.
+fn spawn(
+    handoff: &Handoff,
+    exec: &Path,
+    operator_drained: bool,
+) -> std::io::Result<(Child, std::io::PipeReader)> {
     let (reader, writer) = std::io::pipe()?;
     let mut names = vec![HTTP_NAME];
     let mut mappings = vec![FdMapping {
@@ -147,13 +195,19 @@ fn spawn(handoff: &Handoff) -> std::io::Result<(Child, std::io::PipeReader)> {
         parent_fd: OwnedFd::from(writer),
         child_fd: ready_fd,
     });
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(exec);
     cmd.args(std::env::args_os().skip(1))
         .env("LISTEN_FDS", names.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env(PARENT_ENV, std::process::id().to_string())
         .env(READY_FD_ENV, ready_fd.to_string())
         .env_remove("LISTEN_PID");
+    // Set or removed, never inherited: this process may itself have started drained.
+    if operator_drained {
+        cmd.env(OPERATOR_DRAIN_ENV, "1");
+    } else {
+        cmd.env_remove(OPERATOR_DRAIN_ENV);
+    }
     cmd.fd_mappings(mappings)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let child = cmd.spawn()?;

@@ -152,6 +152,8 @@ pub struct Server {
     /// The pid of the process this one took the listeners over from, in an upgrade.
     upgraded_from: Option<u32>,
     operator: crate::admin::OperatorDrain,
+    /// The path an upgrade executes, decided at start-up, or why there is none.
+    exec: Result<std::path::PathBuf, String>,
     /// TLS on the main listener.
     #[cfg(feature = "tls")]
     tls: Option<Arc<tls::Tls>>,
@@ -266,6 +268,7 @@ impl Server {
             admin,
             upgraded_from,
             operator,
+            exec,
             #[cfg(feature = "tls")]
             tls,
         } = self;
@@ -277,7 +280,28 @@ impl Server {
             watch_certificate(&t, &shared.stack.shutdown);
             shared.tls = Some(t);
         }
-        let listeners = start_listening(&config, &shared, http, admin, app, operator.clone());
+        let identity = identity(config.version.as_deref());
+        // Shown from the first admin request on; a new process of an upgrade may answer on
+        // the shared admin socket before it is ready.
+        let upgrade_status = UpgradeStatus::default();
+        upgrade_status.set(match upgraded_from {
+            Some(pid) => format!(
+                "taking over from pid {pid}; this process ({}) is starting: {identity}",
+                std::process::id()
+            ),
+            None => format!(
+                "no upgrade yet; this process ({}) serves: {identity}",
+                std::process::id()
+            ),
+        });
+        let listeners = start_listening(
+            &config,
+            &shared,
+            (http, admin),
+            app,
+            operator.clone(),
+            upgrade_status,
+        );
         config.log_budget();
         lifecycle.set_phase(Phase::Serving);
         let tasks = TaskSet::start(
@@ -329,15 +353,16 @@ impl Server {
         };
         activation::notify_ready();
         if let Some(pid) = upgraded_from {
-            announce_takeover(pid, &listeners.upgrade_status);
+            announce_takeover(pid, &identity, &listeners.upgrade_status);
         }
-        let stop = upgrade::serve_until_stop(
-            &mut lifecycle,
-            listeners.handoff.as_ref(),
-            config.upgrade_timeout,
-            &listeners.upgrade_status,
-        )
-        .await;
+        let upgrades = upgrade::Upgrades {
+            handoff: listeners.handoff.as_ref(),
+            exec: &exec,
+            operator: &operator,
+            timeout: config.upgrade_timeout,
+            status: &listeners.upgrade_status,
+        };
+        let stop = upgrade::serve_until_stop(&mut lifecycle, &upgrades).await;
         let state_path = config.state_file.clone();
         let report =
             drain::shut_down(&mut lifecycle, stop, config, &shared, listeners, tasks).await;
@@ -443,13 +468,27 @@ fn watch_certificate(t: &Arc<tls::Tls>, shutdown: &Shutdown) {
     });
 }
 
+/// Which binary serves: `version=V build_id=B exe=PATH` (the path last, as it may hold
+/// spaces).
+fn identity(version: Option<&str>) -> String {
+    let exe = match crate::exe::started_as() {
+        Ok(p) => p.display().to_string(),
+        Err(_) => "unknown".into(),
+    };
+    format!(
+        "version={} build_id={} exe={exe}",
+        version.unwrap_or("unknown"),
+        crate::exe::build_id()
+    )
+}
+
 /// This process serves now in place of `pid`: say so in the log and on `/upgrade` (the old
 /// process no longer answers on the shared admin socket; its own view is its log).
-fn announce_takeover(pid: u32, status: &UpgradeStatus) {
+fn announce_takeover(pid: u32, identity: &str, status: &UpgradeStatus) {
     let at = access::rfc3339(std::time::SystemTime::now());
-    tracing::info!(from_pid = pid, "upgrade: took over the listeners");
+    tracing::info!(from_pid = pid, identity, "upgrade: took over the listeners");
     status.set(format!(
-        "took over from pid {pid} at {at}; this process ({}) serves",
+        "took over from pid {pid} at {at}; this process ({}) serves: {identity}",
         std::process::id()
     ));
 }
@@ -459,17 +498,16 @@ fn announce_takeover(pid: u32, status: &UpgradeStatus) {
 fn start_listening<S, B>(
     config: &Builder,
     shared: &Shared,
-    http: TcpListener,
-    admin: Option<TcpListener>,
+    (http, admin): (TcpListener, Option<TcpListener>),
     app: S,
     operator: crate::admin::OperatorDrain,
+    upgrade_status: UpgradeStatus,
 ) -> Listeners
 where
     S: App<B>,
     B: AppBody,
 {
     let handoff = upgrade::keep_sockets(&http, admin.as_ref());
-    let upgrade_status = UpgradeStatus::default();
     let stack = &shared.stack;
     let admin_task = admin.map(|l| {
         let mut a = Admin::new(

@@ -11,6 +11,12 @@ use crate::Error;
 /// file", "state file") exists, so that a typo fails the start instead of an upgrade or
 /// the exit.
 pub(super) fn check(what: &str, path: &Path) -> Result<(), Error> {
+    if path.is_dir() {
+        return Err(Error::Config(format!(
+            "{what} {} is a directory; name a file in it",
+            path.display()
+        )));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -73,6 +79,8 @@ mod tests {
         let path = dir.join("svc.pid");
         check("pid file", &path).expect("the directory exists");
         assert!(check("pid file", &dir.join("missing/svc.pid")).is_err());
+        let err = check("pid file", &dir).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
         write(&path).expect("write");
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, format!("{}\n", std::process::id()));

@@ -3,6 +3,8 @@
 // Every test here serves an axum `Router`.
 #![cfg(feature = "axum")]
 
+#[cfg(feature = "fd-handoff")]
+mod activation;
 mod hooks;
 mod layout;
 mod parity;
