@@ -265,10 +265,9 @@ async fn the_key_comes_back_after_etcd_does_and_without_etcd_the_service_serves(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_drain_deregisters_and_undrain_registers_again() {
-    let etcd = Etcd::start("operator").await;
-    let store = Store::sqlite("registry-operator");
+/// Start the service with an admin token, wait for its key, drain it as an operator and
+/// wait for the key to go.
+async fn start_drained(store: &Store, etcd: &Etcd) -> Spawned {
     let s = Spawned::start_env(
         crate::BIN,
         &[
@@ -278,6 +277,8 @@ async fn an_operator_drain_deregisters_and_undrain_registers_again() {
             &etcd.url(),
             "--instance-id",
             "it",
+            "--log-format",
+            "json",
         ],
         &[("LAMEDUCK_ADMIN_TOKEN", "s3cret")],
     )
@@ -286,6 +287,15 @@ async fn an_operator_drain_deregisters_and_undrain_registers_again() {
     assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await);
     assert_eq!(post_operator(s.admin, "/drain", Some("s3cret")).await, 200);
     assert!(etcd.until(KEY, SOON, |v| v.is_none()).await, "deregistered");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_drain_deregisters_and_undrain_registers_again() {
+    let etcd = Etcd::start("operator").await;
+    let store = Store::sqlite("registry-operator");
+    let s = start_drained(&store, &etcd).await;
+    let pid = u64::from(s.pid());
     let res = lameduck_testkit::get(s.http, "/orders")
         .await
         .expect("still serving");
@@ -304,25 +314,7 @@ async fn an_operator_drain_deregisters_and_undrain_registers_again() {
 async fn an_operator_drain_passes_through_an_upgrade_and_the_key_stays_absent() {
     let etcd = Etcd::start("operator-upgrade").await;
     let store = Store::sqlite("registry-operator-upgrade");
-    let mut s = Spawned::start_env(
-        crate::BIN,
-        &[
-            "--data-dir",
-            store.dir.to_str().expect("path"),
-            "--etcd-endpoints",
-            &etcd.url(),
-            "--instance-id",
-            "it",
-            "--log-format",
-            "json",
-        ],
-        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret")],
-    )
-    .expect("start");
-    let old = u64::from(s.pid());
-    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(old)).await);
-    assert_eq!(post_operator(s.admin, "/drain", Some("s3cret")).await, 200);
-    assert!(etcd.until(KEY, SOON, |v| v.is_none()).await, "deregistered");
+    let mut s = start_drained(&store, &etcd).await;
     s.signal(Signal::SIGHUP);
     let line = s
         .wait_for_log(&["the new process is ready"], SOON)
