@@ -15,6 +15,11 @@ use crate::load::{Mode, Template};
 
 /// The longest drill allowed, whatever `--duration` says.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// `--max-connections` by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Open files the drill keeps for itself beyond its connections (stdio, the runtime, the
+/// report files).
+const SPARE_FILES: u64 = 64;
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -40,12 +45,20 @@ pub struct Args {
     /// How requests travel.
     #[arg(long, value_enum, default_value_t = Mode::KeepAlive)]
     pub mode: Mode,
-    /// Concurrent workers (connections).
+    /// Closed loop: workers, each with its connection and one request at a time. Open loop
+    /// (--rate): connections opened before the schedule starts (more on demand).
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
-    /// Total requests per second (0: closed loop, as fast as responses come).
+    /// Open loop: request k is sent at start + k/RATE, whether or not earlier requests have
+    /// answered; latencies count from that scheduled time. 0: a closed loop, each worker
+    /// sending its next request when its last one is answered.
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
+    /// Open loop: the most connections open at once (the drill raises its own open-file
+    /// limit to fit); a request that finds none free waits, and the run is marked
+    /// client_saturated.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// How long to run (at most 1h).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -103,10 +116,12 @@ pub struct Plan {
     pub targets: Vec<Arc<Template>>,
     /// How requests travel.
     pub mode: Mode,
-    /// Workers (connections).
+    /// Closed loop: workers (connections); open loop: connections opened at the start.
     pub concurrency: usize,
-    /// Requests per second in all, or `None` for a closed loop.
+    /// Requests per second in all (an open loop), or `None` for a closed loop.
     pub rate: Option<u64>,
+    /// Open loop: the most connections at once.
+    pub max_connections: usize,
     /// How long the load runs (at most [`MAX_DURATION`]).
     pub duration: Duration,
     /// Most requests in all.
@@ -137,13 +152,27 @@ impl Plan {
         if args.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
-        let targets = templates(&args)?.into_iter().map(Arc::new).collect();
+        if args.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if args.rate > 0 && args.concurrency > args.max_connections {
+            bail!(
+                "--concurrency ({}) opens more connections than --max-connections ({}) allows",
+                args.concurrency,
+                args.max_connections
+            );
+        }
+        let targets: Vec<Arc<Template>> = templates(&args)?.into_iter().map(Arc::new).collect();
+        if args.rate > 0 && args.max_connections < targets.len() {
+            bail!("--max-connections must be at least one per target URL");
+        }
         let faults = FaultPlan::from_args(&args)?;
         Ok(Plan {
             targets,
             mode: args.mode,
             concurrency: args.concurrency,
             rate: (args.rate > 0).then_some(args.rate),
+            max_connections: args.max_connections,
             duration: args.duration.min(MAX_DURATION),
             requests: args.requests,
             timeout: args.timeout,
@@ -179,6 +208,25 @@ impl FaultPlan {
             repeat: args.repeat,
         }))
     }
+}
+
+/// Raise the soft open-file limit so that `connections` fit, within the hard limit. Returns
+/// how many connections fit: `connections`, or fewer when the hard limit is lower (then
+/// the caller says so).
+///
+/// # Errors
+/// The limits cannot be read or set.
+pub fn fit_open_files(connections: usize) -> anyhow::Result<(usize, Option<u64>)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("cannot read RLIMIT_NOFILE")?;
+    let want = connections as u64 + SPARE_FILES;
+    if soft >= want {
+        return Ok((connections, None));
+    }
+    let new = want.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, new, hard).context("cannot raise RLIMIT_NOFILE")?;
+    let fit = usize::try_from(new.saturating_sub(SPARE_FILES)).unwrap_or(usize::MAX);
+    Ok((fit.min(connections), Some(new)))
 }
 
 /// `TERM`, `SIGTERM` or `term` as a signal.
@@ -285,6 +333,20 @@ mod tests {
             (&["ftp://127.0.0.1:1/"][..], "only http:// and https://"),
             (&["https://127.0.0.1:1/"][..], "--ca PATH"),
             (&["http://127.0.0.1:1/", "--concurrency", "0"], "at least 1"),
+            (
+                &["http://127.0.0.1:1/", "--max-connections", "0"],
+                "at least 1",
+            ),
+            (
+                &[
+                    "http://127.0.0.1:1/",
+                    "--rate",
+                    "10",
+                    "--max-connections",
+                    "4",
+                ],
+                "more connections than --max-connections",
+            ),
             (&["http://127.0.0.1:1/", "-H", "no colon"], "Name: value"),
             (&["http://127.0.0.1:1/", "--signal", "TERM"], "--pid"),
             (

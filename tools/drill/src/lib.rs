@@ -6,6 +6,13 @@
 //!     --json report.json --expect-zero-errors
 //! ```
 //!
+//! With `--rate R` the load is an open loop: request k is sent at start + k/R whatever the
+//! earlier ones do, on `--concurrency` connections opened first and more on demand up to
+//! `--max-connections`, and latencies count from the scheduled time; the report gives the
+//! offered, sent and achieved rates, the send lag, and whether the client saturated.
+//! Without it, `--concurrency` workers each send their next request when the last one is
+//! answered (a closed loop).
+//!
 //! Every request ends in one class: `ok`, `status_NNN`, `refused` (connect refused: never
 //! sent), `reset_fresh` / `reset_reused` (reset or closed before the response on a fresh or
 //! a reused connection), `timeout`. Nothing is retried; a request that a closed keep-alive
@@ -20,7 +27,9 @@
 mod args;
 mod faults;
 mod load;
+mod open;
 pub mod outcome;
+mod record;
 mod report;
 pub mod svg;
 pub mod tls;
@@ -34,10 +43,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use lameduck::cli;
 
-pub use args::{templates, Args, Plan, MAX_DURATION};
+pub use args::{fit_open_files, templates, Args, Plan, DEFAULT_MAX_CONNECTIONS, MAX_DURATION};
 pub use faults::{FaultEvent, FaultPlan, PidSource, EXEC_TIMEOUT};
-pub use load::{Mode, Template, SLOT};
-pub use report::{summary, Report, Slot};
+pub use load::{Mode, Template};
+pub use open::MAX_STREAMS_PER_CONNECTION;
+pub use record::SLOT;
+pub use report::{summary, Report, Slot, NO, NOT_ESTABLISHED, YES};
 
 /// How often the live progress line is printed.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,20 +79,34 @@ async fn run_plan(
     plan: &Plan,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Report {
+    let closing = tokio_util::sync::CancellationToken::new();
+    // The open loop's first connections are opened before its schedule starts.
+    let warm = match plan.rate {
+        Some(_) => Some(open::warm_up(plan, &closing).await),
+        None => None,
+    };
     let start = Instant::now();
     let end = start + plan.duration;
-    let recorder = Arc::new(load::Recorder::new(start));
+    let recorder = Arc::new(record::Recorder::new(start));
     let stopper = {
-        let recorder = recorder.clone();
+        let token = recorder.stop.clone();
         tokio::spawn(async move {
             stop.await;
-            recorder.stop.store(true, Ordering::Relaxed);
+            token.cancel();
         })
     };
     let faults = plan.faults.clone().map(|f| faults::schedule(f, start, end));
     let progress = (!plan.quiet).then(|| tokio::spawn(progress(recorder.clone())));
-    load::drive(plan, &recorder, end).await;
-    recorder.stop.store(true, Ordering::Relaxed);
+    let open = match (plan.rate, warm) {
+        (Some(rate), Some(warm)) => {
+            Some(open::open_loop(plan, rate, warm, &recorder, end, closing).await)
+        }
+        _ => {
+            load::closed_loop(plan, &recorder, end).await;
+            None
+        }
+    };
+    recorder.stop.cancel();
     stopper.abort();
     if let Some(p) = progress {
         p.abort();
@@ -91,11 +116,11 @@ async fn run_plan(
         None => Vec::new(),
     };
     let elapsed = start.elapsed();
-    report::build(plan, &recorder.take(), faults, elapsed)
+    report::build(plan, &recorder.take(), open, faults, elapsed)
 }
 
 /// A progress line on stderr every [`PROGRESS_INTERVAL`].
-async fn progress(recorder: Arc<load::Recorder>) {
+async fn progress(recorder: Arc<record::Recorder>) {
     let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
     tick.tick().await;
     loop {
@@ -117,17 +142,47 @@ pub fn main_impl() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let plan = match Plan::from_args(args) {
+    let mut plan = match Plan::from_args(args) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("lameduck-drill: {e:#}");
             return ExitCode::from(lameduck::exit::USAGE);
         }
     };
+    if plan.rate.is_some() {
+        fit_connections(&mut plan);
+    }
     cli::block_on_main("lameduck-drill", async move {
         let report = run_plan(&plan, stop_signal()).await;
         write_outputs(&plan, &report)
     })
+}
+
+/// Raise the open-file limit for the open loop's `--max-connections`, saying so; when the
+/// hard limit is lower, fewer connections are allowed, and that is said too.
+fn fit_connections(plan: &mut Plan) {
+    match fit_open_files(plan.max_connections) {
+        Ok((fit, raised)) => {
+            if let Some(n) = raised {
+                eprintln!(
+                    "lameduck-drill: raised the open-file limit to {n} for --max-connections {}",
+                    plan.max_connections
+                );
+            }
+            if fit < plan.max_connections {
+                eprintln!(
+                    "lameduck-drill: the open-file hard limit allows {fit} connections, not --max-connections {}: using {fit}",
+                    plan.max_connections
+                );
+                plan.max_connections = fit.max(1);
+                plan.concurrency = plan.concurrency.min(plan.max_connections);
+            }
+        }
+        Err(e) => eprintln!(
+            "lameduck-drill: {e:#}; --max-connections {} may not fit",
+            plan.max_connections
+        ),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM: the load stops early and the report is still written
@@ -161,11 +216,14 @@ fn write_outputs(plan: &Plan, report: &Report) -> anyhow::Result<u8> {
         std::fs::write(path, svg::chart(report))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if plan.expect_zero_errors && report.errors > 0 {
+    if plan.expect_zero_errors && report.verdict != YES {
         anyhow::bail!(
-            "{} of {} requests failed (--expect-zero-errors)",
+            "every offered request succeeded: {} ({} of {} requests failed, {} unsent{}; --expect-zero-errors)",
+            report.verdict,
             report.errors,
-            report.requests
+            report.requests,
+            report.unsent,
+            if report.client_saturated { ", client saturated" } else { "" }
         );
     }
     Ok(lameduck::exit::OK)

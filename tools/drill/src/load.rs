@@ -1,5 +1,6 @@
-//! The load: workers, each with its own connection, classifying every request strictly and
-//! recording it in the timeline.
+//! The closed loop (no `--rate`): workers, each with its own connection, one request at a
+//! time, as fast as the answers come; and what both loops share: request templates,
+//! connecting, sending on HTTP/1.1 (hyper), and the strict classes.
 //!
 //! No request is retried. A request that could not be *sent* because the connection was
 //! already closed (hyper hands the request back), or that HTTP/2 refused with
@@ -7,8 +8,8 @@
 //! it was never served, so this is not a retry.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,10 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::args::Plan;
-use crate::outcome::{Outcome, Tally, SLOT_SIGNIFICANT_DIGITS};
+use crate::outcome::Outcome;
+use crate::record::Recorder;
 
-/// Width of a timeline slot.
-pub const SLOT: Duration = Duration::from_millis(100);
 /// A worker whose connect was refused waits this long before the next request (nothing
 /// listens: do not spin).
 const REFUSED_PAUSE: Duration = Duration::from_millis(10);
@@ -39,8 +39,9 @@ pub enum Mode {
     H2,
 }
 
-/// What to send; `{seq}`, `{worker}` and `{run}` in the path, header values and body are
-/// replaced per request (for example a fresh `Idempotency-Key: {run}-{worker}-{seq}`).
+/// What to send; `{seq}` (the request's number), `{worker}` (the closed loop's worker, the
+/// open loop's target index) and `{run}` in the path, header values and body are replaced
+/// per request (for example a fresh `Idempotency-Key: {run}-{seq}`).
 #[derive(Debug, Clone)]
 pub struct Template {
     /// Where to connect.
@@ -62,7 +63,7 @@ pub struct Template {
 }
 
 impl Template {
-    fn fill(&self, text: &str, worker: usize, seq: u64) -> String {
+    pub(crate) fn fill(&self, text: &str, worker: usize, seq: u64) -> String {
         if !text.contains('{') {
             return text.to_string();
         }
@@ -71,7 +72,13 @@ impl Template {
             .replace("{run}", &self.run)
     }
 
-    fn request(&self, mode: Mode, worker: usize, seq: u64) -> Request<Full<Bytes>> {
+    pub(crate) fn request(&self, mode: Mode, worker: usize, seq: u64) -> Request<Full<Bytes>> {
+        let (head, body) = self.parts(mode, worker, seq);
+        head.map(|()| Full::new(body))
+    }
+
+    /// The request head for `mode` and its body, filled for `worker` and `seq`.
+    pub(crate) fn parts(&self, mode: Mode, worker: usize, seq: u64) -> (Request<()>, Bytes) {
         let path = self.fill(&self.path, worker, seq);
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let uri = match mode {
@@ -88,23 +95,32 @@ impl Template {
             }
         }
         let body = Bytes::from(self.fill(&self.body, worker, seq));
-        req.body(Full::new(body))
-            .unwrap_or_else(|_| Request::new(Full::new(Bytes::new())))
+        let head = req.body(()).unwrap_or_else(|_| Request::new(()));
+        (head, body)
     }
 }
 
-enum Sender {
+pub(crate) enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
-/// One worker's connection and whether it has served a request yet.
+/// A connection (hyper's client) and whether it has served a request yet.
 pub(crate) struct Conn {
-    sender: Sender,
-    reused: bool,
+    pub(crate) sender: Sender,
+    pub(crate) reused: bool,
 }
 
-async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Outcome> {
+/// A connected byte stream: TCP, or TLS over it.
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+
+impl<T> Io for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+/// Connect to `t` (and for `https://` complete the TLS handshake) within `timeout`.
+pub(crate) async fn dial(t: &Template, timeout: Duration) -> Result<Box<dyn Io>, Outcome> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(t.addr)).await {
         Err(_) => return Err(Outcome::Timeout),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -115,20 +131,22 @@ async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Ou
     };
     let _ = stream.set_nodelay(true);
     let Some(tls) = &t.tls else {
-        return handshake(stream, mode).await;
+        return Ok(Box::new(stream));
     };
     match tokio::time::timeout(timeout, tls.connector.connect(tls.name.clone(), stream)).await {
         Err(_) => Err(Outcome::Timeout),
         Ok(Err(_)) => Err(Outcome::TlsHandshake),
-        Ok(Ok(s)) => handshake(s, mode).await,
+        Ok(Ok(s)) => Ok(Box::new(s)),
     }
 }
 
-/// HTTP on a connected stream (TCP, or TLS over it).
-async fn handshake<I>(stream: I, mode: Mode) -> Result<Conn, Outcome>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// A new hyper connection to `t` in `mode`.
+pub(crate) async fn connect(t: &Template, mode: Mode, timeout: Duration) -> Result<Conn, Outcome> {
+    handshake(dial(t, timeout).await?, mode).await
+}
+
+/// HTTP on a connected stream.
+async fn handshake(stream: Box<dyn Io>, mode: Mode) -> Result<Conn, Outcome> {
     let io = TokioIo::new(stream);
     let sender = match mode {
         Mode::H2 => {
@@ -216,7 +234,7 @@ pub(crate) async fn one(
     Outcome::ResetFresh
 }
 
-enum Sent {
+pub(crate) enum Sent {
     /// Status, and whether the connection must not be reused.
     Response(u16, bool),
     /// The connection was closed before the request left: here it is again.
@@ -233,15 +251,21 @@ fn unprocessed(e: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote());
+            return h2_unprocessed(h2);
         }
         source = err.source();
     }
     false
 }
 
-async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
+/// `REFUSED_STREAM`, or a GOAWAY from the peer: the stream was not processed (RFC 9113,
+/// 6.8 and 8.7), so sending it again on a new connection is not a retry.
+pub(crate) fn h2_unprocessed(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
+}
+
+/// Send `req` on `sender` and read the whole response.
+pub(crate) async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
     let res = match sender {
         Sender::H1(s) => {
             if s.ready().await.is_err() {
@@ -279,68 +303,9 @@ async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Sent {
     }
 }
 
-/// What the load recorded: the whole drill and each [`SLOT`] of it.
-#[derive(Debug, Default)]
-pub(crate) struct Recorded {
-    /// Every request.
-    pub(crate) total: Tally,
-    /// The requests that started in each slot.
-    pub(crate) slots: Vec<Tally>,
-}
-
-/// Where the workers record, and the counters the progress line reads.
-#[derive(Debug)]
-pub(crate) struct Recorder {
-    pub(crate) start: Instant,
-    recorded: Mutex<Recorded>,
-    issued: AtomicU64,
-    pub(crate) ok: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    pub(crate) stop: AtomicBool,
-}
-
-impl Recorder {
-    pub(crate) fn new(start: Instant) -> Self {
-        Self {
-            start,
-            recorded: Mutex::new(Recorded::default()),
-            issued: AtomicU64::new(0),
-            ok: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-        }
-    }
-
-    fn record(&self, outcome: Outcome, at: Instant, latency: Duration) {
-        let slot = (at.duration_since(self.start).as_millis() / SLOT.as_millis()) as usize;
-        {
-            let mut r = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
-            if r.slots.len() <= slot {
-                r.slots
-                    .resize_with(slot + 1, || Tally::new(SLOT_SIGNIFICANT_DIGITS));
-            }
-            r.slots[slot].record(outcome, latency);
-            r.total.record(outcome, latency);
-        }
-        let counter = if outcome.is_error() {
-            &self.errors
-        } else {
-            &self.ok
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// What was recorded so far, taken out (the workers are done).
-    pub(crate) fn take(&self) -> Recorded {
-        std::mem::take(&mut *self.recorded.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// Run `plan`'s workers until the end, the request cap or `recorder.stop`.
-pub(crate) async fn drive(plan: &Plan, recorder: &Arc<Recorder>, end: Instant) {
-    let pace = plan
-        .rate
-        .map(|rate| Duration::from_secs_f64(plan.concurrency as f64 / rate as f64));
+/// Run `plan`'s workers in a closed loop until the end, the request cap or
+/// `recorder.stop`.
+pub(crate) async fn closed_loop(plan: &Plan, recorder: &Arc<Recorder>, end: Instant) {
     let workers: Vec<_> = (0..plan.concurrency)
         .map(|i| {
             let worker = Worker {
@@ -349,13 +314,6 @@ pub(crate) async fn drive(plan: &Plan, recorder: &Arc<Recorder>, end: Instant) {
                 mode: plan.mode,
                 timeout: plan.timeout,
                 requests: plan.requests,
-                pace,
-                // Under a rate, worker i starts i/n of a pace late: together the workers
-                // send evenly spread, not all at once every pace (a lockstep that a
-                // server's in-flight limit sees as bursts).
-                offset: pace.map_or(Duration::ZERO, |p| {
-                    p.mul_f64(i as f64 / plan.concurrency as f64)
-                }),
             };
             tokio::spawn(worker.run(recorder.clone(), end))
         })
@@ -372,27 +330,18 @@ struct Worker {
     mode: Mode,
     timeout: Duration,
     requests: u64,
-    /// Time between this worker's requests, under a rate.
-    pace: Option<Duration>,
-    /// When its first request goes, after the start.
-    offset: Duration,
 }
 
 impl Worker {
     async fn run(self, recorder: Arc<Recorder>, end: Instant) {
         let mut conn = None;
-        let mut next = Instant::now() + self.offset;
         loop {
-            if recorder.stop.load(Ordering::Relaxed) || Instant::now() >= end {
+            if recorder.stop.is_cancelled() || Instant::now() >= end {
                 return;
             }
             let seq = recorder.issued.fetch_add(1, Ordering::Relaxed);
             if seq >= self.requests {
                 return;
-            }
-            if let Some(p) = self.pace {
-                tokio::time::sleep_until(next.into()).await;
-                next += p;
             }
             let started = Instant::now();
             let outcome = one(
@@ -404,7 +353,7 @@ impl Worker {
                 self.timeout,
             )
             .await;
-            recorder.record(outcome, started, started.elapsed());
+            recorder.record(outcome, started, None, Instant::now());
             if outcome == Outcome::Refused {
                 tokio::time::sleep(REFUSED_PAUSE).await;
             }

@@ -60,6 +60,8 @@ pub struct Tally {
     pub counts: BTreeMap<Outcome, u64>,
     /// Latencies of successes in microseconds; resizes itself to the largest recorded.
     latencies: Histogram<u32>,
+    /// Latencies of every request, whatever its outcome, in microseconds.
+    any: Histogram<u32>,
 }
 
 impl Default for Tally {
@@ -73,9 +75,8 @@ impl Tally {
     pub fn new(digits: u8) -> Self {
         Self {
             counts: BTreeMap::new(),
-            // Only a precision outside 0..=5 fails to build: an invariant, not an input.
-            latencies: Histogram::new(digits.clamp(1, 5))
-                .expect("1 to 5 significant digits always build"),
+            latencies: histogram(digits),
+            any: histogram(digits),
         }
     }
 
@@ -83,14 +84,9 @@ impl Tally {
     pub fn record(&mut self, outcome: Outcome, latency: Duration) {
         *self.counts.entry(outcome).or_default() += 1;
         if outcome == Outcome::Ok {
-            let micros = u64::try_from(latency.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            // The histogram grows to take the value; a count at its limit saturates.
-            if self.latencies.record(micros).is_err() {
-                self.latencies.saturating_record(micros);
-            }
+            record_micros(&mut self.latencies, latency);
         }
+        record_micros(&mut self.any, latency);
     }
 
     /// All requests.
@@ -110,13 +106,39 @@ impl Tally {
     /// Latency of successful requests at quantile `q` (0..=1), to the tally's significant
     /// digits; `None` without successes.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        Some(Duration::from_micros(
-            self.latencies.value_at_quantile(q.clamp(0.0, 1.0)),
-        ))
+        quantile(&self.latencies, q)
     }
+
+    /// Latency of all requests, whatever their outcome, at quantile `q`; `None` without
+    /// requests.
+    pub fn quantile_any(&self, q: f64) -> Option<Duration> {
+        quantile(&self.any, q)
+    }
+}
+
+/// An empty histogram of microseconds keeping `digits` significant digits (clamped to 1..=5),
+/// that resizes itself to the largest value recorded.
+pub(crate) fn histogram(digits: u8) -> Histogram<u32> {
+    // Only a precision outside 0..=5 fails to build: an invariant, not an input.
+    Histogram::new(digits.clamp(1, 5)).expect("1 to 5 significant digits always build")
+}
+
+/// Record `d` in `h` in microseconds (at least 1); a count at its limit saturates.
+pub(crate) fn record_micros(h: &mut Histogram<u32>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+    if h.record(micros).is_err() {
+        h.saturating_record(micros);
+    }
+}
+
+/// The value of `h` at quantile `q` (0..=1) as a duration; `None` when `h` is empty.
+pub(crate) fn quantile(h: &Histogram<u32>, q: f64) -> Option<Duration> {
+    if h.is_empty() {
+        return None;
+    }
+    Some(Duration::from_micros(
+        h.value_at_quantile(q.clamp(0.0, 1.0)),
+    ))
 }
 
 #[cfg(test)]
@@ -143,10 +165,12 @@ mod tests {
     }
 
     #[test]
-    fn no_successes_no_quantile() {
+    fn no_successes_no_quantile_but_every_outcome_has_a_latency() {
         let mut t = Tally::new(SLOT_SIGNIFICANT_DIGITS);
         t.record(Outcome::Timeout, Duration::from_secs(5));
         assert_eq!(t.quantile(0.5), None);
+        let any = t.quantile_any(0.5).expect("a request").as_millis();
+        assert!((4_950..=5_050).contains(&any), "{any}");
     }
 
     #[test]

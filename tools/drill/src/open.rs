@@ -1,0 +1,825 @@
+//! The open loop (`--rate R`): request k is scheduled at start + k/R and handed to a
+//! connection then, whether or not earlier requests have answered, so that a slow server
+//! cannot slow the load down (no coordinated omission). Its latency counts from its
+//! scheduled time.
+//!
+//! One dispatcher per target owns the connections' bookkeeping; each request runs in a task
+//! of its own and reports back when its connection is free again or gone:
+//! - HTTP/1.1 keep-alive: one request per idle connection; `--concurrency` connections are
+//!   opened before the schedule starts, more on demand up to `--max-connections`;
+//! - a connection per request: each request opens its own (at most `--max-connections`
+//!   at once);
+//! - HTTP/2: streams multiplexed on each connection up to the server's
+//!   `SETTINGS_MAX_CONCURRENT_STREAMS`, read after the handshake (h2 directly, so that no
+//!   request waits unseen inside a client's queue).
+//!
+//! A scheduled request that finds no free connection and no room for a new one waits in
+//! order; the time during which one waits so is the client's saturation, which the report
+//! names: the drill did not offer the load it was asked to.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::args::Plan;
+use crate::load::{connect, dial, h2_unprocessed, send, Conn, Mode, Sent, Template};
+use crate::outcome::Outcome;
+use crate::record::Recorder;
+
+/// The most streams put on one HTTP/2 connection, whatever the server allows.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+
+/// What the open loop adds to the report.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenStats {
+    /// Requests scheduled.
+    pub(crate) offered: u64,
+    /// Scheduled requests never handed to a connection before the load ended.
+    pub(crate) unsent: u64,
+    /// How long at least one request waited for want of a connection.
+    pub(crate) saturated: Duration,
+    /// The most connections open (or opening) at once.
+    pub(crate) peak_connections: usize,
+}
+
+impl OpenStats {
+    fn add(&mut self, o: OpenStats) {
+        self.offered += o.offered;
+        self.unsent += o.unsent;
+        // Targets are loaded side by side: their saturations overlap in time.
+        self.saturated = self.saturated.max(o.saturated);
+        self.peak_connections += o.peak_connections;
+    }
+}
+
+/// Connections opened before the schedule starts, one set per target.
+pub(crate) struct Warm {
+    h1: Vec<Conn>,
+    h2: Vec<H2Conn>,
+}
+
+/// The share of `total` that target `i` of `n` gets (the first ones get the remainder).
+fn share(total: usize, i: usize, n: usize) -> usize {
+    total / n + usize::from(i < total % n)
+}
+
+/// Open `--concurrency` connections (spread over the targets) before the schedule starts.
+/// A connection that cannot be opened is left out: requests open theirs on demand. HTTP/2
+/// connections end when `closing` is cancelled, at the latest.
+pub(crate) async fn warm_up(plan: &Plan, closing: &CancellationToken) -> Vec<Warm> {
+    let n = plan.targets.len();
+    let mut out = Vec::with_capacity(n);
+    for (i, t) in plan.targets.iter().enumerate() {
+        let count = share(plan.concurrency, i, n).min(share(plan.max_connections, i, n));
+        let mut warm = Warm {
+            h1: Vec::new(),
+            h2: Vec::new(),
+        };
+        match plan.mode {
+            Mode::ConnPerRequest => {}
+            Mode::KeepAlive => {
+                let opened = futures_util::future::join_all(
+                    (0..count).map(|_| connect(t, plan.mode, plan.timeout)),
+                )
+                .await;
+                warm.h1 = opened.into_iter().filter_map(Result::ok).collect();
+            }
+            Mode::H2 => {
+                let opened = futures_util::future::join_all(
+                    (0..count).map(|_| h2_connect(t, plan.timeout, closing)),
+                )
+                .await;
+                warm.h2 = opened.into_iter().filter_map(Result::ok).collect();
+            }
+        }
+        out.push(warm);
+    }
+    out
+}
+
+/// Run the open loop at `rate` requests per second in all, from `recorder.start` until
+/// `end`, the request cap or `recorder.stop`; then wait for the requests in flight (each
+/// bounded by the request timeout), and close every connection (`closing`).
+pub(crate) async fn open_loop(
+    plan: &Plan,
+    rate: u64,
+    warm: Vec<Warm>,
+    recorder: &Arc<Recorder>,
+    end: Instant,
+    closing: CancellationToken,
+) -> OpenStats {
+    let tasks: Vec<_> = warm
+        .into_iter()
+        .enumerate()
+        .map(|(i, warm)| {
+            let d = Dispatcher::new(plan, i, rate, warm, recorder.clone(), end, closing.clone());
+            tokio::spawn(d.run())
+        })
+        .collect();
+    let mut stats = OpenStats::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            stats.add(s);
+        }
+    }
+    closing.cancel();
+    stats
+}
+
+/// A request waiting to be handed to a connection.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u64,
+    scheduled: Instant,
+    /// It was handed back unsent once: it goes out on a new connection, and at most once
+    /// more.
+    fresh: bool,
+}
+
+/// An HTTP/2 connection (h2) and how many streams the server lets it carry.
+#[derive(Clone)]
+struct H2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    capacity: usize,
+    /// Told when the connection has ended.
+    gone: Arc<tokio::sync::Notify>,
+}
+
+/// What a request task tells its dispatcher.
+enum Event {
+    /// An HTTP/1.1 connection is free for the next request.
+    Idle(Conn),
+    /// A connection is gone (or was never opened): its place is free.
+    Closed,
+    /// An HTTP/2 connection opened by a request task (which runs one stream on it).
+    H2Open(u64, H2Conn),
+    /// An HTTP/2 connection could not be opened.
+    H2Failed,
+    /// A stream on HTTP/2 connection `id` ended: whether it was answered, and whether the
+    /// connection can take no new stream.
+    H2Done { id: u64, answered: bool, dead: bool },
+    /// HTTP/2 connection `id` has ended.
+    H2Gone(u64),
+    /// A request handed back unsent: send it on a new connection.
+    Again(Pending),
+}
+
+/// One HTTP/2 connection as the dispatcher sees it.
+struct H2Entry {
+    id: u64,
+    conn: H2Conn,
+    in_flight: usize,
+    /// No new stream goes on it.
+    dead: bool,
+    /// It answered a stream (a failure on it then counts as on a reused connection).
+    answered: bool,
+}
+
+/// What a request task needs.
+struct Ctx {
+    target: Arc<Template>,
+    mode: Mode,
+    timeout: Duration,
+    /// `{worker}` in templates: the target's index.
+    worker: usize,
+    recorder: Arc<Recorder>,
+    events: mpsc::UnboundedSender<Event>,
+    /// Cancelled once the load is over: HTTP/2 connections close then, answered or not.
+    closing: CancellationToken,
+}
+
+impl Ctx {
+    fn tell(&self, e: Event) {
+        // The dispatcher outlives every request task (it waits for them).
+        let _ = self.events.send(e);
+    }
+
+    fn record(&self, outcome: Outcome, p: &Pending, sent: Option<Instant>) {
+        self.recorder
+            .record(outcome, p.scheduled, sent, Instant::now());
+    }
+}
+
+/// Why requests wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Nothing waits.
+    No,
+    /// Every connection is busy and there are `--max-connections`: the client is saturated.
+    Limit,
+    /// An HTTP/2 connection is being opened; the requests will go on it.
+    Opening,
+}
+
+/// The dispatcher of one target: the schedule, the waiting requests and the connections.
+struct Dispatcher {
+    ctx: Arc<Ctx>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    tasks: TaskTracker,
+    /// Request numbers `first + j * stride`, at `start + number / rate`.
+    first: u64,
+    stride: u64,
+    rate: f64,
+    requests: u64,
+    end: Instant,
+    max: usize,
+    pending: VecDeque<Pending>,
+    /// Request tasks running (each ends with one of `Idle`, `Closed`, `H2Failed`,
+    /// `H2Done`).
+    running: usize,
+    /// Connections open or being opened.
+    open: usize,
+    idle: Vec<Conn>,
+    h2: Vec<H2Entry>,
+    h2_opening: usize,
+    next_id: u64,
+    stats: OpenStats,
+    saturated_since: Option<Instant>,
+    ended: bool,
+}
+
+impl Dispatcher {
+    fn new(
+        plan: &Plan,
+        i: usize,
+        rate: u64,
+        warm: Warm,
+        recorder: Arc<Recorder>,
+        end: Instant,
+        closing: CancellationToken,
+    ) -> Self {
+        let n = plan.targets.len();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Ctx {
+            target: plan.targets[i].clone(),
+            mode: plan.mode,
+            timeout: plan.timeout,
+            worker: i,
+            recorder,
+            events: tx,
+            closing,
+        });
+        let mut d = Dispatcher {
+            ctx,
+            rx,
+            tasks: TaskTracker::new(),
+            first: i as u64,
+            stride: n as u64,
+            rate: rate as f64,
+            requests: plan.requests,
+            end,
+            max: share(plan.max_connections, i, n).max(1),
+            pending: VecDeque::new(),
+            running: 0,
+            open: 0,
+            idle: warm.h1,
+            h2: Vec::new(),
+            h2_opening: 0,
+            next_id: 0,
+            stats: OpenStats::default(),
+            saturated_since: None,
+            ended: false,
+        };
+        d.open = d.idle.len();
+        for conn in warm.h2 {
+            d.add_h2(conn, 0);
+        }
+        d.stats.peak_connections = d.open;
+        d
+    }
+
+    /// Register an open HTTP/2 connection carrying `in_flight` streams; its end is reported.
+    fn add_h2(&mut self, conn: H2Conn, in_flight: usize) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.watch_h2(id, &conn);
+        self.h2.push(H2Entry {
+            id,
+            conn,
+            in_flight,
+            dead: false,
+            answered: false,
+        });
+        self.open += 1;
+        id
+    }
+
+    /// Report `conn`'s end as [`Event::H2Gone`] (until the load is over).
+    fn watch_h2(&self, id: u64, conn: &H2Conn) {
+        let (gone, ctx) = (conn.gone.clone(), self.ctx.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = gone.notified() => ctx.tell(Event::H2Gone(id)),
+                _ = ctx.closing.cancelled() => {}
+            }
+        });
+    }
+
+    /// When request `j` of this target is due, if it exists.
+    fn due(&self, j: u64) -> Option<Instant> {
+        let k = self.first + j * self.stride;
+        if k >= self.requests {
+            return None;
+        }
+        let at = self.ctx.recorder.start + Duration::from_secs_f64(k as f64 / self.rate);
+        (at < self.end).then_some(at)
+    }
+
+    async fn run(mut self) -> OpenStats {
+        let stop = self.ctx.recorder.stop.clone();
+        let mut j = 0u64;
+        let mut next = self.due(j);
+        loop {
+            // Past the schedule, requests handed back unsent and requests still waiting
+            // go out until the end; without them the load is over.
+            if next.is_none() && self.pending.is_empty() && self.running == 0 {
+                break;
+            }
+            let wake = next.unwrap_or(self.end);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if next.is_none() {
+                        break;
+                    }
+                }
+                Some(e) = self.rx.recv() => self.handle(e),
+            }
+            while let Ok(e) = self.rx.try_recv() {
+                self.handle(e);
+            }
+            // Every request due by now joins the queue with its scheduled time: a late
+            // wake-up delays the hand-over (the send lag), never the schedule.
+            let now = Instant::now();
+            while let Some(at) = next.filter(|at| *at <= now) {
+                let seq = self.first + j * self.stride;
+                self.pending.push_back(Pending {
+                    seq,
+                    scheduled: at,
+                    fresh: false,
+                });
+                self.stats.offered += 1;
+                j += 1;
+                next = self.due(j);
+            }
+            self.dispatch();
+        }
+        self.finish().await
+    }
+
+    /// The schedule is over: what still waits is unsent; wait for the requests in flight.
+    async fn finish(mut self) -> OpenStats {
+        self.ended = true;
+        self.stats.unsent += self.pending.len() as u64;
+        self.pending.clear();
+        self.note_wait(Wait::No);
+        // Idle connections close; HTTP/2 ones once their streams end and their handles go.
+        self.idle.clear();
+        self.h2.clear();
+        self.tasks.close();
+        loop {
+            tokio::select! {
+                _ = self.tasks.wait() => break,
+                Some(e) = self.rx.recv() => self.handle(e),
+            }
+        }
+        while let Ok(e) = self.rx.try_recv() {
+            self.handle(e);
+        }
+        self.stats
+    }
+
+    fn handle(&mut self, e: Event) {
+        if matches!(
+            e,
+            Event::Idle(_) | Event::Closed | Event::H2Failed | Event::H2Done { .. }
+        ) {
+            self.running -= 1;
+        }
+        match e {
+            Event::Idle(conn) => {
+                if self.ended {
+                    self.open = self.open.saturating_sub(1);
+                } else {
+                    self.idle.push(conn);
+                }
+            }
+            Event::Closed => self.open = self.open.saturating_sub(1),
+            Event::H2Open(id, conn) => {
+                self.h2_opening -= 1;
+                self.watch_h2(id, &conn);
+                if !self.ended {
+                    self.h2.push(H2Entry {
+                        id,
+                        conn,
+                        in_flight: 1,
+                        dead: false,
+                        answered: false,
+                    });
+                }
+            }
+            Event::H2Failed => {
+                self.h2_opening -= 1;
+                self.open = self.open.saturating_sub(1);
+            }
+            Event::H2Done { id, answered, dead } => {
+                if let Some(e) = self.h2.iter_mut().find(|e| e.id == id) {
+                    e.in_flight -= 1;
+                    e.answered |= answered;
+                    e.dead |= dead;
+                }
+                self.drop_dead_h2();
+            }
+            Event::H2Gone(id) => {
+                if let Some(e) = self.h2.iter_mut().find(|e| e.id == id) {
+                    e.dead = true;
+                }
+                self.drop_dead_h2();
+            }
+            Event::Again(p) => {
+                if self.ended {
+                    self.stats.unsent += 1;
+                } else {
+                    self.pending.push_front(p);
+                }
+            }
+        }
+    }
+
+    /// Forget dead HTTP/2 connections without streams: their places are free.
+    fn drop_dead_h2(&mut self) {
+        let before = self.h2.len();
+        self.h2.retain(|e| !(e.dead && e.in_flight == 0));
+        self.open = self.open.saturating_sub(before - self.h2.len());
+    }
+
+    /// Hand waiting requests to connections, oldest first, while there are any.
+    fn dispatch(&mut self) {
+        let wait = loop {
+            let Some(p) = self.pending.front().copied() else {
+                break Wait::No;
+            };
+            let went = match self.ctx.mode {
+                Mode::KeepAlive => self.keep_alive(p),
+                Mode::ConnPerRequest => self.new_h1(p),
+                Mode::H2 => self.h2(p),
+            };
+            match went {
+                Wait::No => {
+                    self.pending.pop_front();
+                }
+                w => break w,
+            }
+        };
+        self.note_wait(wait);
+    }
+
+    /// Start or end a stretch of saturation.
+    fn note_wait(&mut self, wait: Wait) {
+        match (wait, self.saturated_since) {
+            (Wait::Limit, None) => self.saturated_since = Some(Instant::now()),
+            (Wait::Limit, Some(_)) => {}
+            (_, Some(since)) => {
+                self.stats.saturated += since.elapsed();
+                self.saturated_since = None;
+            }
+            (_, None) => {}
+        }
+    }
+
+    fn keep_alive(&mut self, p: Pending) -> Wait {
+        if !p.fresh {
+            if let Some(conn) = self.idle.pop() {
+                self.spawn_h1(p, Some(conn));
+                return Wait::No;
+            }
+        }
+        if self.open >= self.max && !self.idle.is_empty() {
+            // A request that must go on a new connection takes an idle one's place.
+            self.idle.pop();
+            self.open -= 1;
+        }
+        self.new_h1(p)
+    }
+
+    fn new_h1(&mut self, p: Pending) -> Wait {
+        if self.open >= self.max {
+            return Wait::Limit;
+        }
+        self.open += 1;
+        self.stats.peak_connections = self.stats.peak_connections.max(self.open);
+        self.spawn_h1(p, None);
+        Wait::No
+    }
+
+    fn spawn_h1(&mut self, p: Pending, conn: Option<Conn>) {
+        self.running += 1;
+        self.tasks.spawn(h1_request(self.ctx.clone(), p, conn));
+    }
+
+    fn h2(&mut self, p: Pending) -> Wait {
+        if !p.fresh {
+            let best = self
+                .h2
+                .iter_mut()
+                .filter(|e| !e.dead && e.in_flight < e.conn.capacity)
+                .min_by_key(|e| e.in_flight);
+            if let Some(e) = best {
+                e.in_flight += 1;
+                let target = H2Target::Open {
+                    id: e.id,
+                    conn: e.conn.clone(),
+                    reused: e.answered,
+                };
+                self.running += 1;
+                self.tasks.spawn(h2_request(self.ctx.clone(), p, target));
+                return Wait::No;
+            }
+            if self.h2_opening > 0 {
+                return Wait::Opening;
+            }
+        }
+        if self.open >= self.max {
+            if let Some(i) = self.h2.iter().position(|e| e.in_flight == 0) {
+                // Make room: a connection without streams closes for a new one.
+                self.h2.swap_remove(i);
+                self.open -= 1;
+            } else {
+                return Wait::Limit;
+            }
+        }
+        self.open += 1;
+        self.stats.peak_connections = self.stats.peak_connections.max(self.open);
+        self.h2_opening += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.running += 1;
+        self.tasks
+            .spawn(h2_request(self.ctx.clone(), p, H2Target::New { id }));
+        Wait::No
+    }
+}
+
+/// One HTTP/1.1 request on `conn`, or on a new connection.
+async fn h1_request(ctx: Arc<Ctx>, p: Pending, conn: Option<Conn>) {
+    let started = Instant::now();
+    let mut conn = match conn {
+        Some(c) => c,
+        None => match connect(&ctx.target, ctx.mode, ctx.timeout).await {
+            Ok(c) => c,
+            Err(o) => {
+                ctx.record(o, &p, None);
+                ctx.tell(Event::Closed);
+                return;
+            }
+        },
+    };
+    let left = ctx.timeout.saturating_sub(started.elapsed());
+    let req = ctx.target.request(ctx.mode, ctx.worker, p.seq);
+    let sent = Instant::now();
+    let reused = conn.reused;
+    match tokio::time::timeout(left, send(&mut conn.sender, req)).await {
+        Err(_) => {
+            ctx.record(Outcome::Timeout, &p, Some(sent));
+            ctx.tell(Event::Closed);
+        }
+        Ok(Sent::Response(status, close)) => {
+            ctx.record(status_outcome(status), &p, Some(sent));
+            if close || ctx.mode == Mode::ConnPerRequest {
+                ctx.tell(Event::Closed);
+            } else {
+                conn.reused = true;
+                ctx.tell(Event::Idle(conn));
+            }
+        }
+        Ok(Sent::Unsent(_) | Sent::Refused) => {
+            again(&ctx, p);
+            ctx.tell(Event::Closed);
+        }
+        Ok(Sent::Failed) => {
+            let o = if reused {
+                Outcome::ResetReused
+            } else {
+                Outcome::ResetFresh
+            };
+            ctx.record(o, &p, Some(sent));
+            ctx.tell(Event::Closed);
+        }
+    }
+}
+
+/// A request handed back unsent: once more on a new connection, or (the second time) a
+/// reset on a fresh connection, as the closed loop counts it.
+fn again(ctx: &Ctx, p: Pending) {
+    if p.fresh {
+        ctx.record(Outcome::ResetFresh, &p, None);
+    } else {
+        ctx.tell(Event::Again(Pending { fresh: true, ..p }));
+    }
+}
+
+fn status_outcome(status: u16) -> Outcome {
+    if (200..300).contains(&status) {
+        Outcome::Ok
+    } else {
+        Outcome::Status(status)
+    }
+}
+
+/// Where an HTTP/2 request goes.
+enum H2Target {
+    /// On this open connection.
+    Open { id: u64, conn: H2Conn, reused: bool },
+    /// On a new connection, which the request opens (and offers to the dispatcher).
+    New { id: u64 },
+}
+
+/// Open an HTTP/2 connection: connect, handshake, and one PING round trip, by which the
+/// server's SETTINGS (sent before its PONG) are known. The connection ends when the server
+/// or the client closes it, or when `closing` is cancelled.
+async fn h2_connect(
+    t: &Template,
+    timeout: Duration,
+    closing: &CancellationToken,
+) -> Result<H2Conn, Outcome> {
+    let started = Instant::now();
+    let io = dial(t, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let opened = async {
+        let (send, mut connection) = h2::client::handshake(io)
+            .await
+            .map_err(|_| Outcome::ResetFresh)?;
+        let pings = connection.ping_pong();
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let (told, closing) = (gone.clone(), closing.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = connection => {}
+                _ = closing.cancelled() => {}
+            }
+            told.notify_one();
+        });
+        if let Some(mut pings) = pings {
+            pings
+                .ping(h2::Ping::opaque())
+                .await
+                .map_err(|_| Outcome::ResetFresh)?;
+        }
+        let capacity = send
+            .current_max_send_streams()
+            .clamp(1, MAX_STREAMS_PER_CONNECTION);
+        Ok(H2Conn {
+            send,
+            capacity,
+            gone,
+        })
+    };
+    match tokio::time::timeout(left, opened).await {
+        Ok(r) => r,
+        Err(_) => Err(Outcome::Timeout),
+    }
+}
+
+/// How an HTTP/2 stream ended.
+enum H2Sent {
+    Response(u16),
+    /// Not processed by the server (refused, above a GOAWAY, or never sent).
+    Unprocessed {
+        dead: bool,
+    },
+    /// Sent (or maybe sent) and not answered.
+    Failed {
+        dead: bool,
+    },
+}
+
+/// `true` when an h2 error ends the connection, not just the stream.
+fn ends_connection(e: &h2::Error) -> bool {
+    !e.is_reset()
+}
+
+/// Send one request on `send` and read the whole response; `sent` is set when the request
+/// is handed to the connection.
+async fn h2_send(
+    send: h2::client::SendRequest<Bytes>,
+    head: http::Request<()>,
+    body: Bytes,
+    sent: &mut Option<Instant>,
+) -> H2Sent {
+    let mut send = match send.ready().await {
+        Ok(s) => s,
+        Err(e) => {
+            return H2Sent::Unprocessed {
+                dead: ends_connection(&e),
+            }
+        }
+    };
+    let end = body.is_empty();
+    let (response, mut stream) = match send.send_request(head, end) {
+        Ok(r) => r,
+        Err(e) => {
+            return H2Sent::Unprocessed {
+                dead: ends_connection(&e),
+            }
+        }
+    };
+    *sent = Some(Instant::now());
+    if !end {
+        if let Err(e) = stream.send_data(body, true) {
+            return H2Sent::Failed {
+                dead: ends_connection(&e),
+            };
+        }
+    }
+    let failed = |e: h2::Error| {
+        let dead = ends_connection(&e);
+        if h2_unprocessed(&e) {
+            H2Sent::Unprocessed { dead }
+        } else {
+            H2Sent::Failed { dead }
+        }
+    };
+    let response = match response.await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        match chunk {
+            Ok(c) => {
+                let _ = body.flow_control().release_capacity(c.len());
+            }
+            Err(e) => return failed(e),
+        }
+    }
+    H2Sent::Response(status)
+}
+
+/// One HTTP/2 request.
+async fn h2_request(ctx: Arc<Ctx>, p: Pending, target: H2Target) {
+    let started = Instant::now();
+    let (id, conn, reused) = match target {
+        H2Target::Open { id, conn, reused } => (id, conn, reused),
+        H2Target::New { id } => match h2_connect(&ctx.target, ctx.timeout, &ctx.closing).await {
+            Ok(conn) => {
+                ctx.tell(Event::H2Open(id, conn.clone()));
+                (id, conn, false)
+            }
+            Err(o) => {
+                ctx.record(o, &p, None);
+                ctx.tell(Event::H2Failed);
+                return;
+            }
+        },
+    };
+    let left = ctx.timeout.saturating_sub(started.elapsed());
+    let (head, body) = ctx.target.parts(Mode::H2, ctx.worker, p.seq);
+    let mut sent = None;
+    let outcome = tokio::time::timeout(left, h2_send(conn.send, head, body, &mut sent)).await;
+    let (answered, dead) = match outcome {
+        Err(_) => {
+            ctx.record(Outcome::Timeout, &p, sent);
+            (false, false)
+        }
+        Ok(H2Sent::Response(status)) => {
+            ctx.record(status_outcome(status), &p, sent);
+            (true, false)
+        }
+        Ok(H2Sent::Unprocessed { dead }) => {
+            again(&ctx, p);
+            (false, dead)
+        }
+        Ok(H2Sent::Failed { dead }) => {
+            let o = if reused {
+                Outcome::ResetReused
+            } else {
+                Outcome::ResetFresh
+            };
+            ctx.record(o, &p, sent);
+            (false, dead)
+        }
+    };
+    ctx.tell(Event::H2Done { id, answered, dead });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up_and_differ_by_one_at_most() {
+        for (total, n) in [(32, 1), (32, 3), (5, 2), (1, 4), (4096, 7)] {
+            let parts: Vec<usize> = (0..n).map(|i| share(total, i, n)).collect();
+            assert_eq!(parts.iter().sum::<usize>(), total, "{total} over {n}");
+            let (lo, hi) = (parts.iter().min().unwrap(), parts.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{parts:?}");
+        }
+    }
+}
