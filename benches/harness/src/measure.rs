@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lameduck_testkit::connect_h1;
+
+use crate::verdict::{DEMO, FULL};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -240,7 +242,7 @@ pub(crate) async fn rss(cmd: &str) -> (f64, f64) {
     (idle, loaded)
 }
 
-pub(crate) fn wrk(cmd: &str, secs: u64) -> (f64, f64, f64) {
+pub(crate) fn wrk(cmd: &str, secs: u64) -> Wrk {
     let s = spawn(cmd, Some(0));
     let url = format!("http://{}/ping", s.http);
     let out = Command::new("taskset")
@@ -259,8 +261,46 @@ pub(crate) fn wrk(cmd: &str, secs: u64) -> (f64, f64, f64) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     s.term();
     s.wait_exit();
-    let rps = field(&text, "Requests/sec:").unwrap_or(f64::NAN);
-    (rps, latency(&text, "50%"), latency(&text, "99%"))
+    Wrk::parse(&text)
+}
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Wrk {
+    /// 2xx answers per second: wrk's requests, minus its non-2xx (or 3xx) answers, over
+    /// its duration.
+    pub(crate) rps: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    /// wrk's "Non-2xx or 3xx responses".
+    pub(crate) non_2xx: f64,
+}
+
+impl Wrk {
+    /// From wrk's output (`N requests in 5.00s, ...`, `Non-2xx or 3xx responses: M`, the
+    /// latency distribution); NaN where a number is missing.
+    pub(crate) fn parse(text: &str) -> Self {
+        let non_2xx = field(text, "Non-2xx or 3xx responses:").unwrap_or(0.0);
+        let done = text.lines().find_map(|l| {
+            let (n, rest) = l.trim().split_once(" requests in ")?;
+            let secs = rest.split(',').next()?.trim();
+            let secs = match secs.strip_suffix("ms") {
+                Some(ms) => ms.parse::<f64>().ok()? / 1e3,
+                None => secs.strip_suffix('s')?.parse::<f64>().ok()?,
+            };
+            Some((n.parse::<f64>().ok()?, secs))
+        });
+        let rps = match done {
+            Some((n, secs)) if secs > 0.0 => (n - non_2xx) / secs,
+            _ => f64::NAN,
+        };
+        Self {
+            rps,
+            p50: latency(text, "50%"),
+            p99: latency(text, "99%"),
+            non_2xx,
+        }
+    }
 }
 
 fn field(text: &str, key: &str) -> Option<f64> {
@@ -291,9 +331,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub(crate) const DEMO: &str = "lameduck-demo";
-pub(crate) const FULL: &str = "lameduck-demo, full observability";
-
 /// `pairs` back-to-back throughput measurements of `base` and `with`, alternating which
 /// goes first; prints them and returns each pair's cost, `1 - with / base`.
 pub(crate) fn paired(base: &str, with: &str, pairs: usize, secs: u64) -> Vec<f64> {
@@ -304,11 +341,11 @@ pub(crate) fn paired(base: &str, with: &str, pairs: usize, secs: u64) -> Vec<f64
     for i in 0..pairs {
         eprintln!("pair {}/{pairs}", i + 1);
         let (b, w) = if i % 2 == 0 {
-            let b = wrk(base, secs).0;
-            (b, wrk(with, secs).0)
+            let b = wrk(base, secs).rps;
+            (b, wrk(with, secs).rps)
         } else {
-            let w = wrk(with, secs).0;
-            (wrk(base, secs).0, w)
+            let w = wrk(with, secs).rps;
+            (wrk(base, secs).rps, w)
         };
         let cost = 1.0 - w / b;
         println!("| {} | {b:.0} | {w:.0} | {:.1}% |", i + 1, cost * 100.0);
@@ -324,5 +361,34 @@ pub(crate) fn raise_fd_limit() {
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let want = (4 * RSS_CONNS as u64).min(hard);
         let _ = setrlimit(Resource::RLIMIT_NOFILE, want, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Wrk;
+
+    #[test]
+    fn non_2xx_answers_are_not_throughput() {
+        let text = "Running 5s test @ http://127.0.0.1:1/ping
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   500.00us  100.00us   2.00ms   90.00%
+  Latency Distribution
+     50%  480.00us
+     75%  520.00us
+     90%  600.00us
+     99%    1.20ms
+  500000 requests in 5.00s, 40.00MB read
+  Non-2xx or 3xx responses: 100000
+Requests/sec: 100000.00
+";
+        let w = Wrk::parse(text);
+        assert_eq!(w.rps, 80_000.0);
+        assert_eq!(w.non_2xx, 100_000.0);
+        assert!((w.p50 - 0.48).abs() < 1e-9 && (w.p99 - 1.2).abs() < 1e-9);
+        let clean = text.replace("  Non-2xx or 3xx responses: 100000\n", "");
+        assert_eq!(Wrk::parse(&clean).rps, 100_000.0);
+        assert!(Wrk::parse("garbage").rps.is_nan());
     }
 }

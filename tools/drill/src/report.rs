@@ -65,11 +65,12 @@ pub struct Report {
     pub offered: u64,
     /// Scheduled requests never handed to a connection before the end.
     pub unsent: u64,
-    /// Requests that left the queue (were sent, or failed to connect) per second.
+    /// Requests that left the queue (were sent, or failed to connect) per second of the
+    /// load: the schedule's span in the open loop (offered / rate), the run otherwise.
     pub sent_rate: f64,
-    /// Responses of any status per second.
+    /// Responses of any status per second of the load.
     pub achieved_rate: f64,
-    /// 2xx responses per second.
+    /// 2xx responses per second of the load.
     pub goodput: f64,
     /// Open loop: from a request's scheduled time to its hand-over to a ready connection:
     /// p50, p99, max (ms).
@@ -133,7 +134,13 @@ pub(crate) fn build(
         .into_iter()
         .filter_map(|(name, q)| Some((name.to_string(), ms(quantile(&recorded.send_lag, q)?))))
         .collect();
-    let secs = elapsed.as_secs_f64().max(1e-3);
+    // Rates are over the time the load was offered: the schedule's span in the open loop
+    // (its requests at k/R, however long their answers took), the run in the closed loop.
+    let secs = match (open.as_ref(), plan.rate) {
+        (Some(o), Some(rate)) if o.offered > 0 => o.offered as f64 / rate as f64,
+        _ => elapsed.as_secs_f64(),
+    }
+    .max(1e-3);
     let requests = total.total();
     let errors = total.errors();
     let ok = requests - errors;

@@ -3,10 +3,12 @@
 //! The same routes as lameduck-demo, so that both routers match a path in the same tree:
 //! `/ping`, `/work?ms=N`, `/events` (server-sent events, one a second), `/panic` and
 //! `POST /upload`. Flags: `--listen ADDR`, and
-//! `--access-log PATH` for the access-log comparison: tower-http's `TraceLayer` (with its
-//! request-id layers) logging the fields lameduck's access log has (method, route, status,
-//! latency, client, request id) as JSON lines through `tracing-appender`'s non-blocking
-//! writer, the way their docs teach it.
+//! `--access-log PATH` for the access-log comparison, configured like lameduck's access
+//! log: tower-http's `TraceLayer` (with its request-id layers) writing one JSON line per
+//! request with the fields lameduck's line has (method, route, status, latency, client,
+//! request id) through `tracing-appender`'s non-blocking writer. Request ids come from a
+//! per-process prefix and a counter, as lameduck makes them (not a UUID v4), and the line
+//! carries the request's span fields once (no list of every span).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -104,7 +106,7 @@ fn traced(
 ) -> Result<(Router, tracing_appender::non_blocking::WorkerGuard), Box<dyn std::error::Error>> {
     use axum::extract::{ConnectInfo, MatchedPath};
     use axum::http::{HeaderName, Request, Response};
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
     use tower_http::trace::TraceLayer;
 
     let file = std::fs::OpenOptions::new()
@@ -117,6 +119,8 @@ fn traced(
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
         .with_writer(writer)
         .init();
     let x_request_id = HeaderName::from_static("x-request-id");
@@ -125,7 +129,7 @@ fn traced(
             let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str).unwrap_or("unmatched");
             let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("request", method = %req.method(), route, client = ?client, request_id = id)
+            tracing::info_span!("request", method = %req.method(), route, client = client.map(tracing::field::display), request_id = id)
         })
         .on_request(())
         .on_response(|res: &Response<_>, latency: Duration, _span: &tracing::Span| {
@@ -134,6 +138,41 @@ fn traced(
     let app = app
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(trace)
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+        .layer(SetRequestIdLayer::new(x_request_id, CounterIds::new()));
     Ok((app, guard))
+}
+
+/// Request ids as lameduck makes them: a per-process prefix (start time and pid, in hex)
+/// and a counter, such as `6743a1b2c3d4-1f`.
+#[derive(Clone)]
+struct CounterIds {
+    prefix: std::sync::Arc<str>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CounterIds {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed = ((nanos >> 16) << 16) | u64::from(std::process::id() as u16);
+        Self {
+            prefix: format!("{:012x}", seed & 0xffff_ffff_ffff).into(),
+            next: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for CounterIds {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{n:x}", self.prefix);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
