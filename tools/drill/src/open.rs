@@ -136,9 +136,11 @@ pub(crate) async fn open_loop(
 struct Pending {
     seq: u64,
     scheduled: Instant,
-    /// It was handed back unsent once: it goes out on a new connection, and at most once
-    /// more.
+    /// It was handed back unsent once: it goes out on a connection opened since, and at
+    /// most once more.
     fresh: bool,
+    /// When it was handed back (meaningful when `fresh`).
+    back_at: Instant,
 }
 
 /// An HTTP/2 connection (h2) and how many streams the server lets it carry.
@@ -156,8 +158,9 @@ enum Event {
     Idle(Conn),
     /// A connection is gone (or was never opened): its place is free.
     Closed,
-    /// An HTTP/2 connection opened by a request task (which runs one stream on it).
-    H2Open(u64, H2Conn),
+    /// An HTTP/2 connection opened by a request task (which runs one stream on it), and
+    /// when its opening started.
+    H2Open(u64, H2Conn, Instant),
     /// An HTTP/2 connection could not be opened.
     H2Failed,
     /// A stream on HTTP/2 connection `id` ended: whether it was answered, and whether the
@@ -173,6 +176,8 @@ enum Event {
 struct H2Entry {
     id: u64,
     conn: H2Conn,
+    /// When its opening started: a request handed back later does not go on it.
+    started: Instant,
     in_flight: usize,
     /// No new stream goes on it.
     dead: bool,
@@ -237,6 +242,8 @@ struct Dispatcher {
     idle: Vec<Conn>,
     h2: Vec<H2Entry>,
     h2_opening: usize,
+    /// When the latest HTTP/2 connection being opened started opening.
+    last_open_start: Option<Instant>,
     next_id: u64,
     stats: OpenStats,
     saturated_since: Option<Instant>,
@@ -280,6 +287,7 @@ impl Dispatcher {
             idle: warm.h1,
             h2: Vec::new(),
             h2_opening: 0,
+            last_open_start: None,
             next_id: 0,
             stats: OpenStats::default(),
             saturated_since: None,
@@ -301,6 +309,7 @@ impl Dispatcher {
         self.h2.push(H2Entry {
             id,
             conn,
+            started: Instant::now(),
             in_flight,
             dead: false,
             answered: false,
@@ -363,6 +372,7 @@ impl Dispatcher {
                     seq,
                     scheduled: at,
                     fresh: false,
+                    back_at: at,
                 });
                 self.stats.offered += 1;
                 j += 1;
@@ -411,13 +421,14 @@ impl Dispatcher {
                 }
             }
             Event::Closed => self.open = self.open.saturating_sub(1),
-            Event::H2Open(id, conn) => {
+            Event::H2Open(id, conn, started) => {
                 self.h2_opening -= 1;
                 self.watch_h2(id, &conn);
                 if !self.ended {
                     self.h2.push(H2Entry {
                         id,
                         conn,
+                        started,
                         in_flight: 1,
                         dead: false,
                         answered: false,
@@ -523,27 +534,34 @@ impl Dispatcher {
         self.tasks.spawn(h1_request(self.ctx.clone(), p, conn));
     }
 
+    /// An HTTP/2 request goes on the least busy live connection with room for a stream; a
+    /// request handed back (refused, or above a GOAWAY) only on one opened since, so that it
+    /// reaches the process now accepting. A new connection is opened only when none fits
+    /// and none that would is being opened: requests wait for it rather than each opening
+    /// its own.
     fn h2(&mut self, p: Pending) -> Wait {
-        if !p.fresh {
-            let best = self
-                .h2
-                .iter_mut()
-                .filter(|e| !e.dead && e.in_flight < e.conn.capacity)
-                .min_by_key(|e| e.in_flight);
-            if let Some(e) = best {
-                e.in_flight += 1;
-                let target = H2Target::Open {
-                    id: e.id,
-                    conn: e.conn.clone(),
-                    reused: e.answered,
-                };
-                self.running += 1;
-                self.tasks.spawn(h2_request(self.ctx.clone(), p, target));
-                return Wait::No;
-            }
-            if self.h2_opening > 0 {
-                return Wait::Opening;
-            }
+        let fits = |e: &H2Entry| {
+            !e.dead && e.in_flight < e.conn.capacity && (!p.fresh || e.started > p.back_at)
+        };
+        if let Some(e) = self
+            .h2
+            .iter_mut()
+            .filter(|e| fits(e))
+            .min_by_key(|e| e.in_flight)
+        {
+            e.in_flight += 1;
+            let target = H2Target::Open {
+                id: e.id,
+                conn: e.conn.clone(),
+                reused: e.answered,
+            };
+            self.running += 1;
+            self.tasks.spawn(h2_request(self.ctx.clone(), p, target));
+            return Wait::No;
+        }
+        let opening_since = self.last_open_start.filter(|_| self.h2_opening > 0);
+        if opening_since.is_some_and(|t| !p.fresh || t > p.back_at) {
+            return Wait::Opening;
         }
         if self.open >= self.max {
             if let Some(i) = self.h2.iter().position(|e| e.in_flight == 0) {
@@ -557,11 +575,16 @@ impl Dispatcher {
         self.open += 1;
         self.stats.peak_connections = self.stats.peak_connections.max(self.open);
         self.h2_opening += 1;
+        let started = Instant::now();
+        self.last_open_start = Some(started);
         let id = self.next_id;
         self.next_id += 1;
         self.running += 1;
-        self.tasks
-            .spawn(h2_request(self.ctx.clone(), p, H2Target::New { id }));
+        self.tasks.spawn(h2_request(
+            self.ctx.clone(),
+            p,
+            H2Target::New { id, started },
+        ));
         Wait::No
     }
 }
@@ -620,7 +643,11 @@ fn again(ctx: &Ctx, p: Pending) {
     if p.fresh {
         ctx.record(Outcome::ResetFresh, &p, None);
     } else {
-        ctx.tell(Event::Again(Pending { fresh: true, ..p }));
+        ctx.tell(Event::Again(Pending {
+            fresh: true,
+            back_at: Instant::now(),
+            ..p
+        }));
     }
 }
 
@@ -636,8 +663,9 @@ fn status_outcome(status: u16) -> Outcome {
 enum H2Target {
     /// On this open connection.
     Open { id: u64, conn: H2Conn, reused: bool },
-    /// On a new connection, which the request opens (and offers to the dispatcher).
-    New { id: u64 },
+    /// On a new connection, which the request opens (and offers to the dispatcher); its
+    /// opening started at `started`.
+    New { id: u64, started: Instant },
 }
 
 /// Open an HTTP/2 connection: connect, handshake, and one PING round trip, by which the
@@ -767,17 +795,19 @@ async fn h2_request(ctx: Arc<Ctx>, p: Pending, target: H2Target) {
     let started = Instant::now();
     let (id, conn, reused) = match target {
         H2Target::Open { id, conn, reused } => (id, conn, reused),
-        H2Target::New { id } => match h2_connect(&ctx.target, ctx.timeout, &ctx.closing).await {
-            Ok(conn) => {
-                ctx.tell(Event::H2Open(id, conn.clone()));
-                (id, conn, false)
+        H2Target::New { id, started } => {
+            match h2_connect(&ctx.target, ctx.timeout, &ctx.closing).await {
+                Ok(conn) => {
+                    ctx.tell(Event::H2Open(id, conn.clone(), started));
+                    (id, conn, false)
+                }
+                Err(o) => {
+                    ctx.record(o, &p, None);
+                    ctx.tell(Event::H2Failed);
+                    return;
+                }
             }
-            Err(o) => {
-                ctx.record(o, &p, None);
-                ctx.tell(Event::H2Failed);
-                return;
-            }
-        },
+        }
     };
     let left = ctx.timeout.saturating_sub(started.elapsed());
     let (head, body) = ctx.target.parts(Mode::H2, ctx.worker, p.seq);

@@ -25,8 +25,20 @@ pub(crate) fn drill(
     ca: Option<&std::path::Path>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<lameduck_drill::Report> {
+    drill_with(addr, "/ping", mode, ca, &[], stop)
+}
+
+/// [`drill`] on `path`, with more of the drill's flags (`--rate R` for an open loop).
+pub(crate) fn drill_with(
+    addr: SocketAddr,
+    path: &str,
+    mode: &str,
+    ca: Option<&std::path::Path>,
+    load: &[&str],
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<lameduck_drill::Report> {
     let scheme = if ca.is_some() { "https" } else { "http" };
-    let url = format!("{scheme}://{addr}/ping");
+    let url = format!("{scheme}://{addr}{path}");
     let mut argv = vec![
         "lameduck-drill".to_string(),
         url,
@@ -41,6 +53,7 @@ pub(crate) fn drill(
     if let Some(ca) = ca {
         argv.extend(["--ca".to_string(), ca.display().to_string()]);
     }
+    argv.extend(load.iter().map(|a| a.to_string()));
     let args = lameduck_drill::Args::try_parse_from(argv).expect("drill flags");
     tokio::spawn(async move {
         lameduck_drill::run_until(args, async move {
@@ -177,6 +190,69 @@ async fn sighup_upgrades_lose_no_request_on_keep_alive_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_upgrades_lose_no_request_with_a_connection_per_request() {
     upgrades_under_load("conn-per-request").await;
+}
+
+/// `/work` requests the serving process has answered 200 (from its metrics).
+async fn served(s: &Spawned) -> u64 {
+    let Ok(res) = lameduck_testkit::get(s.admin, "/metrics").await else {
+        return 0;
+    };
+    String::from_utf8_lossy(res.body())
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"lameduck_http_requests_total{route="/work",status="200"} "#)
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_over_http2_goes_through_upgrades_on_few_new_connections() {
+    // Each upgrade's GOAWAY hands back the streams above its last stream id; they go out
+    // again on a connection opened since, shared, not one each.
+    let mut s = start(&["--log-format", "json"]);
+    let newest = Arc::new(AtomicUsize::new(s.pid() as usize));
+    let _cleanup = Newest(newest.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let load = drill_with(
+        s.http,
+        "/work?ms=20",
+        "h2",
+        None,
+        &["--rate", "1000"],
+        stopped,
+    );
+    let mut pid = s.pid();
+    for i in 1..=5 {
+        // Each process serves a while first, with streams in flight when its GOAWAY comes.
+        let served = poll_until(SOON, || async { (served(&s).await >= 300).then_some(()) }).await;
+        assert!(served.is_some(), "process {pid} served the load");
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
+        let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
+            .await
+            .unwrap_or_else(|| panic!("upgrade {i} never completed"));
+        newest.store(next as usize, Ordering::Relaxed);
+        let deadline = Instant::now() + SOON;
+        while !(if i == 1 { s.has_exited() } else { !alive(pid) }) {
+            assert!(
+                Instant::now() < deadline,
+                "old process {pid} did not exit after upgrade {i}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pid = next;
+    }
+    let _ = stop.send(());
+    let report = load.await.expect("drill task");
+    eprintln!("{}", lameduck_drill::summary(&report));
+    assert_eq!(report.errors, 0, "{:?}", report.outcomes);
+    assert!(!report.client_saturated, "the client kept up");
+    assert!(
+        report.peak_connections < 100,
+        "8 first connections and a few new ones per upgrade, not one per handed-back request: {}",
+        report.peak_connections
+    );
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
