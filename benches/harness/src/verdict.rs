@@ -548,12 +548,14 @@ fn overload(d: &OverloadData) -> Judgement {
     let reference = |r: &OverloadRound| {
         let get = |v: &str| r.loads.iter().find(|l| l.variant == v);
         let before = get("sustainable")?;
+        // The third: the rate before, of which the 2x rows were asked twice.
         Some(match get("sustainable again") {
             Some(a) => (
                 (before.goodput + a.goodput) / 2.0,
                 (before.p99_ms + a.p99_ms) / 2.0,
+                before.goodput,
             ),
-            None => (before.goodput, before.p99_ms),
+            None => (before.goodput, before.p99_ms, before.goodput),
         })
     };
     let mut variants: Vec<String> = Vec::new();
@@ -571,12 +573,12 @@ fn overload(d: &OverloadData) -> Judgement {
         let mut p99x = Vec::new();
         let mut others = 0u64;
         for r in &d.rounds {
-            let (Some((good, p99)), Some(l)) =
+            let (Some((good, p99, asked_of)), Some(l)) =
                 (reference(r), r.loads.iter().find(|l| l.variant == v))
             else {
                 continue;
             };
-            let sent = l.sent_rate / good;
+            let sent = l.sent_rate / asked_of;
             offered.push(sent);
             delivered.push(sent >= OVERLOAD_MIN_OFFERED && !l.client_saturated && l.unsent == 0);
             shares.push(l.goodput / good);
@@ -587,7 +589,7 @@ fn overload(d: &OverloadData) -> Judgement {
         let offered_verdict = Verdict::of_bools(&delivered);
         j.target(
             format!("{label}: offered at least {OVERLOAD_MIN_OFFERED}x the sustainable rate, client not saturated"),
-            format!("sent {} of sustainable", spread(&offered, |x| format!("{x:.2}x"))),
+            format!("sent {} of the sustainable rate measured before it", spread(&offered, |x| format!("{x:.2}x"))),
             offered_verdict,
         );
         // The other targets judge a load only if it was offered in every round.
@@ -1013,6 +1015,22 @@ mod tests {
             "{}",
             j.markdown()
         );
+        // The sustainable rate drifted up after the variants: the 2x row was still offered
+        // twice the rate it was asked from.
+        let mut drift = round(2000.0, 1000.0);
+        drift.loads[2].goodput = 1200.0;
+        let drift = OverloadData {
+            rounds: vec![drift],
+        };
+        let j = judge(&raw("overload", serde_json::to_value(&drift).unwrap())).unwrap();
+        assert_eq!(j.targets[0].verdict, Verdict::Met, "{}", j.markdown());
+        // A saturated client: not offered, whatever it sent.
+        let mut sat = round(2000.0, 950.0);
+        sat.loads[1].client_saturated = true;
+        let sat = OverloadData { rounds: vec![sat] };
+        let j = judge(&raw("overload", serde_json::to_value(&sat).unwrap())).unwrap();
+        assert_eq!(j.targets[0].verdict, Verdict::NotMet);
+        assert_eq!(j.targets[1].verdict, Verdict::NotEstablished);
         // Offered, but goodput collapsed.
         let collapsed = OverloadData {
             rounds: vec![round(2000.0, 300.0)],

@@ -24,6 +24,26 @@ pub(crate) struct Recorded {
     pub(crate) slots: Vec<Tally>,
     /// From the scheduled time to the hand-over to a ready connection, in microseconds.
     pub(crate) send_lag: Histogram<u32>,
+    /// When each response of any status ended, in microseconds since the start (for the
+    /// rates over the load's window).
+    pub(crate) answered_at: Histogram<u64>,
+    /// The same for the 2xx responses.
+    pub(crate) ok_at: Histogram<u64>,
+}
+
+impl Recorded {
+    /// Responses of any status, and 2xx responses, that ended within `window` of the start.
+    pub(crate) fn answered_within(&self, window: Duration) -> (u64, u64) {
+        let w = u64::try_from(window.as_micros()).unwrap_or(u64::MAX).max(1);
+        let within = |h: &Histogram<u64>| {
+            if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, w)
+            }
+        };
+        (within(&self.answered_at), within(&self.ok_at))
+    }
 }
 
 impl Default for Recorded {
@@ -32,8 +52,24 @@ impl Default for Recorded {
             total: Tally::default(),
             slots: Vec::new(),
             send_lag: histogram(SIGNIFICANT_DIGITS),
+            answered_at: offsets(),
+            ok_at: offsets(),
         }
     }
+}
+
+/// Record `at` in `h`; a count at its limit saturates.
+fn note(h: &mut Histogram<u64>, at: u64) {
+    if h.record(at).is_err() {
+        h.saturating_record(at);
+    }
+}
+
+/// An empty histogram of microsecond offsets (three significant digits: a window's edge
+/// is placed within 0.1 %), growing to the largest recorded.
+fn offsets() -> Histogram<u64> {
+    // Three significant digits always build: an invariant, not an input.
+    Histogram::new(3).expect("3 significant digits always build")
 }
 
 /// Where the load records, and the counters the progress line reads.
@@ -84,6 +120,14 @@ impl Recorder {
             r.total.record(outcome, latency);
             if let Some(sent) = sent {
                 record_micros(&mut r.send_lag, sent.saturating_duration_since(scheduled));
+            }
+            if matches!(outcome, Outcome::Ok | Outcome::Status(_)) {
+                let at = u64::try_from(done.saturating_duration_since(self.start).as_micros())
+                    .unwrap_or(u64::MAX);
+                note(&mut r.answered_at, at);
+                if outcome == Outcome::Ok {
+                    note(&mut r.ok_at, at);
+                }
             }
         }
         let counter = if outcome.is_error() {

@@ -66,11 +66,12 @@ pub struct Report {
     /// Scheduled requests never handed to a connection before the end.
     pub unsent: u64,
     /// Requests that left the queue (were sent, or failed to connect) per second of the
-    /// load: the schedule's span in the open loop (offered / rate), the run otherwise.
+    /// load's window: the schedule's span in the open loop (offered / rate), the run up to
+    /// its duration otherwise.
     pub sent_rate: f64,
-    /// Responses of any status per second of the load.
+    /// Responses of any status that ended within the window, per second of it.
     pub achieved_rate: f64,
-    /// 2xx responses per second of the load.
+    /// 2xx responses that ended within the window, per second of it.
     pub goodput: f64,
     /// Open loop: from a request's scheduled time to its hand-over to a ready connection:
     /// p50, p99, max (ms).
@@ -134,27 +135,20 @@ pub(crate) fn build(
         .into_iter()
         .filter_map(|(name, q)| Some((name.to_string(), ms(quantile(&recorded.send_lag, q)?))))
         .collect();
-    // Rates are over the time the load was offered: the schedule's span in the open loop
-    // (its requests at k/R, however long their answers took), the run in the closed loop.
-    let secs = match (open.as_ref(), plan.rate) {
-        (Some(o), Some(rate)) if o.offered > 0 => o.offered as f64 / rate as f64,
-        _ => elapsed.as_secs_f64(),
+    // Rates are over the load's window: the schedule's span in the open loop (its requests
+    // at k/R), the run up to its duration in the closed loop. Answers count when they ended
+    // within it: a queue the server works off after the load stops is not throughput.
+    let window = match (open.as_ref(), plan.rate) {
+        (Some(o), Some(rate)) if o.offered > 0 => {
+            Duration::from_secs_f64(o.offered as f64 / rate as f64)
+        }
+        _ => elapsed.min(plan.duration),
     }
-    .max(1e-3);
+    .max(Duration::from_millis(1));
+    let secs = window.as_secs_f64();
+    let (answered_in_window, ok_in_window) = recorded.answered_within(window);
     let requests = total.total();
     let errors = total.errors();
-    let ok = requests - errors;
-    let responses: u64 = total
-        .counts
-        .iter()
-        .filter(|(o, _)| {
-            matches!(
-                o,
-                crate::outcome::Outcome::Ok | crate::outcome::Outcome::Status(_)
-            )
-        })
-        .map(|(_, n)| n)
-        .sum();
     let open = open.as_ref();
     let unsent = open.map_or(0, |o| o.unsent);
     let saturated = open.map_or(Duration::ZERO, |o| o.saturated);
@@ -179,8 +173,8 @@ pub(crate) fn build(
         offered: open.map_or(requests, |o| o.offered),
         unsent,
         sent_rate: requests as f64 / secs,
-        achieved_rate: responses as f64 / secs,
-        goodput: ok as f64 / secs,
+        achieved_rate: answered_in_window as f64 / secs,
+        goodput: ok_in_window as f64 / secs,
         send_lag_ms,
         peak_connections: open.map_or(plan.concurrency, |o| o.peak_connections),
         client_saturated,

@@ -226,3 +226,24 @@ async fn http2_streams_stay_within_the_servers_limit_and_more_connections_carry_
     );
     assert_eq!(r.verdict, "yes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_count_the_answers_that_ended_within_the_load() {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let url = slow_h1(Duration::from_millis(300), conns).await;
+    // 100/s for 1 s, each answered 300 ms later: the last ~30 answers end after the load's
+    // second, so goodput over that second is about 70, though all 100 succeed.
+    let r = drill(
+        &url,
+        &["--rate", "100", "--duration", "1s", "--concurrency", "40"],
+    )
+    .await;
+    assert_eq!(r.outcomes.get("ok"), Some(&100), "{:?}", r.outcomes);
+    assert_eq!(r.sent_rate, 100.0);
+    assert!(
+        (55.0..=85.0).contains(&r.goodput),
+        "goodput {} counts answers within the second only",
+        r.goodput
+    );
+    assert_eq!(r.achieved_rate, r.goodput);
+}
