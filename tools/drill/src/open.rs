@@ -383,7 +383,10 @@ impl Dispatcher {
         self.finish().await
     }
 
-    /// The schedule is over: what still waits is unsent; wait for the requests in flight.
+    /// The schedule is over: what still waits for a connection is unsent; the requests in
+    /// flight finish (each within its timeout), and one the server hands back unsent goes
+    /// out again as it would have during the load (it was offered in time; the server
+    /// refusing it unprocessed is not the client's lack of connections).
     async fn finish(mut self) -> OpenStats {
         self.ended = true;
         self.stats.unsent += self.pending.len() as u64;
@@ -394,14 +397,21 @@ impl Dispatcher {
         self.h2.clear();
         self.tasks.close();
         loop {
+            while let Ok(e) = self.rx.try_recv() {
+                self.handle(e);
+            }
+            self.dispatch();
+            if self.running == 0 {
+                break;
+            }
             tokio::select! {
-                _ = self.tasks.wait() => break,
+                _ = self.tasks.wait() => {}
                 Some(e) = self.rx.recv() => self.handle(e),
             }
         }
-        while let Ok(e) = self.rx.try_recv() {
-            self.handle(e);
-        }
+        // Handed back and not sent again (no place for it once the others had finished).
+        self.stats.unsent += self.pending.len() as u64;
+        self.note_wait(Wait::No);
         self.stats
     }
 
@@ -453,13 +463,7 @@ impl Dispatcher {
                 }
                 self.drop_dead_h2();
             }
-            Event::Again(p) => {
-                if self.ended {
-                    self.stats.unsent += 1;
-                } else {
-                    self.pending.push_front(p);
-                }
-            }
+            Event::Again(p) => self.pending.push_front(p),
         }
     }
 
