@@ -522,6 +522,9 @@ pub(crate) struct OverloadLoad {
     pub(crate) unsent: u64,
     #[serde(default)]
     pub(crate) send_lag_p99_ms: f64,
+    /// Requests per outcome class (runs before this field was recorded have none).
+    #[serde(default)]
+    pub(crate) outcomes: BTreeMap<String, u64>,
 }
 
 /// One round of `benches/overload`.
@@ -572,6 +575,7 @@ fn overload(d: &OverloadData) -> Judgement {
         let mut shares = Vec::new();
         let mut p99x = Vec::new();
         let mut others = 0u64;
+        let mut classes: BTreeMap<String, u64> = BTreeMap::new();
         for r in &d.rounds {
             let (Some((good, p99, asked_of)), Some(l)) =
                 (reference(r), r.loads.iter().find(|l| l.variant == v))
@@ -584,6 +588,11 @@ fn overload(d: &OverloadData) -> Judgement {
             shares.push(l.goodput / good);
             p99x.push(l.p99_ms / p99);
             others += l.other_failures;
+            for (class, n) in &l.outcomes {
+                if class != "ok" && class != "status_503" {
+                    *classes.entry(class.clone()).or_default() += n;
+                }
+            }
         }
         let label = format!("2x, --max-in-flight {v}");
         let offered_verdict = Verdict::of_bools(&delivered);
@@ -612,7 +621,12 @@ fn overload(d: &OverloadData) -> Judgement {
         );
         j.target(
             format!("{label}: no failure but the 503s"),
-            format!("{others} other failures"),
+            if classes.is_empty() {
+                format!("{others} other failures")
+            } else {
+                let by: Vec<String> = classes.iter().map(|(c, n)| format!("{n} {c}")).collect();
+                format!("{others} other failures ({})", by.join(", "))
+            },
             gate(if others == 0 {
                 Verdict::Met
             } else {
