@@ -137,7 +137,8 @@ pub struct Overrides {
     /// HAProxy sends with send-proxy-v2; connections without one are closed [default: off].
     #[arg(long, env = "LAMEDUCK_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
     pub proxy_protocol: Option<bool>,
-    /// Register in etcd at these client URLs, comma-separated (off when absent).
+    /// Register in etcd at these client URLs, comma-separated (off when absent; the
+    /// registry settings need a build with the registry feature).
     #[arg(long, env = "LAMEDUCK_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Option<Vec<String>>,
     /// The registry key's prefix [default: /services/lameduck-orders/].
@@ -385,6 +386,39 @@ impl Overrides {
             listen_backlog: self.listen_backlog.or(lower.listen_backlog),
             log_format: self.log_format.or(lower.log_format),
         }
+    }
+}
+
+/// What a build without the `registry` feature says of a registry setting.
+pub const NO_REGISTRY: &str =
+    "built without the registry feature (build with --features registry; it needs protoc)";
+
+/// In a build without the `registry` feature, refuse the registry settings (`what`: where
+/// they came from, "flag" or "setting in the configuration file"), naming the first one
+/// set; with the feature, accept them.
+///
+/// # Errors
+/// A registry setting is set and the build has no registry.
+pub fn refuse_registry_settings(o: &Overrides, what: &str) -> anyhow::Result<()> {
+    if cfg!(feature = "registry") {
+        return Ok(());
+    }
+    let set = [
+        ("etcd_endpoints", o.etcd_endpoints.is_some()),
+        ("registry_prefix", o.registry_prefix.is_some()),
+        ("registry_ttl", o.registry_ttl.is_some()),
+        ("instance_id", o.instance_id.is_some()),
+    ];
+    match set.iter().find(|(_, on)| *on) {
+        Some((name, _)) => {
+            let shown = if what == "flag" {
+                format!("--{}", name.replace('_', "-"))
+            } else {
+                (*name).to_string()
+            };
+            bail!("the {what} {shown} needs the registry: {NO_REGISTRY}")
+        }
+        None => Ok(()),
     }
 }
 

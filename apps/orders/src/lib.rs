@@ -51,6 +51,12 @@ pub fn main_impl() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    // A registry flag in a build without the registry: a usage error, as for any flag
+    // the binary does not take.
+    if let Err(e) = config::refuse_registry_settings(&args.settings, "flag") {
+        eprintln!("lameduck-orders: {e}");
+        return ExitCode::from(lameduck::exit::USAGE);
+    }
     let settings = match load(&args) {
         Ok(s) => s,
         // A bad configuration file or value is a start-up error (exit 1); clap already
@@ -67,6 +73,9 @@ pub fn main_impl() -> ExitCode {
 
 fn load(args: &Args) -> anyhow::Result<Settings> {
     let file = args.config.as_deref().map(config::read_file).transpose()?;
+    if let Some(f) = &file {
+        config::refuse_registry_settings(f, "setting in the configuration file")?;
+    }
     let mut settings = config::resolve(args.settings.clone(), file)?;
     settings.upgrade_exec = args.upgrade.upgrade_exec.clone();
     Ok(settings)
@@ -289,6 +298,7 @@ fn with_outbox(
 
 /// The etcd registration `settings` ask for: key `{prefix}{instance}`, the instance
 /// `HOSTNAME-PORT` unless named, the value the bound addresses, pid and version as JSON.
+#[cfg(feature = "registry")]
 fn registry(
     settings: &Settings,
     server: &Server,
@@ -318,6 +328,19 @@ fn registry(
     Ok(Some(std::sync::Arc::new(
         lameduck::registry::etcd::EtcdRegistry::new(config),
     )))
+}
+
+/// Without the `registry` feature there is no registration; a setting that asks for one
+/// was refused before (`config::refuse_registry_settings`).
+#[cfg(not(feature = "registry"))]
+fn registry(
+    settings: &Settings,
+    _: &Server,
+) -> anyhow::Result<Option<std::sync::Arc<dyn lameduck::registry::Registry>>> {
+    if settings.etcd_endpoints.is_some() {
+        anyhow::bail!("etcd_endpoints is set: {}", config::NO_REGISTRY);
+    }
+    Ok(None)
 }
 
 /// The machine's host name (Linux), or `localhost`.

@@ -73,3 +73,9 @@ pub mod tasks;
 pub mod trace_context;
 
 pub use error::Error;
+
+/// The README's examples, compiled as doc tests (`no_run`) so that they cannot drift from
+/// the library.
+#[cfg(all(doctest, feature = "logs", feature = "axum"))]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

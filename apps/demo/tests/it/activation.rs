@@ -26,6 +26,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs systemd-socket-activate (systemd): scripts/test runs it"]
 async fn the_demo_serves_on_sockets_passed_by_systemd_socket_activate() {
     let (http, admin) = (free_port(), free_port());
     let child = Command::new("systemd-socket-activate")

@@ -249,6 +249,7 @@ async fn http11_requests_without_exactly_one_valid_host_get_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ss (iproute2): scripts/test runs it"]
 async fn the_listen_backlog_is_a_setting() {
     let s = start(&["--listen-backlog", "2048"]);
     let out = std::process::Command::new("ss")

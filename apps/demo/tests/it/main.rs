@@ -10,6 +10,7 @@ mod logs;
 mod metrics;
 mod operator;
 mod otel;
+mod py_clients;
 mod signals;
 mod streams;
 mod tasks;

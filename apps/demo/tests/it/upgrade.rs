@@ -382,6 +382,7 @@ pub(crate) fn children(pid: u32) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, unshare and nsenter (util-linux): scripts/test runs it"]
 async fn as_pid_1_a_sighup_is_refused_and_sigterm_still_drains() {
     // A new PID namespace makes the demo PID 1, as in a container (util-linux unshare, root).
     let s = Spawned::start_cmd(

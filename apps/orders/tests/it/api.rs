@@ -251,7 +251,7 @@ async fn unknown_routes_and_methods_get_json_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn the_api_works_the_same_on_postgres() {
     let store = Store::postgres("api").await;
     let s = store.start(&[]);

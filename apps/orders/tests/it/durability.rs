@@ -251,13 +251,13 @@ async fn sigkill_under_load_loses_no_acknowledged_order_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn sigterm_under_load_loses_no_acknowledged_order_on_postgres() {
     sigterm_under_load(Store::postgres("sigterm").await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn sigkill_under_load_loses_no_acknowledged_order_on_postgres() {
     sigkill_under_load(Store::postgres("sigkill").await).await;
 }

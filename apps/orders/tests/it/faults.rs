@@ -6,7 +6,7 @@ use lameduck_testkit::{get, poll_until, post_json, Proxy};
 use crate::{order_json, Store, SOON};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn losing_postgres_gives_503_and_not_ready_then_recovers_by_itself() {
     let store = Store::postgres("faults").await;
     // Route the service's database connections through a proxy the test can cut.

@@ -8,6 +8,7 @@ mod durability;
 mod faults;
 mod outbox;
 mod payments;
+#[cfg(feature = "registry")]
 mod registry;
 #[cfg(feature = "tls")]
 mod tls;

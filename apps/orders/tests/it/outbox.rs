@@ -400,7 +400,7 @@ async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs PostgreSQL: set LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres) and run with --include-ignored"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn two_replicas_on_one_postgres_database_deliver_through_one_relay() {
     let r = receiver(0.1, 7).await;
     let store = Store::postgres("outbox-replicas").await;

@@ -105,7 +105,7 @@ async fn an_order_is_paid_once_and_every_rule_holds() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn an_order_is_paid_once_and_every_rule_holds_on_postgres_too() {
     every_rule(Store::postgres("pay-rules").await).await;
 }
@@ -378,7 +378,7 @@ async fn payments_under_faults_sigterm_and_sigkill_never_charge_twice() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn payments_under_faults_never_charge_twice_on_postgres_too() {
     under_faults(Store::postgres("pay-faults").await).await;
 }

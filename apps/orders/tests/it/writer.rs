@@ -110,7 +110,7 @@ async fn overlapping_idempotency_keys_in_one_batch_get_the_one_at_a_time_answers
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn the_writer_keeps_the_idempotency_rules_on_postgres_too() {
     overlapping_keys(with_writer(Store::postgres("writer-keys").await).await).await;
 }
@@ -191,7 +191,7 @@ async fn a_write_that_fails_in_a_batch_fails_alone() {
 }
 
 #[tokio::test]
-#[ignore = "needs PostgreSQL: LAMEDUCK_TEST_POSTGRES_URL (scripts/test-postgres); .ci/run runs it"]
+#[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn a_write_that_fails_in_a_batch_fails_alone_on_postgres_too() {
     // There a failed statement aborts the whole transaction: the batch starts over.
     let f = with_writer(Store::postgres("writer-fails").await).await;
