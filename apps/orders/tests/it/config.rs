@@ -166,3 +166,32 @@ fn version_prints_the_version_and_the_build_id_of_the_file() {
         )
     );
 }
+
+#[cfg(not(feature = "registry"))]
+#[test]
+fn registry_settings_in_a_build_without_the_registry_exit_with_what_to_do() {
+    // A flag or its variable: a usage error (2); a key in the file: a configuration error (1).
+    for (args, env) in [
+        (vec!["--etcd-endpoints", "http://127.0.0.1:2379"], vec![]),
+        (vec!["--instance-id", "a"], vec![]),
+        (vec![], vec![("LAMEDUCK_REGISTRY_TTL", "5s")]),
+    ] {
+        let out = run(&args, &env);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("built without the registry feature"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    let dir = std::env::temp_dir().join(format!("ld-orders-noreg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("orders.toml");
+    std::fs::write(&file, "registry_prefix = \"/x/\"\n").expect("config");
+    let out = run(&["--config", file.to_str().expect("path")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("registry_prefix") && err.contains("built without the registry feature"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
