@@ -114,6 +114,17 @@ where
     }
 }
 
+/// Whether the gentle close can filter new connections on `listener`: attach a filter that
+/// passes everything, and take it off again. Kernels that refuse socket filters to
+/// unprivileged processes (`kernel.unprivileged_bpf_disabled`) want `CAP_NET_ADMIN`.
+pub(super) fn check_gentle_close(listener: &TcpListener) -> std::io::Result<()> {
+    use socket2::{SockFilter, SockRef};
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let sock = SockRef::from(listener);
+    sock.attach_filter(&[SockFilter::new(RET_K, 0, 0, u32::MAX)])?;
+    sock.detach_filter()
+}
+
 /// Attach a classic BPF filter that drops TCP segments with SYN set and ACK clear (new
 /// connection attempts) and passes everything else, so handshakes under way complete.
 /// The filter sees the TCP header at offset 0; the flags are byte 13.

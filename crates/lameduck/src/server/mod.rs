@@ -508,6 +508,12 @@ where
     B: AppBody,
 {
     let handoff = upgrade::keep_sockets(&http, admin.as_ref());
+    if let Err(e) = accept::check_gentle_close(&http) {
+        tracing::warn!(
+            error = %e,
+            "the listener's close cannot turn new connections away first (a socket filter needs CAP_NET_ADMIN on this kernel): a connection completing as the listener closes may be reset; grant CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN) to close without that race"
+        );
+    }
     let stack = &shared.stack;
     let admin_task = admin.map(|l| {
         let mut a = Admin::new(
