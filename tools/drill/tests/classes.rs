@@ -5,33 +5,21 @@ use std::time::Duration;
 
 use clap::Parser as _;
 use lameduck_drill::{run, Args, Report};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
+use common::{drill_with, read_head, OK};
+
 async fn drill(url: &str, extra: &[&str]) -> Report {
-    let mut argv = vec!["lameduck-drill", url, "--quiet", "--duration", "10s"];
+    let mut argv = vec!["--duration", "10s"];
     for (flag, default) in [("--requests", "6"), ("--concurrency", "2")] {
         if !extra.contains(&flag) {
             argv.extend_from_slice(&[flag, default]);
         }
     }
     argv.extend_from_slice(extra);
-    run(Args::try_parse_from(argv).expect("flags"))
-        .await
-        .expect("drill")
-}
-
-/// Read one request head (up to the blank line).
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
+    drill_with(url, &argv).await
 }
 
 /// A server running `on_conn` for every connection.
@@ -60,8 +48,6 @@ fn only(r: &Report, class: &str) {
     );
     assert_eq!(r.outcomes[class], 6);
 }
-
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 #[tokio::test]
 async fn a_healthy_server_gives_only_ok() {

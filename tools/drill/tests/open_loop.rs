@@ -6,33 +6,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser as _;
-use lameduck_drill::{run, Args, Report};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use lameduck_drill::Report;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+mod common;
+use common::{read_head, OK};
 
 async fn drill(url: &str, extra: &[&str]) -> Report {
-    let mut argv = vec!["lameduck-drill", url, "--quiet"];
-    argv.extend_from_slice(extra);
-    run(Args::try_parse_from(argv).expect("flags"))
-        .await
-        .expect("drill")
+    common::drill_with(url, extra).await
 }
-
-/// Read one request head (up to the blank line).
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte).await {
-            Ok(1) => buf.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
-}
-
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 /// An HTTP/1.1 server answering every request after `delay`; counts connections.
 async fn slow_h1(delay: Duration, conns: Arc<AtomicUsize>) -> String {

@@ -31,6 +31,19 @@ pub(crate) fn start(args: &[&str]) -> Spawned {
     Spawned::start(BIN, args).unwrap_or_else(|e| panic!("start {BIN}: {e}"))
 }
 
+/// Requests to `route` that the serving process has answered 200 (from its metrics).
+pub(crate) async fn answered(s: &Spawned, route: &str) -> u64 {
+    let Ok(res) = get(s.admin, "/metrics").await else {
+        return 0;
+    };
+    let series = format!("lameduck_http_requests_total{{route=\"{route}\",status=\"200\"}} ");
+    String::from_utf8_lossy(res.body())
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_owned))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Status of an admin endpoint, or 0 when the request failed.
 pub(crate) async fn admin_status(s: &Spawned, path: &str) -> u16 {
     get(s.admin, path)

@@ -27,20 +27,6 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `/ping` answers the serving process has given (from its metrics).
-async fn pings(s: &lameduck_testkit::Spawned) -> u64 {
-    let Ok(res) = lameduck_testkit::get(s.admin, "/metrics").await else {
-        return 0;
-    };
-    String::from_utf8_lossy(res.body())
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"lameduck_http_requests_total{route="/ping",status="200"} "#)
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Python with tests/py/requirements.txt (python3-venv; LAMEDUCK_TEST_PYTHON): scripts/test runs it"]
 async fn urllib3s_pool_loses_no_request_across_sighup_upgrades() {
@@ -58,7 +44,10 @@ async fn urllib3s_pool_loses_no_request_across_sighup_upgrades() {
     let mut pid = s.pid();
     for i in 1..=3 {
         // Each process serves the client's pool a while before its upgrade.
-        let serving = poll_until(SOON, || async { (pings(&s).await >= 200).then_some(()) }).await;
+        let serving = poll_until(SOON, || async {
+            (crate::answered(&s, "/ping").await >= 200).then_some(())
+        })
+        .await;
         assert!(
             serving.is_some(),
             "the client's requests reach process {pid}"

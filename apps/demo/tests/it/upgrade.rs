@@ -192,20 +192,6 @@ async fn sighup_upgrades_lose_no_request_with_a_connection_per_request() {
     upgrades_under_load("conn-per-request").await;
 }
 
-/// `/work` requests the serving process has answered 200 (from its metrics).
-async fn served(s: &Spawned) -> u64 {
-    let Ok(res) = lameduck_testkit::get(s.admin, "/metrics").await else {
-        return 0;
-    };
-    String::from_utf8_lossy(res.body())
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(r#"lameduck_http_requests_total{route="/work",status="200"} "#)
-        })
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_loop_over_http2_goes_through_upgrades_on_few_new_connections() {
     // Each upgrade's GOAWAY hands back the streams above its last stream id; they go out
@@ -225,7 +211,10 @@ async fn an_open_loop_over_http2_goes_through_upgrades_on_few_new_connections() 
     let mut pid = s.pid();
     for i in 1..=5 {
         // Each process serves a while first, with streams in flight when its GOAWAY comes.
-        let served = poll_until(SOON, || async { (served(&s).await >= 300).then_some(()) }).await;
+        let served = poll_until(SOON, || async {
+            (crate::answered(&s, "/work").await >= 300).then_some(())
+        })
+        .await;
         assert!(served.is_some(), "process {pid} served the load");
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
         let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
