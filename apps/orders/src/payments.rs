@@ -15,17 +15,22 @@
 //!   `--payment-timeout-min`..`--payment-timeout-max`) -> HTTP client. The breaker counts
 //!   timeouts and 5xx answers as failures; while it is open, a pay call is answered 503
 //!   `dependency_unavailable` at once.
-//! - **An unknown outcome** (no answer, the connection dropped, 5xx after every try) is
-//!   resolved by asking the gateway for the key (`GET /charges/{key}`): found -> `paid`;
-//!   not found -> `payment_failed`; no answer -> the order stays `paying` and the settle
-//!   task finishes it once the lease has passed.
+//! - **An unknown outcome** (no answer, the connection dropped, 5xx after every try, a 2xx
+//!   that is not a charge): the gateway may have charged. The order stays `paying`; a
+//!   lookup (`GET /charges/{key}`) that finds the charge records `paid` at once, but a lookup
+//!   never records a failure (a 404 may be a lagging replica). The settle task, or a later
+//!   pay call, finishes it by **charging again under the same key**: the gateway answers the
+//!   charge it made, or makes it now.
+//! - **Only an explicit refusal fails a payment**: a 4xx answer to the charge records
+//!   `payment_failed`.
 //! - **The settle task** (a tracked background task) looks for `paying` orders whose lease
-//!   has passed (a crash, a SIGKILL, a gateway that did not answer), claims each (one
-//!   process wins the claim), asks the gateway about its key and records the outcome. A
-//!   pay call on such an order settles it too (it charges with the same key, which
-//!   answers the charge made, if any).
+//!   has passed (a crash, a SIGKILL, a gateway that did not answer), up to 32 a round,
+//!   settled at once; it claims each (one process wins the claim) and charges it again under its key (and looks the key up if
+//!   that outcome is unknown too): a charge -> `paid`, a 4xx -> `payment_failed`, anything
+//!   else -> it stays `paying` and is tried again once the new lease passes. A pay call on
+//!   such an order does the same.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,7 +57,7 @@ use crate::writer::WriteError;
 
 /// Largest gateway answer read.
 const MAX_ANSWER: usize = 64 * 1024;
-/// Orders the settle task claims per round.
+/// Orders the settle task claims per round (and settles at once).
 const SETTLE_BATCH: i64 = 32;
 
 /// The payment settings (flags `--payment-*`).
@@ -94,8 +99,6 @@ struct Call {
     uri: Uri,
     key: String,
     body: Option<Bytes>,
-    /// Set once a try has been sent (for a call the breaker refused outright, nothing was).
-    sent: Arc<AtomicBool>,
 }
 
 /// Why a try failed, as the breaker and the retries see it.
@@ -121,10 +124,10 @@ struct Charge {
 enum Charged {
     /// The gateway holds this charge for the order's key.
     Yes(String),
-    /// The gateway holds no charge for the key.
-    No(String),
-    /// Unknown: the gateway could not be asked. `sent`: a try reached it.
-    Unknown { why: String, sent: bool },
+    /// The gateway refused the charge (a 4xx answer): nothing was charged.
+    Refused(String),
+    /// Unknown: the gateway may or may not have charged.
+    Unknown(String),
 }
 
 /// Why a pay call did not end `paid`.
@@ -270,32 +273,15 @@ impl Payments {
             Done::PayStarted(PayStart::Refused(o)) => return Err(PayError::Conflict(o)),
             other => return Err(unexpected(&other)),
         };
-        let key = Self::key(&order.id);
-        let body = serde_json::json!({ "amount_cents": order.amount_cents }).to_string();
-        let charged = match self
-            .call(Method::POST, "/charges", &key, Some(Bytes::from(body)))
-            .await
-        {
-            Ok((s, body)) if s.is_success() => match serde_json::from_slice::<Charge>(&body) {
-                Ok(c) => Charged::Yes(c.id),
-                // A 2xx whose body is not a charge: ask for the key.
-                Err(_) => self.lookup(&key).await,
-            },
-            Ok((s, body)) => Charged::No(format!(
-                "the gateway refused the charge ({s}): {}",
-                String::from_utf8_lossy(&body)
-            )),
-            Err((why, false)) => Charged::Unknown { why, sent: false },
-            Err(_) => self.lookup(&key).await,
-        };
+        let charged = self.charge_or_find(&order).await;
         let charge_id = match &charged {
             Charged::Yes(c) => Some(c.clone()),
-            Charged::No(_) | Charged::Unknown { sent: false, .. } => None,
-            Charged::Unknown { why, sent: true } => {
+            Charged::Refused(_) => None,
+            Charged::Unknown(why) => {
                 tracing::warn!(order_id = %order.id, error = %why,
                     "payment: outcome unknown; the order stays paying until settled");
                 return Err(PayError::Unavailable {
-                    why: why.clone(),
+                    why: format!("{why}; the payment's outcome is unknown and it is settled once its lease has passed"),
                     retry_after: self.settings.lease,
                 });
             }
@@ -312,13 +298,45 @@ impl Payments {
         };
         match charged {
             _ if now.status == PAID => Ok(now),
-            Charged::Unknown { why, .. } => Err(PayError::Unavailable {
-                retry_after: self.open_for().unwrap_or(Duration::from_secs(1)),
-                why,
-            }),
-            Charged::No(why) => Err(PayError::Failed(why)),
+            Charged::Refused(why) => Err(PayError::Failed(why)),
             // Recorded by another process meanwhile (this attempt outlived its lease).
-            Charged::Yes(_) => Err(PayError::Conflict(now)),
+            Charged::Yes(_) | Charged::Unknown(_) => Err(PayError::Conflict(now)),
+        }
+    }
+
+    /// [`Self::charge`], and when its outcome is unknown, a look-up: one that finds the
+    /// charge settles it now; anything else leaves it unknown (for the settle task, or a
+    /// later pay call, which charge again).
+    async fn charge_or_find(&self, order: &Order) -> Charged {
+        match self.charge(order).await {
+            Charged::Unknown(why) => match self.lookup(&Self::key(&order.id)).await {
+                Some(charge) => Charged::Yes(charge),
+                None => Charged::Unknown(why),
+            },
+            known => known,
+        }
+    }
+
+    /// Charge `order` under its key: the gateway's charge, its refusal, or unknown.
+    async fn charge(&self, order: &Order) -> Charged {
+        let key = Self::key(&order.id);
+        let body = serde_json::json!({ "amount_cents": order.amount_cents }).to_string();
+        match self
+            .call(Method::POST, "/charges", &key, Some(Bytes::from(body)))
+            .await
+        {
+            Ok((s, body)) if s.is_success() => match serde_json::from_slice::<Charge>(&body) {
+                Ok(c) => Charged::Yes(c.id),
+                Err(e) => Charged::Unknown(format!(
+                    "the gateway's answer ({s}) for {key} is not a charge: {e}"
+                )),
+            },
+            Ok((s, body)) if s.is_client_error() => Charged::Refused(format!(
+                "the gateway refused the charge ({s}): {}",
+                String::from_utf8_lossy(&body)
+            )),
+            Ok((s, _)) => Charged::Unknown(format!("the gateway answered {s} for {key}")),
+            Err(why) => Charged::Unknown(why),
         }
     }
 
@@ -328,51 +346,39 @@ impl Payments {
             .then_some(self.settings.breaker_open_for)
     }
 
-    /// Ask the gateway whether `key` charged.
-    async fn lookup(&self, key: &str) -> Charged {
+    /// Ask the gateway for `key`'s charge: `Some(id)` when it shows one. Anything else
+    /// (404, an error, no answer) says nothing: a gateway's reads may lag its charges.
+    async fn lookup(&self, key: &str) -> Option<String> {
         match self
             .call(Method::GET, &format!("/charges/{key}"), key, None)
             .await
         {
-            Ok((s, body)) if s.is_success() => match serde_json::from_slice::<Charge>(&body) {
-                Ok(c) => Charged::Yes(c.id),
-                Err(e) => Charged::Unknown {
-                    why: format!("the gateway's answer for {key} is not a charge: {e}"),
-                    sent: true,
-                },
-            },
-            Ok((StatusCode::NOT_FOUND, _)) => {
-                Charged::No(format!("the gateway holds no charge for {key}"))
+            Ok((s, body)) if s.is_success() => {
+                serde_json::from_slice::<Charge>(&body).ok().map(|c| c.id)
             }
-            Ok((s, _)) => Charged::Unknown {
-                why: format!("the gateway answered {s} for {key}"),
-                sent: true,
-            },
-            Err((why, _)) => Charged::Unknown { why, sent: true },
+            _ => None,
         }
     }
 
-    /// One call through the stack; `Err((why, sent))`.
+    /// One call through the stack; `Err(why)`.
     async fn call(
         &self,
         method: Method,
         path: &str,
         key: &str,
         body: Option<Bytes>,
-    ) -> Result<(StatusCode, Bytes), (String, bool)> {
-        let sent = Arc::new(AtomicBool::new(false));
+    ) -> Result<(StatusCode, Bytes), String> {
         let call = Call {
             method,
             uri: self.uri(path),
             key: key.to_owned(),
             body,
-            sent: sent.clone(),
         };
         self.stack
             .clone()
             .oneshot(call)
             .await
-            .map_err(|e| (e.to_string(), sent.load(Ordering::Relaxed)))
+            .map_err(|e| e.to_string())
     }
 
     /// Settle `paying` orders whose lease has passed, every `settle_every`, until told to
@@ -393,17 +399,21 @@ impl Payments {
                     continue;
                 }
             };
+            // The round's orders at once: after a crash, each may wait out a slow gateway
+            // (every try to its timeout, then a look-up). Each is bounded by the call
+            // budget, so the round ends within about one call.
+            let mut round = tokio::task::JoinSet::new();
             for id in stale {
-                if ctx.is_stopping() {
-                    break;
-                }
-                self.settle_one(&id).await;
+                let this = self.clone();
+                round.spawn(async move { this.settle_one(&id).await });
             }
+            while round.join_next().await.is_some() {}
         }
         Ok(())
     }
 
-    /// Claim order `id` if its lease has passed, ask the gateway, record the outcome.
+    /// Claim order `id` if its lease has passed, charge it again under its key, record
+    /// the outcome (nothing when it is still unknown).
     async fn settle_one(&self, id: &str) {
         let audit = AuditCtx {
             client_ip: None,
@@ -416,18 +426,21 @@ impl Payments {
             until_ms,
             stale_only: true,
         };
-        match self.db.write(claim, None).await {
-            Ok(Done::PayStarted(PayStart::Started(_))) => {}
+        let order = match self.db.write(claim, None).await {
+            Ok(Done::PayStarted(PayStart::Started(o))) => o,
             Ok(_) => return, // another process claimed or settled it
             Err(e) => {
                 tracing::warn!(order_id = id, error = %e, "payments: cannot claim an order to settle");
                 return;
             }
-        }
-        let charge_id = match self.lookup(&Self::key(id)).await {
+        };
+        let charge_id = match self.charge_or_find(&order).await {
             Charged::Yes(c) => Some(c),
-            Charged::No(_) => None,
-            Charged::Unknown { why, .. } => {
+            Charged::Refused(why) => {
+                tracing::warn!(order_id = id, error = %why, "payments: the gateway refused the charge");
+                None
+            }
+            Charged::Unknown(why) => {
                 tracing::warn!(order_id = id, error = %why,
                     "payments: cannot settle now; trying again once the lease passes");
                 return;
@@ -480,7 +493,6 @@ async fn send(
     let req = req
         .body(Full::new(call.body.unwrap_or_default()))
         .map_err(|e| TryError::Transport(format!("cannot make the request: {e}")))?;
-    call.sent.store(true, Ordering::Relaxed);
     let res = client
         .request(req)
         .await

@@ -10,7 +10,7 @@ mod proxy;
 pub mod tls;
 
 pub use client::{connect_h1, connect_h2, get, post_json, post_operator, ClientError, H1, H2};
-pub use process::{SpawnError, Spawned};
+pub use process::{Exit, SpawnError, Spawned};
 pub use proxy::Proxy;
 
 use std::future::Future;

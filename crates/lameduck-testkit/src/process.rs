@@ -32,6 +32,33 @@ impl std::fmt::Display for SpawnError {
 
 impl std::error::Error for SpawnError {}
 
+/// How a process ended, as [`Spawned::wait_exit`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal ended it (SIGKILL is 9).
+    Signalled(i32),
+    /// It was still running when the wait gave up.
+    TimedOut,
+}
+
+impl Exit {
+    /// Killed by SIGKILL.
+    pub const KILLED: Exit = Exit::Signalled(Signal::SIGKILL as i32);
+
+    fn from_status(st: ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt as _;
+        match (st.code(), st.signal()) {
+            (Some(code), _) => Exit::Exited(code),
+            (None, Some(sig)) => Exit::Signalled(sig),
+            // Neither a code nor a signal: stopped or continued, which `try_wait` does not
+            // report; kept apart from a timeout all the same.
+            (None, None) => Exit::Signalled(0),
+        }
+    }
+}
+
 /// A running server process, killed on drop.
 #[derive(Debug)]
 pub struct Spawned {
@@ -130,16 +157,15 @@ impl Spawned {
         self.status
     }
 
-    /// Wait up to `timeout` for the process to exit; its exit code (`None` if it did not
-    /// exit in time, or was killed by a signal).
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    /// Wait up to `timeout` for the process to exit: how it ended, or [`Exit::TimedOut`].
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Exit {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.try_exit() {
-                return st.code();
+                return Exit::from_status(st);
             }
             if Instant::now() >= deadline {
-                return None;
+                return Exit::TimedOut;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -165,6 +165,10 @@ pub const TLS_FAILURES: [&str; 5] = ["timeout", "eof", "protocol", "drain", "io"
 #[derive(Debug)]
 pub struct TlsStats {
     pub(crate) handshakes: AtomicU64,
+    /// Handshakes holding a place now.
+    pub(crate) in_progress: AtomicI64,
+    /// Connections waiting for a handshake place now.
+    pub(crate) waiting: AtomicI64,
     /// By reason, in [`TLS_FAILURES`]' order.
     pub(crate) failures: [AtomicU64; 5],
     pub(crate) reloads: AtomicU64,
@@ -177,6 +181,8 @@ impl Default for TlsStats {
     fn default() -> Self {
         Self {
             handshakes: AtomicU64::new(0),
+            in_progress: AtomicI64::new(0),
+            waiting: AtomicI64::new(0),
             failures: Default::default(),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
@@ -200,6 +206,15 @@ impl TlsStats {
     /// Handshakes completed.
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Handshakes holding one of the `max_handshakes` places now, and connections waiting
+    /// for a place.
+    pub fn places(&self) -> (i64, i64) {
+        (
+            self.in_progress.load(Ordering::Relaxed),
+            self.waiting.load(Ordering::Relaxed),
+        )
     }
 
     /// Failed handshakes by reason.
@@ -226,6 +241,19 @@ fn encode_tls(enc: &mut DescriptorEncoder<'_>, t: &TlsStats) -> std::fmt::Result
         "lameduck_tls_handshakes",
         "TLS handshakes completed",
         &t.handshakes,
+    )?;
+    let (in_progress, waiting) = t.places();
+    gauge(
+        enc,
+        "lameduck_tls_handshakes_in_progress",
+        "TLS handshakes holding a place now (at most max_handshakes)",
+        in_progress,
+    )?;
+    gauge(
+        enc,
+        "lameduck_tls_handshakes_waiting",
+        "Connections waiting for a TLS handshake place now",
+        waiting,
     )?;
     let mut m = enc.encode_descriptor(
         "lameduck_tls_handshake_failures",
@@ -466,6 +494,7 @@ impl Metrics {
     }
 
     /// Export the server's TLS counts (`lameduck_tls_handshakes_total`,
+    /// `lameduck_tls_handshakes_in_progress`, `lameduck_tls_handshakes_waiting`,
     /// `lameduck_tls_handshake_failures_total{reason}`,
     /// `lameduck_tls_certificate_reloads_total{outcome}`).
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]

@@ -1,15 +1,19 @@
 //! Fake services for tests and drills, each a subcommand of `lameduck-fakes`, served by
 //! lameduck itself (so they drain on SIGTERM like everything else here):
 //!
-//! - `webhook --listen ADDR [--fail-rate F] [--latency-ms N] [--seed S]`: accepts POSTs on
-//!   any path and records each delivery it accepts (see [`webhook`]);
-//! - `payments --listen ADDR [--fail-rate F] [--lost-reply-rate F] [--latency-ms N]
-//!   [--jitter-ms N] [--seed S]`: a payment gateway that charges once per idempotency key
-//!   and fails, loses replies and slows down on demand (see [`payments`]).
+//! - `webhook --listen ADDR [--fail-rate F] [--fail-after-record-rate F] [--latency-ms N]
+//!   [--seed S]`: accepts POSTs on any path and records each delivery it accepts, and on
+//!   demand fails before or after recording (see [`webhook`]);
+//! - `payments --listen ADDR [--fail-rate F] [--error-after-charge-rate F]
+//!   [--lost-reply-rate F] [--latency-ms N] [--jitter-ms N] [--lookup-lag DUR]
+//!   [--lookup-fail-rate F] [--seed S]`: a payment gateway that charges once per
+//!   idempotency key, commits a charge as soon as it has read the request, and fails,
+//!   loses replies, lags and slows down on demand (see [`payments`]).
 //!
 //! On port 0 the bound address is printed as `listening http=ADDR` once serving.
 
 pub mod payments;
+mod reset;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -61,15 +65,22 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
     let lifecycle = Lifecycle::new()
         .with_os_signals()
         .context("failed to install signal handlers")?;
-    let (listen, router) = match args.fake {
-        Fake::Webhook(o) => (o.listen, webhook::router(webhook::Receiver::new(&o)?)),
-        Fake::Payments(o) => (o.listen, payments::router(payments::Gateway::new(&o)?)),
+    let (listen, router, gateway) = match args.fake {
+        Fake::Webhook(o) => (o.listen, webhook::router(webhook::Receiver::new(&o)?), None),
+        Fake::Payments(o) => {
+            let g = payments::Gateway::new(&o)?;
+            (o.listen, payments::router(g.clone()), Some(g))
+        }
     };
     let server = Server::builder()
         .shutdown_timeout(std::time::Duration::from_secs(5))
         .bind(listen, lifecycle)
         .await?;
-    announce(listen, server.local_addr()?);
+    let bound = server.local_addr()?;
+    if let Some(g) = gateway {
+        g.set_bound(bound);
+    }
+    announce(listen, bound);
     Ok(server.serve_router(router).await.exit_code())
 }
 

@@ -5,7 +5,12 @@
 //! "received_at"}` in the order they arrived.
 //!
 //! - `--fail-rate F` (0 to 1): that share of deliveries is answered 500 and not recorded;
-//!   which ones is decided by a counter hashed with `--seed`, so a run can be repeated;
+//! - `--fail-after-record-rate F` (0 to 1): that share is recorded and **then** answered
+//!   500, as a receiver that committed the event and failed before answering: the sender
+//!   delivers it again and the receiver sees a duplicate under the same event id (which
+//!   `GET /events` shows: every delivery is listed, duplicates included);
+//! - which deliveries fail is decided by a counter hashed with `--seed`, so a run can be
+//!   repeated;
 //! - `--latency-ms N`: every delivery waits N ms before it is answered (and recorded);
 //! - a body that is not such JSON, or a key that is not the event id, is answered 400 and
 //!   not recorded: the receiver checks the sender's side of the contract.
@@ -31,6 +36,10 @@ pub struct Options {
     /// Share of deliveries answered 500 and not recorded, 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
+    /// Share of deliveries recorded and then answered 500 (the sender delivers them again:
+    /// duplicates), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_after_record_rate: f64,
     /// Wait this many milliseconds before answering each delivery.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -66,6 +75,7 @@ struct Delivery {
 #[derive(Debug)]
 pub struct Receiver {
     fail_below: u64,
+    fail_after_record_below: u64,
     latency: Duration,
     dice: crate::Dice,
     count: AtomicU64,
@@ -76,27 +86,27 @@ impl Receiver {
     /// A receiver with `options`' failure rate, latency and seed.
     ///
     /// # Errors
-    /// A failure rate outside 0 to 1.
+    /// A failure rate outside 0 to 1 (naming the flag).
     pub fn new(options: &Options) -> anyhow::Result<Arc<Self>> {
         let f = options.fail_rate;
-        if !(0.0..=1.0).contains(&f) {
-            anyhow::bail!("--fail-rate must be between 0 and 1, got {f}");
+        let after = options.fail_after_record_rate;
+        for (flag, rate) in [("--fail-rate", f), ("--fail-after-record-rate", after)] {
+            if !(0.0..=1.0).contains(&rate) {
+                anyhow::bail!("{flag} must be between 0 and 1, got {rate}");
+            }
         }
         let dice = crate::Dice::new(options.seed);
         let seed = dice.seed();
         tracing::info!(
             fail_rate = f,
+            fail_after_record_rate = after,
             latency_ms = options.latency_ms,
             seed,
             "webhook receiver"
         );
         Ok(Arc::new(Receiver {
-            // f = 1 fails every delivery: u64::MAX is above every hash but itself.
-            fail_below: if f >= 1.0 {
-                u64::MAX
-            } else {
-                (f * u64::MAX as f64) as u64
-            },
+            fail_below: threshold(f),
+            fail_after_record_below: threshold(after),
             latency: Duration::from_millis(options.latency_ms),
             dice,
             count: AtomicU64::new(0),
@@ -106,7 +116,12 @@ impl Receiver {
 
     /// Whether the n-th delivery fails: its roll is below the threshold.
     fn fails(&self, n: u64) -> bool {
-        self.fail_below == u64::MAX || self.dice.roll(n, 0) < self.fail_below
+        below(self.fail_below, self.dice.roll(n, 0))
+    }
+
+    /// Whether the n-th delivery, once recorded, is answered 500.
+    fn fails_after_record(&self, n: u64) -> bool {
+        below(self.fail_after_record_below, self.dice.roll(n, 1))
     }
 
     /// The deliveries accepted so far.
@@ -116,6 +131,20 @@ impl Receiver {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
+}
+
+/// The roll threshold of a rate: a rate of 1 is `u64::MAX`, which [`below`] treats as
+/// "always".
+fn threshold(rate: f64) -> u64 {
+    if rate >= 1.0 {
+        u64::MAX
+    } else {
+        (rate * u64::MAX as f64) as u64
+    }
+}
+
+fn below(threshold: u64, roll: u64) -> bool {
+    threshold == u64::MAX || roll < threshold
 }
 
 /// The receiver's routes: `POST` on any path records, `GET /events` lists.
@@ -163,7 +192,8 @@ async fn deliver(
     if !r.latency.is_zero() {
         tokio::time::sleep(r.latency).await;
     }
-    if r.fails(r.count.fetch_add(1, Ordering::Relaxed)) {
+    let n = r.count.fetch_add(1, Ordering::Relaxed);
+    if r.fails(n) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             "failing on purpose (--fail-rate)\n",
@@ -180,6 +210,13 @@ async fn deliver(
             order_id: delivery.order_id,
             received_at: at,
         });
+    if r.fails_after_record(n) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "recorded, failing on purpose (--fail-after-record-rate)\n",
+        )
+            .into_response();
+    }
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -191,6 +228,7 @@ mod tests {
         Receiver::new(&Options {
             listen: "127.0.0.1:0".parse().unwrap(),
             fail_rate,
+            fail_after_record_rate: 0.0,
             latency_ms: 0,
             seed: Some(7),
         })
@@ -215,10 +253,18 @@ mod tests {
             let o = Options {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 fail_rate: bad,
+                fail_after_record_rate: 0.0,
                 latency_ms: 0,
                 seed: None,
             };
             assert!(Receiver::new(&o).is_err(), "{bad}");
+            let o = Options {
+                fail_rate: 0.0,
+                fail_after_record_rate: bad,
+                ..o
+            };
+            let e = Receiver::new(&o).unwrap_err().to_string();
+            assert!(e.starts_with("--fail-after-record-rate"), "{e}");
         }
     }
 }

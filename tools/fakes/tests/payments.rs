@@ -1,11 +1,14 @@
-//! `lameduck-fakes payments` as a process: one charge per idempotency key, the faults it is
-//! told to make (failures, lost replies, latency), changed while it runs.
+//! `lameduck-fakes payments` as a process: one charge per idempotency key, committed once
+//! the request is read whatever the client does next, the faults it is told to make
+//! (failures before and after charging, reset replies, latency, lagging and failing
+//! lookups), changed while it runs.
 
+use lameduck_testkit::Exit;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Method;
-use lameduck_testkit::{connect_h1, get, post_json, Spawned};
+use lameduck_testkit::{connect_h1, get, poll_until, post_json, Spawned};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -84,7 +87,24 @@ async fn a_key_charges_once_and_the_charges_are_listed() {
         .unwrap();
     assert_eq!(junk.status(), 400);
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).await, Exit::Exited(0));
+}
+
+/// Send a charge on a raw connection; what the connection gives back before it ends, and
+/// how it ended.
+async fn raw_charge(addr: SocketAddr, key: &str) -> (Vec<u8>, std::io::Result<usize>) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"amount_cents":10}"#;
+    let req = format!(
+        "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: {key}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got))
+        .await
+        .expect("the connection stayed open");
+    (got, read)
 }
 
 #[tokio::test]
@@ -95,20 +115,14 @@ async fn failures_do_not_charge_and_lost_replies_do() {
     let (status, now) = control(s.http, r#"{"fail_rate":0,"lost_reply_rate":1}"#).await;
     assert_eq!(status, 200);
     assert_eq!(now["lost_reply_rate"], 1.0);
-    // The connection ends without a single byte of an answer.
-    let mut tcp = tokio::net::TcpStream::connect(s.http).await.unwrap();
-    let body = r#"{"amount_cents":10}"#;
-    let req = format!(
-        "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: k1\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    // The connection is reset without a single byte of an answer.
+    let (got, read) = raw_charge(s.http, "k1").await;
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "an RST, not a FIN"
     );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
-    match read {
-        Ok(Ok(_)) | Ok(Err(_)) => assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got)),
-        Err(_) => panic!("the connection stayed open"),
-    }
     let all = charges(s.http).await;
     assert_eq!(all.len(), 1, "the lost reply charged");
     // With replies back, the same key answers the charge made.
@@ -116,6 +130,66 @@ async fn failures_do_not_charge_and_lost_replies_do() {
     let (status, again) = charge(s.http, "k1", 10).await;
     assert_eq!(status, 200);
     assert_eq!(again, all[0]);
+}
+
+#[tokio::test]
+async fn a_charge_is_made_even_when_the_client_hangs_up_during_the_latency() {
+    let s = start(&["--latency-ms", "2000"]);
+    let mut tcp = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    let body = r#"{"amount_cents":10}"#;
+    let req = format!(
+        "POST /charges HTTP/1.1\r\nhost: x\r\nidempotency-key: gone\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let seen = poll_until(Duration::from_secs(1), || async {
+        (charges(s.http).await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "committed once read, before the latency");
+    drop(tcp);
+    let all = charges(s.http).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["idempotency_key"], "gone");
+}
+
+#[tokio::test]
+async fn errors_after_charging_charge_and_the_same_key_answers_the_charge() {
+    let s = start(&["--error-after-charge-rate", "1"]);
+    assert_eq!(charge(s.http, "e1", 10).await.0, 500);
+    let all = charges(s.http).await;
+    assert_eq!(all.len(), 1, "charged before the 500");
+    control(s.http, r#"{"error_after_charge_rate":0}"#).await;
+    assert_eq!(charge(s.http, "e1", 10).await, (200, all[0].clone()));
+    assert_eq!(charges(s.http).await.len(), 1);
+}
+
+#[tokio::test]
+async fn lookups_lag_and_fail_on_demand() {
+    let s = start(&["--lookup-lag", "400ms"]);
+    let (status, made) = charge(s.http, "l1", 10).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        get(s.http, "/charges/l1").await.unwrap().status(),
+        404,
+        "not visible yet"
+    );
+    assert_eq!(
+        charges(s.http).await,
+        std::slice::from_ref(&made),
+        "the list never lags"
+    );
+    let seen = poll_until(Duration::from_secs(5), || async {
+        let res = get(s.http, "/charges/l1").await.ok()?;
+        (res.status() == 200).then(|| serde_json::from_slice::<serde_json::Value>(res.body()))
+    })
+    .await;
+    assert_eq!(seen.expect("visible after the lag").unwrap(), made);
+    let (status, now) = control(s.http, r#"{"lookup_lag_ms":0,"lookup_fail_rate":1}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(now["lookup_fail_rate"], 1.0);
+    assert_eq!(get(s.http, "/charges/l1").await.unwrap().status(), 503);
+    assert_eq!(charge(s.http, "l2", 10).await.0, 201, "charges still work");
 }
 
 #[tokio::test]
@@ -133,6 +207,14 @@ async fn latency_is_changed_through_control_and_bad_changes_are_refused() {
     assert_eq!(now["latency_ms"], 0);
     assert_eq!(now["jitter_ms"], 5);
     assert_eq!(now["fail_rate"], 0.0);
+    for field in [
+        "error_after_charge_rate",
+        "lost_reply_rate",
+        "lookup_lag_ms",
+        "lookup_fail_rate",
+    ] {
+        assert!(now.get(field).is_some(), "{field} in {now}");
+    }
     assert_eq!(control(s.http, r#"{"fail_rate":2}"#).await.0, 422);
     assert_eq!(control(s.http, r#"{"latency":1}"#).await.0, 400);
     let shown = get(s.http, "/control").await.unwrap();

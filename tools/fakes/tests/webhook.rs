@@ -1,6 +1,7 @@
 //! `lameduck-fakes webhook` as a process: it records what it accepts, fails the share it is
 //! told to, checks the sender's side of the contract, and drains on SIGTERM.
 
+use lameduck_testkit::Exit;
 use std::time::Duration;
 
 use lameduck_testkit::{get, post_json, Spawned};
@@ -48,7 +49,7 @@ async fn accepted_deliveries_are_recorded_in_order_with_duplicates() {
     assert_eq!(got[0]["order_id"], "o-1");
     assert!(got[0]["received_at"].as_str().unwrap().ends_with('Z'));
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(10)).await, Some(0));
+    assert_eq!(s.wait_exit(Duration::from_secs(10)).await, Exit::Exited(0));
 }
 
 #[tokio::test]

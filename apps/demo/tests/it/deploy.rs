@@ -3,6 +3,7 @@
 //! Each release is a copy of the demo whose GNU build id differs, so `/upgrade` and
 //! `/proc/PID/exe` tell which file serves.
 
+use lameduck_testkit::Exit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -86,7 +87,7 @@ async fn upgrade(s: &mut Spawned, newest: &Newest) -> u32 {
     newest.0.store(new_pid as usize, Ordering::Relaxed);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "the old process {old} exits 0"
     );
     new_pid
@@ -196,7 +197,7 @@ async fn an_upgrade_whose_binary_is_gone_is_refused_before_anything_starts() {
     assert_eq!(res.status(), 200);
     assert_eq!(admin_status(&s, "/readyz").await, 200);
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 /// `/readyz`'s status and body.

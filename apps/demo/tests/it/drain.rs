@@ -1,6 +1,7 @@
 //! SIGTERM drains: in-flight requests finish, the listener closes after the drain delay,
 //! readiness flips at once, the deadline abandons what is left.
 
+use lameduck_testkit::Exit;
 use std::time::{Duration, Instant};
 
 use lameduck_testkit::{connect_h1, connect_h2, get};
@@ -31,7 +32,7 @@ async fn sigterm_with_50_requests_in_flight_completes_all_and_exits_0_promptly()
         assert_eq!(res.headers()["connection"], "close");
         last = Some(last.map_or(at, |l| l.max(at)));
     }
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
     let exit_after_last = last.expect("responses").elapsed();
     assert!(
         exit_after_last < Duration::from_secs(1),
@@ -82,7 +83,7 @@ async fn readiness_flips_at_the_signal_and_new_connects_are_served_during_the_de
         .expect("task")
         .expect("the long request finishes");
     assert_eq!(res.status(), 200);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +97,7 @@ async fn passing_the_shutdown_timeout_exits_3_and_logs_each_abandoned_request() 
     wait_in_flight(&s, 1).await;
     let t0 = Instant::now();
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(3));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(3));
     assert!(
         t0.elapsed() < Duration::from_secs(5),
         "forced exit took {:?}",
@@ -135,5 +136,5 @@ async fn http2_streams_in_flight_complete_after_goaway() {
         assert_eq!(res.version(), http::Version::HTTP_2);
         assert!(res.headers().get("connection").is_none());
     }
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }

@@ -2,6 +2,7 @@
 //! on the admin listener, silent connections at shutdown, requests without a proper
 //! `Host`, and a burst of connects larger than the default listen backlog.
 
+use lameduck_testkit::Exit;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -79,7 +80,7 @@ async fn a_drain_with_stalled_uploads_ends_at_their_timeout_not_the_shutdown_dea
     s.signal(Signal::SIGTERM);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "every request was answered"
     );
     assert!(
@@ -222,7 +223,7 @@ async fn silent_connections_do_not_hold_the_exit_past_the_idle_grace() {
     }
     let t0 = Instant::now();
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
     assert!(
         t0.elapsed() < Duration::from_secs(4),
         "exit took {:?} (the header timeout is 10 s)",

@@ -1,5 +1,6 @@
 //! The keep-alive reuse race: pooled connections that were idle when the drain started.
 
+use lameduck_testkit::Exit;
 use std::time::Duration;
 
 use lameduck_testkit::{connect_h1, H1};
@@ -60,7 +61,7 @@ async fn idle_pooled_connections_reused_during_the_drain_see_no_reset() {
         closes.iter().all(|c| c == "close"),
         "every drain response says Connection: close"
     );
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +70,7 @@ async fn idle_connections_close_after_the_grace_so_exit_is_not_held() {
     let pool = warm_pool(s.http).await;
     s.signal(Signal::SIGTERM);
     // Nobody reuses the pool: the process exits once the grace has passed.
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
     let closed = lameduck_testkit::poll_until(Duration::from_secs(2), || async {
         pool.iter().all(H1::is_closed).then_some(())
     })
@@ -97,7 +98,7 @@ async fn zero_idle_grace_reproduces_the_peers_race() {
         failed, POOL,
         "every reuse fails, as with Go, axum and hyper"
     );
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,5 +159,5 @@ async fn a_client_that_keeps_sending_during_the_drain_is_never_reset() {
         total_ok += ok;
     }
     assert!(total_ok >= 200, "load ran ({total_ok} requests)");
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }

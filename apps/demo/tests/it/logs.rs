@@ -1,6 +1,7 @@
 //! The access log and the log file: every answered request has its line on disk after
 //! SIGTERM, and so does the shutdown report.
 
+use lameduck_testkit::Exit;
 use std::collections::HashSet;
 
 use lameduck::server::ACCESS_LOG_TARGET;
@@ -42,7 +43,7 @@ async fn every_answered_request_and_the_report_are_in_the_log_file_after_sigterm
     }
     // Right after the burst: nothing has had time to reach the disk on its own.
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 
     let text = std::fs::read_to_string(&path).expect("log file");
     let lines: Vec<serde_json::Value> = text
@@ -199,7 +200,7 @@ async fn the_drain_logs_its_progress_every_second() {
     );
     assert!(v["connections"].as_i64().is_some_and(|n| n >= 1), "{line}");
     assert_eq!(slow.await.expect("task").expect("response").status(), 200);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 /// The access-log line (raw, and parsed) of the request `res` answered, from the demo's

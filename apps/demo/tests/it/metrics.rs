@@ -1,6 +1,7 @@
 //! `/metrics` read with a Prometheus text parser: it parses, and its counters match the
 //! requests sent.
 
+use lameduck_testkit::Exit;
 use lameduck_testkit::{connect_h1, get};
 use prometheus_parse::{Scrape, Value};
 
@@ -134,7 +135,7 @@ async fn the_next_process_exports_a_forced_shutdown_and_its_abandoned_request() 
     let stuck = tokio::spawn(async move { c.get("/work?ms=60000").await });
     crate::wait_in_flight(&s, 1).await;
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(crate::SOON).await, Some(3));
+    assert_eq!(s.wait_exit(crate::SOON).await, Exit::Exited(3));
     let _ = stuck.await;
 
     let s2 = start(&["--state-file", state_arg]);

@@ -2,6 +2,7 @@
 //! span arrives, the last ones before SIGTERM included; a collector that never answers
 //! costs the export timeout at exit, no more.
 
+use lameduck_testkit::Exit;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,7 +83,7 @@ async fn every_requests_span_reaches_the_collector_including_the_last_before_sig
     let own_span = own.split('-').nth(2).expect("span").to_string();
     // Right away: these spans are still in the exporter's batch.
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 
     let spans = received.lock().unwrap().clone();
     for trace in &sent {
@@ -123,7 +124,7 @@ async fn a_collector_that_never_answers_costs_the_export_timeout_and_no_more() {
     let took = t0.elapsed();
     assert_eq!(
         code,
-        Some(3),
+        Exit::Exited(3),
         "the export hook failed: an incomplete shutdown"
     );
     // The hook gives up at 1 s; the runtime then takes at most 1 s to drop the blocked

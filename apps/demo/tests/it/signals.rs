@@ -1,5 +1,6 @@
 //! Forced exits: a second SIGTERM or SIGINT, or SIGQUIT.
 
+use lameduck_testkit::Exit;
 use std::time::{Duration, Instant};
 
 use lameduck_testkit::get;
@@ -18,7 +19,7 @@ async fn forced_by(first: Signal, second: Option<Signal>) {
         s.signal(second);
     }
     let t0 = Instant::now();
-    assert_eq!(s.wait_exit(SOON).await, Some(3));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(3));
     assert!(
         t0.elapsed() < Duration::from_secs(2),
         "forced exit took {:?}",
@@ -47,7 +48,7 @@ async fn sigquit_forces_an_immediate_exit_3() {
 async fn an_idle_server_exits_0_on_sigint() {
     let mut s = start(&[]);
     s.signal(Signal::SIGINT);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
     assert!(s
         .logs()
         .iter()

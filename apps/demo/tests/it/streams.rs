@@ -1,5 +1,6 @@
 //! `/events` ends with its final event on SIGTERM instead of being cut.
 
+use lameduck_testkit::Exit;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,5 +47,5 @@ async fn events_end_with_a_final_event_on_sigterm() {
         text.ends_with("0\r\n\r\n"),
         "body not terminated cleanly:\n{text}"
     );
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }

@@ -1,5 +1,6 @@
 //! Background tasks in a real process, with real signals (`--background-task`).
 
+use lameduck_testkit::Exit;
 use std::time::{Duration, Instant};
 
 use lameduck_testkit::{get, poll_until};
@@ -15,7 +16,7 @@ async fn a_task_that_honours_the_stop_ends_with_the_drain_and_exit_0() {
         .expect("started");
     let t0 = Instant::now();
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     let line = s
         .wait_for_log(&["task finished", "ticker"], SOON)
@@ -36,7 +37,7 @@ async fn a_task_that_ignores_the_stop_is_abandoned_at_the_deadline_named_and_exi
         .await
         .expect("started");
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(3));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(3));
     s.wait_for_log(&["task abandoned", "stubborn"], SOON)
         .await
         .expect("named in the log");
@@ -70,7 +71,7 @@ async fn a_panicking_task_is_restarted_and_counted() {
     s.signal(Signal::SIGTERM);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "a task waiting to restart stops cleanly"
     );
 }
@@ -79,7 +80,7 @@ async fn a_panicking_task_is_restarted_and_counted() {
 async fn a_failing_task_with_the_stop_policy_stops_the_process_with_exit_1() {
     let mut s = start(&["--background-task", "fatal"]);
     // No signal: the task's failure drains the process.
-    assert_eq!(s.wait_exit(SOON).await, Some(1));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(1));
     let line = s
         .wait_for_log(&["task failed; stopping the process", "fatal"], SOON)
         .await

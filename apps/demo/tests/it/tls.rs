@@ -1,6 +1,7 @@
 //! HTTPS against the real demo process: certificates made here with rcgen (never checked
 //! in), a rustls client, real signals.
 
+use lameduck_testkit::Exit;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,7 @@ async fn https_serves_http1_and_h2_as_alpn_chooses() {
         Some(67_090_118_400.0)
     );
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +111,7 @@ async fn the_keep_alive_race_over_tls_loses_nothing() {
         "{} of 64 failed: {failed:?}",
         failed.len()
     );
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,14 +161,14 @@ async fn slow_and_broken_handshakes_are_cut_and_never_hold_the_drain() {
     assert!(counted.is_some(), "the silent connection was accepted");
     let t = Instant::now();
     s2.signal(Signal::SIGTERM);
-    assert_eq!(s2.wait_exit(SOON).await, Some(0));
+    assert_eq!(s2.wait_exit(SOON).await, Exit::Exited(0));
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "exit took {:?}",
         t.elapsed()
     );
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +298,7 @@ async fn the_certificate_rotates_without_a_dropped_request() {
     );
     assert!(report.requests > 100, "only {} requests", report.requests);
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +364,7 @@ async fn the_drill_speaks_tls_and_counts_handshake_failures_apart() {
     let err = lameduck_drill::run(run(vec![])).await.expect_err("no --ca");
     assert!(err.to_string().contains("--ca PATH"), "{err}");
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 /// An idle keep-alive connection closed by the drain ends with a TLS `close_notify`: the
@@ -391,5 +392,5 @@ async fn idle_connections_are_closed_with_close_notify_after_the_grace() {
         .await
         .expect("closed within the grace");
     assert!(end.is_ok(), "not a clean TLS close: {end:?}");
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }

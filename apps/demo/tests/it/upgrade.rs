@@ -2,6 +2,7 @@
 //! sockets, becomes ready, and only then does the old one drain. No request of any class
 //! fails.
 
+use lameduck_testkit::Exit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -503,7 +504,7 @@ async fn a_sigterm_during_a_handover_drain_does_not_abandon_the_requests_in_flig
     assert_eq!(res.status(), 200);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "the old process exits clean"
     );
     let report = s
@@ -538,7 +539,7 @@ async fn the_pid_file_follows_the_upgrade_and_goes_with_a_clean_exit() {
     assert_eq!(now, Some(new_pid), "the new process wrote its own");
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "the old process drains and exits"
     );
     assert_eq!(

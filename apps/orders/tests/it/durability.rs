@@ -1,6 +1,7 @@
 //! No acknowledged order is lost through a SIGTERM or a SIGKILL under load, and retries with
 //! the idempotency key never create a second order.
 
+use lameduck_testkit::Exit;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -176,7 +177,7 @@ async fn sigterm_under_load(store: Store) {
     assert!(out.other.is_empty(), "unexpected answers: {:?}", out.other);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "clean exit after the drain"
     );
     assert!(out.acked.len() >= 100);
@@ -204,7 +205,7 @@ async fn sigkill_under_load(store: Store) {
     })
     .await;
     assert!(out.other.is_empty(), "unexpected answers: {:?}", out.other);
-    assert_eq!(s.wait_exit(SOON).await, None, "killed by a signal");
+    assert_eq!(s.wait_exit(SOON).await, Exit::KILLED);
     let audit = store.audit_log();
     for id in out.acked.values() {
         assert!(
@@ -260,4 +261,125 @@ async fn sigterm_under_load_loses_no_acknowledged_order_on_postgres() {
 #[ignore = "needs PostgreSQL (postgresql): scripts/test runs it (LAMEDUCK_TEST_POSTGRES_URL)"]
 async fn sigkill_under_load_loses_no_acknowledged_order_on_postgres() {
     sigkill_under_load(Store::postgres("sigkill").await).await;
+}
+
+/// Seconds since the epoch, as `strace -ttt` prints them.
+fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The syncs (`fsync`, `fdatasync`) in an `strace -f -y -ttt` trace made from `since` to
+/// `until`, as the paths they synced.
+fn syncs_between(trace: &str, since: f64, until: f64) -> Vec<String> {
+    trace
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let _pid = parts.next()?;
+            let at: f64 = parts.next()?.parse().ok()?;
+            let call = parts.next()?;
+            let rest = call
+                .strip_prefix("fsync(")
+                .or_else(|| call.strip_prefix("fdatasync("))?;
+            let path = rest.split_once('<')?.1.split_once('>')?.0;
+            (since..=until).contains(&at).then(|| path.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn syncs_are_read_from_an_strace_trace() {
+    let trace = "\
+12 100.5 fsync(7</d/audit.log>) = 0
+13 101.0 fdatasync(9</d/orders.db-wal>) = 0
+13 99.0 fdatasync(9</d/orders.db-wal>) = 0
+13 101.5 fsync(3<socket:[5]>) = -1 EINVAL (Invalid argument)
+13 101.6 --- SIGTERM {si_signo=SIGTERM} ---";
+    assert_eq!(
+        syncs_between(trace, 100.0, 101.5),
+        ["/d/audit.log", "/d/orders.db-wal", "socket:[5]"]
+    );
+}
+
+/// Run the service under `strace`, create `batch` orders at once, and return the paths
+/// synced from just before the first request to the last answer (not the syncs of the
+/// shutdown, which checkpoints the WAL whatever the commits did).
+async fn synced_paths_for(store: &Store, batch: usize) -> Vec<String> {
+    let trace = store.dir.join("sync.trace");
+    let trace_arg = trace.display().to_string();
+    let mut args = vec![
+        "-f",
+        "-y",
+        "-qq",
+        "-ttt",
+        "-e",
+        "trace=fsync,fdatasync",
+        "-e",
+        "signal=none",
+        "-o",
+        &trace_arg,
+        crate::BIN,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    args.extend(store.args.iter().map(String::as_str));
+    let mut s = lameduck_testkit::Spawned::start_cmd("strace", &args, &[])
+        .unwrap_or_else(|e| panic!("strace {}: {e}", crate::BIN));
+    crate::wait_ready(&s).await;
+    let since = epoch_secs();
+    let posts: Vec<_> = (0..batch)
+        .map(|i| {
+            let addr = s.http;
+            tokio::spawn(async move {
+                post_json(addr, "/orders", &[], &order_json(&format!("sync{i}")))
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    for p in posts {
+        assert_eq!(p.await.expect("task").expect("POST"), 201);
+    }
+    let until = epoch_secs();
+    // The service is strace's child: SIGTERM it, and strace exits with it.
+    let children = format!("/proc/{0}/task/{0}/children", s.pid());
+    let child: i32 = std::fs::read_to_string(&children)
+        .expect("strace's children")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the service under strace");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGTERM);
+    assert_eq!(
+        s.wait_exit(SOON).await,
+        Exit::Exited(0),
+        "strace and the service exit"
+    );
+    let text = std::fs::read_to_string(&trace).expect("the trace");
+    syncs_between(&text, since, until)
+}
+
+#[tokio::test]
+#[ignore = "needs strace (strace) and ptrace allowed: scripts/test runs it"]
+async fn an_acknowledged_order_was_synced_to_the_audit_log_and_the_database_wal() {
+    for batch in [1, 16] {
+        let store = Store::sqlite(&format!("fsync-{batch}"));
+        let dir = store.dir.canonicalize().expect("dir");
+        let audit = dir.join("audit.log").display().to_string();
+        let wal = dir.join("orders.db-wal").display().to_string();
+        let synced = synced_paths_for(&store, batch).await;
+        let count = |p: &str| synced.iter().filter(|s| *s == p).count();
+        eprintln!(
+            "{batch} POST(s): {} syncs of the audit log, {} of the WAL, {} in all",
+            count(&audit),
+            count(&wal),
+            synced.len()
+        );
+        assert!(count(&audit) >= 1, "no sync of {audit}: {synced:?}");
+        assert!(count(&wal) >= 1, "no sync of {wal}: {synced:?}");
+    }
 }

@@ -2,6 +2,7 @@
 //! webhook receiver, real signals. Every committed create and cancel reaches the receiver
 //! at least once, duplicates carry the same event id, one order's events arrive in order.
 
+use lameduck_testkit::Exit;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,10 +24,17 @@ struct Receiver {
 }
 
 async fn receiver(fail_rate: f64, seed: u64) -> Receiver {
+    receiver_failing(fail_rate, 0.0, seed).await
+}
+
+/// A receiver that fails `fail_rate` of the deliveries without recording them, and records
+/// `fail_after_record_rate` of them and then answers 500.
+async fn receiver_failing(fail_rate: f64, fail_after_record_rate: f64, seed: u64) -> Receiver {
     use lameduck_fakes::webhook;
     let options = webhook::Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
         fail_rate,
+        fail_after_record_rate,
         latency_ms: 0,
         seed: Some(seed),
     };
@@ -323,13 +331,33 @@ async fn stop_load(stop: &AtomicBool, clients: Vec<tokio::task::JoinHandle<()>>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_the_receiver_fails() {
     let r = receiver(0.2, 20261202).await;
-    let store = Store::sqlite("outbox-faults");
+    let duplicates = over_signals(&r, "outbox-faults").await;
+    eprintln!("{duplicates} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_receiver_recorded_and_then_failed_come_again_under_the_same_event_id() {
+    // A quarter recorded and answered 500: each is delivered again (the relay cannot know
+    // it was recorded), so the receiver sees duplicates, each under its first event id.
+    let r = receiver_failing(0.0, 0.25, 20261207).await;
+    let duplicates = over_signals(&r, "outbox-after-record").await;
+    assert!(
+        duplicates > 0,
+        "no delivery came twice: the relay did not redeliver"
+    );
+}
+
+/// Load the service through a SIGTERM, a SIGKILL and a SIGHUP upgrade with the receiver
+/// `r`, then check that every committed event arrived (duplicates only under the same
+/// event id); returns the number of duplicates.
+async fn over_signals(r: &Receiver, name: &str) -> usize {
+    let store = Store::sqlite(name);
     let pid_file = store.dir.join("orders.pid");
     let pid_arg = pid_file.to_str().expect("path").to_string();
     let jitter = |n: u64| Duration::from_millis(u64::from(std::process::id()) % n);
 
     // SIGTERM under load: the relay finishes its delivery in flight and stops.
-    let mut s = start(&store, &r, &[]);
+    let mut s = start(&store, r, &[]);
     wait_ready(&s).await;
     let (stop, acked) = (
         Arc::new(AtomicBool::new(false)),
@@ -338,11 +366,11 @@ async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_th
     let clients = load("term", s.http, stop.clone(), acked.clone());
     acked_at_least(&acked, 30).await;
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0), "clean exit");
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0), "clean exit");
     stop_load(&stop, clients).await;
 
     // SIGKILL under load, at a moment that varies from run to run.
-    let mut s = start(&store, &r, &[]);
+    let mut s = start(&store, r, &[]);
     wait_ready(&s).await;
     let (stop, acked) = (
         Arc::new(AtomicBool::new(false)),
@@ -352,12 +380,12 @@ async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_th
     acked_at_least(&acked, 30).await;
     tokio::time::sleep(jitter(150)).await;
     s.signal(Signal::SIGKILL);
-    assert_eq!(s.wait_exit(SOON).await, None, "killed");
+    assert_eq!(s.wait_exit(SOON).await, Exit::KILLED);
     stop_load(&stop, clients).await;
 
     // A SIGHUP upgrade under load: the new process serves on the same sockets and takes
     // the relay over once the old one has released the lease.
-    let mut s = start(&store, &r, &["--pid-file", &pid_arg]);
+    let mut s = start(&store, r, &["--pid-file", &pid_arg]);
     wait_ready(&s).await;
     let (stop, acked) = (
         Arc::new(AtomicBool::new(false)),
@@ -369,7 +397,7 @@ async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_th
     s.signal(Signal::SIGHUP);
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "the old process drains and exits 0"
     );
     let new: i32 = std::fs::read_to_string(&pid_file)
@@ -388,15 +416,16 @@ async fn no_committed_event_is_lost_over_sigterm_sigkill_and_an_upgrade_while_th
     assert!(gone.is_some(), "the upgraded process exits on SIGTERM");
 
     // A last process delivers whatever is pending (after the killed relay's lease expired).
-    let s = start(&store, &r, &[]);
+    let s = start(&store, r, &[]);
     wait_ready(&s).await;
     drained(s.admin).await;
-    let (events, duplicates) = verify(s.http, &r).await;
+    let (events, duplicates) = verify(s.http, r).await;
     let orders = all_orders(s.http).await.len();
     eprintln!(
-        "outbox under faults: {orders} orders, {events} events received, {duplicates} duplicates"
+        "outbox under faults ({name}): {orders} orders, {events} events received, {duplicates} duplicates"
     );
     assert!(orders >= 120, "{orders} orders");
+    duplicates
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! test reads its ledger and request count), real signals. No order is charged twice,
 //! every `paid` order has exactly one charge, no order stays `paying`.
 
+use lameduck_testkit::Exit;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,20 +24,13 @@ struct Gw {
 
 async fn gateway(fail_rate: f64, lost_reply_rate: f64, latency_ms: u64) -> Gw {
     let options = payments::Options {
-        listen: "127.0.0.1:0".parse().expect("addr"),
         fail_rate,
         lost_reply_rate,
         latency_ms,
-        jitter_ms: 0,
         seed: Some(11),
+        ..payments::Options::default()
     };
-    let gateway = Gateway::new(&options).expect("gateway");
-    let app = payments::router(gateway.clone());
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .expect("bind");
-    let http = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (gateway, http) = payments::spawn(&options).await.expect("gateway");
     Gw { http, gateway }
 }
 
@@ -190,7 +184,7 @@ async fn every_rule(store: Store) {
     }
     assert_ne!(lines[1]["request_id"], lines[0]["request_id"]);
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[tokio::test]
@@ -214,23 +208,30 @@ async fn the_breaker_opens_on_a_failing_gateway_and_closes_when_it_heals() {
     wait_ready(&s).await;
     let state = r#"lameduck_circuit_state{circuit="payments"}"#;
     assert_eq!(metric(s.admin, state).await, Some(0.0));
-    // Each pay: 3 failed tries and a look-up that finds no charge -> payment_failed, 502.
+    // Each pay: 3 tries answered 500 and a look-up that finds no charge: the outcome is
+    // unknown (a 500 may come after the charge), so the order stays paying, 503. Once the
+    // circuit is open, a pay call is refused before anything is sent: the order stays
+    // created.
     let mut refused = None;
     for i in 0..20 {
         let id = create(s.http, &format!("c{i}")).await;
         let (status, body, headers) = pay(s.http, &id).await;
-        match status {
-            502 => {
-                assert_eq!(body["error"]["code"], "payment_failed");
-                assert_eq!(order(s.http, &id).await["status"], "payment_failed");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("dependency_unavailable")),
+            "{body}"
+        );
+        assert!(headers.contains_key("retry-after"));
+        match order(s.http, &id).await["status"].as_str() {
+            Some("paying") => {
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("outcome is unknown"), "{body}");
             }
-            503 => {
-                assert_eq!(body["error"]["code"], "dependency_unavailable");
-                assert!(headers.contains_key("retry-after"));
+            Some("created") => {
                 refused = Some(id);
                 break;
             }
-            other => panic!("status {other}: {body}"),
+            other => panic!("order {id} is {other:?}: {body}"),
         }
     }
     let id = refused.expect("the circuit never opened");
@@ -361,7 +362,11 @@ async fn check_ledger(addr: SocketAddr, gw: &Gw) -> HashMap<String, String> {
         let made = by_key.remove(key.as_str()).unwrap_or_default();
         assert!(made.len() <= 1, "{id} charged {} times", made.len());
         match o["status"].as_str().unwrap() {
-            "paid" => assert_eq!(made, [o["charge_id"].as_str().unwrap()], "{o}"),
+            "paid" => {
+                assert_eq!(made, [o["charge_id"].as_str().unwrap()], "{o}");
+                let charge = charges.iter().find(|c| c.id == made[0]).expect("charge");
+                assert_eq!(Some(charge.amount_cents), o["amount_cents"].as_i64(), "{o}");
+            }
             "paying" => panic!("{id} is still paying"),
             "payment_failed" | "created" => assert!(made.is_empty(), "{o} has a charge"),
             other => panic!("{id}: status {other}"),
@@ -451,7 +456,7 @@ async fn under_faults(store: Store) {
             }
             if round == 0 {
                 s.signal(Signal::SIGTERM);
-                assert_eq!(s.wait_exit(SOON).await, Some(0));
+                assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
             }
         }
         if round < 2 {
@@ -496,5 +501,138 @@ async fn under_faults(store: Store) {
     assert!(statuses.values().all(|v| v == "paid"), "{statuses:?}");
     assert_eq!(gw.gateway.charges().len(), all.len());
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
+}
+
+/// The short settings of the fault-mode cases: 2 tries of at most 300 ms, a 2 s lease, a
+/// settle round every 200 ms (start-up accepts them: the lease is more than twice the
+/// longest call, 2 x 300 ms + 200 ms of back-off).
+const SHORT: [&str; 10] = [
+    "--payment-attempts",
+    "2",
+    "--payment-timeout-max",
+    "300ms",
+    "--payment-lease",
+    "2s",
+    "--payment-settle-every",
+    "200ms",
+    "--payment-breaker-open-for",
+    "200ms",
+];
+
+/// Orders each fault-mode case pays.
+const CASE_ORDERS: usize = 24;
+
+/// One fault-mode case: the gateway runs with `faults` (a `PUT /control` body) while 24
+/// orders of different amounts are paid by 4 concurrent payers, and the service gets `sig`
+/// once a third of the charges have reached the gateway. Then the service is started again
+/// on the same store with the gateway healed (its look-up lag kept), and once the lease
+/// plus a settle round (and a call) have passed: nothing is `paying`, the gateway's charges
+/// are the paid orders (one each, same amounts), and no other order has a charge.
+async fn fault_case(name: &str, faults: &str, sig: Signal) {
+    let gw = gateway(0.0, 0.0, 0).await;
+    gw.control(faults).await;
+    let store = Store::sqlite(name);
+    let mut s = start(&store, &gw, &SHORT);
+    wait_ready(&s).await;
+    let mut ids = Vec::new();
+    for i in 0..CASE_ORDERS {
+        let body = format!(
+            r#"{{"customer_id":"c{i}","sku":"sku-1","quantity":1,"amount_cents":{}}}"#,
+            100 + i
+        );
+        let res = post_json(s.http, "/orders", &[], &body)
+            .await
+            .expect("create");
+        assert_eq!(res.status(), 201);
+        ids.push(json(res.body())["id"].as_str().expect("id").to_string());
+    }
+    let ids = Arc::new(ids);
+    let addr = s.http;
+    let payers: Vec<_> = (0..4)
+        .map(|p| {
+            let ids = ids.clone();
+            tokio::spawn(async move {
+                for id in ids.iter().skip(p).step_by(4) {
+                    let _ = post_json(addr, &format!("/orders/{id}/pay"), &[], "").await;
+                }
+            })
+        })
+        .collect();
+    let busy = poll_until(SOON, || async {
+        (gw.gateway.requests() >= (CASE_ORDERS / 2) as u64).then_some(())
+    })
+    .await;
+    assert!(busy.is_some(), "{name}: no payments reached the gateway");
+    s.signal(sig);
+    let want = if sig == Signal::SIGKILL {
+        Exit::KILLED
+    } else {
+        Exit::Exited(0)
+    };
+    assert_eq!(s.wait_exit(SOON).await, want, "{name}");
+    for p in payers {
+        p.await.expect("payer");
+    }
+    gw.control(
+        r#"{"fail_rate":0,"error_after_charge_rate":0,"lost_reply_rate":0,"lookup_fail_rate":0,"latency_ms":0,"jitter_ms":0}"#,
+    )
+    .await;
+    let s = start(&store, &gw, &SHORT);
+    wait_ready(&s).await;
+    let left = all_orders(s.http)
+        .await
+        .iter()
+        .filter(|o| o["status"] == "paying")
+        .count();
+    // The lease, a settle round, one call (2 x 300 ms + 200 ms), and a second for the
+    // writes and a slow machine.
+    let settled = poll_until(Duration::from_millis(2000 + 200 + 800 + 1000), || async {
+        let orders = all_orders(s.http).await;
+        orders.iter().all(|o| o["status"] != "paying").then_some(())
+    })
+    .await;
+    if settled.is_none() {
+        let paying: Vec<_> = all_orders(s.http)
+            .await
+            .into_iter()
+            .filter(|o| o["status"] == "paying")
+            .collect();
+        let logs = s.logs().join("\n");
+        panic!("{name}: orders left paying: {paying:?}\nlogs:\n{logs}");
+    }
+    let statuses = check_ledger(s.http, &gw).await;
+    let paid = statuses.values().filter(|v| *v == "paid").count();
+    let failed = statuses.values().filter(|v| *v == "payment_failed").count();
+    let settled = metric(s.admin, "orders_payments_settled_total ").await;
+    eprintln!(
+        "{name}: {paid} of {CASE_ORDERS} paid, {failed} payment_failed, {left} left paying by the {sig:?}, settled by the task {settled:?}, {} gateway requests",
+        gw.gateway.requests()
+    );
+    assert!(paid > 0, "{name}: nothing was paid: {statuses:?}");
+}
+
+/// One test per fault mode and signal.
+macro_rules! fault_cases {
+    ($($name:ident: $faults:expr, $sig:ident;)*) => {$(
+        #[tokio::test]
+        async fn $name() {
+            fault_case(stringify!($name), $faults, Signal::$sig).await;
+        }
+    )*};
+}
+
+fault_cases! {
+    failures_before_charging_then_sigterm: r#"{"fail_rate":0.5}"#, SIGTERM;
+    failures_before_charging_then_sigkill: r#"{"fail_rate":0.5}"#, SIGKILL;
+    errors_after_charging_then_sigterm: r#"{"error_after_charge_rate":0.5}"#, SIGTERM;
+    errors_after_charging_then_sigkill: r#"{"error_after_charge_rate":0.5}"#, SIGKILL;
+    reset_replies_then_sigterm: r#"{"lost_reply_rate":0.5}"#, SIGTERM;
+    reset_replies_then_sigkill: r#"{"lost_reply_rate":0.5}"#, SIGKILL;
+    charges_slower_than_the_timeout_then_sigterm: r#"{"latency_ms":350,"jitter_ms":100}"#, SIGTERM;
+    charges_slower_than_the_timeout_then_sigkill: r#"{"latency_ms":350,"jitter_ms":100}"#, SIGKILL;
+    lagging_lookups_then_sigterm: r#"{"error_after_charge_rate":0.6,"lookup_lag_ms":1500}"#, SIGTERM;
+    lagging_lookups_then_sigkill: r#"{"error_after_charge_rate":0.6,"lookup_lag_ms":1500}"#, SIGKILL;
+    failing_lookups_then_sigterm: r#"{"lost_reply_rate":0.5,"lookup_fail_rate":1}"#, SIGTERM;
+    failing_lookups_then_sigkill: r#"{"lost_reply_rate":0.5,"lookup_fail_rate":1}"#, SIGKILL;
 }

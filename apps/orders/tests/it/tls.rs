@@ -1,6 +1,7 @@
 //! `lameduck-orders` over HTTPS: the API behind TLS, the TLS settings' checks.
 
 use lameduck_testkit::tls::{send, TestCa};
+use lameduck_testkit::Exit;
 use nix::sys::signal::Signal;
 
 use crate::{json, order_json, wait_ready, Store, BIN, SOON};
@@ -43,7 +44,7 @@ async fn the_api_is_served_over_https_and_the_drain_is_clean() {
         (200, Some(id.as_str()))
     );
     s.signal(Signal::SIGTERM);
-    assert_eq!(s.wait_exit(SOON).await, Some(0));
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! the old process keeps serving without a failed request, and a later upgrade with a good
 //! configuration goes through.
 
+use lameduck_testkit::Exit;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,7 +101,7 @@ async fn a_new_process_that_fails_at_start_up_rolls_back_and_the_old_one_keeps_s
         .expect("new_pid") as i32;
     assert_eq!(
         s.wait_exit(SOON).await,
-        Some(0),
+        Exit::Exited(0),
         "the old process drains and exits 0"
     );
     let before = ok.load(Ordering::Relaxed);

@@ -23,7 +23,7 @@
 //!   admin listener.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -303,12 +303,15 @@ impl Tls {
         idle_grace: Duration,
     ) -> Option<TlsStream<TcpStream>> {
         let handshake = async {
+            let waiting = Gauge::up(&self.stats.waiting);
             let _place = self
                 .handshakes
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| Failure::Io)?;
+            drop(waiting);
+            let _in_progress = Gauge::up(&self.stats.in_progress);
             let acceptor = self
                 .acceptor
                 .read()
@@ -343,6 +346,23 @@ impl Tls {
                 None
             }
         }
+    }
+}
+
+/// One unit of a gauge, given back when dropped (the handshake's future may be dropped at
+/// any await: a timeout, the drain).
+struct Gauge<'a>(&'a AtomicI64);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicI64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
