@@ -10,6 +10,7 @@ mod logs;
 mod metrics;
 mod operator;
 mod otel;
+mod probes;
 mod py_clients;
 mod signals;
 mod streams;

@@ -167,7 +167,7 @@ where
 }
 
 /// Errors that concern one connection only, not the listener.
-fn is_per_connection(e: &std::io::Error) -> bool {
+pub(super) fn is_per_connection(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(
         e.kind(),

@@ -137,6 +137,25 @@ impl ConnState {
         Some(true)
     }
 
+    /// A state whose connection was accepted `ago` (tests of what depends on the age).
+    #[cfg(test)]
+    pub(crate) fn aged(ago: Duration) -> Self {
+        let mut s = Self::new();
+        s.born -= ago;
+        s.born_raw = None;
+        s
+    }
+
+    /// When the connection was accepted.
+    pub(crate) fn born(&self) -> Instant {
+        self.born
+    }
+
+    /// Whether a request is being served (its head complete, its response not sent yet).
+    pub(crate) fn serving(&self) -> bool {
+        self.active.load(Ordering::Acquire) != 0
+    }
+
     fn snapshot(&self) -> ConnSnapshot {
         let last = self.last_active.load(Ordering::Relaxed);
         ConnSnapshot {
