@@ -115,6 +115,14 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_TLS_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub tls_handshake_timeout: Option<Duration>,
+    /// Longest a new connection may take to send the first byte of its ClientHello (the
+    /// handshake timeout cuts it short when shorter) [default: 2s].
+    #[arg(long, env = "LAMEDUCK_TLS_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub tls_first_byte_timeout: Option<Duration>,
+    /// Most TLS handshakes at once, counted from a complete ClientHello [default: 256].
+    #[arg(long, env = "LAMEDUCK_TLS_MAX_HANDSHAKES")]
+    pub tls_max_handshakes: Option<usize>,
     /// How often the certificate files are checked for a new pair, or off (then only
     /// POST /reload-tls) [default: 10s].
     #[arg(long, env = "LAMEDUCK_TLS_RELOAD_EVERY")]
@@ -261,6 +269,11 @@ pub struct Settings {
     /// Longest TLS handshake.
     #[serde(with = "duration")]
     pub tls_handshake_timeout: Duration,
+    /// Longest wait for the first byte of a ClientHello.
+    #[serde(with = "duration")]
+    pub tls_first_byte_timeout: Duration,
+    /// Most TLS handshakes at once.
+    pub tls_max_handshakes: usize,
     /// How often the TLS files are checked (`off`: only on POST /reload-tls).
     pub tls_reload_every: lameduck::cli::RequestTimeout,
     /// Longest wait between two pieces of a request body.
@@ -356,6 +369,8 @@ impl Overrides {
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_handshake_timeout: self.tls_handshake_timeout.or(lower.tls_handshake_timeout),
+            tls_first_byte_timeout: self.tls_first_byte_timeout.or(lower.tls_first_byte_timeout),
+            tls_max_handshakes: self.tls_max_handshakes.or(lower.tls_max_handshakes),
             tls_reload_every: self.tls_reload_every.or(lower.tls_reload_every),
             body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
             body_timeout: self.body_timeout.or(lower.body_timeout),
@@ -445,6 +460,18 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     let tls_handshake_timeout = o.tls_handshake_timeout.unwrap_or(Duration::from_secs(10));
     if tls_handshake_timeout.is_zero() {
         bail!("tls_handshake_timeout must be more than zero");
+    }
+    let tls_first_byte_timeout = o
+        .tls_first_byte_timeout
+        .unwrap_or(lameduck::server::DEFAULT_FIRST_BYTE_TIMEOUT);
+    if tls_first_byte_timeout.is_zero() {
+        bail!("tls_first_byte_timeout must be more than zero");
+    }
+    let tls_max_handshakes = o
+        .tls_max_handshakes
+        .unwrap_or(lameduck::server::DEFAULT_MAX_HANDSHAKES);
+    if tls_max_handshakes == 0 {
+        bail!("tls_max_handshakes must be at least 1");
     }
     let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
     let database_url = o
@@ -556,6 +583,8 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         tls_cert: o.tls_cert.clone(),
         tls_key: o.tls_key.clone(),
         tls_handshake_timeout,
+        tls_first_byte_timeout,
+        tls_max_handshakes,
         tls_reload_every: o
             .tls_reload_every
             .unwrap_or_else(|| lameduck::cli::RequestTimeout::from(Some(Duration::from_secs(10)))),

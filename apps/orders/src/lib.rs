@@ -185,6 +185,8 @@ fn with_tls(
     };
     let mut tls = lameduck::server::TlsConfig::new(cert, key);
     tls.handshake_timeout = settings.tls_handshake_timeout;
+    tls.first_byte_timeout = settings.tls_first_byte_timeout;
+    tls.max_handshakes = settings.tls_max_handshakes;
     tls.reload_every = settings.tls_reload_every.limit();
     Ok(builder.tls(tls))
 }

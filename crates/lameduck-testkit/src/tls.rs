@@ -110,6 +110,17 @@ impl TestCa {
         TlsConnector::from(Arc::new(config))
     }
 
+    /// The bytes of a complete ClientHello for `localhost` (ALPN `http/1.1`), as a real
+    /// client sends them first: for tests of clients that start a handshake and stall.
+    pub fn client_hello(&self) -> Vec<u8> {
+        let name = ServerName::try_from("localhost").expect("name");
+        let config = self.connector(&[b"http/1.1"]).config().clone();
+        let mut c = rustls::ClientConnection::new(config, name).expect("client");
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).expect("ClientHello");
+        hello
+    }
+
     /// A TLS connection to `addr` (as `localhost`): the stream, the ALPN protocol chosen,
     /// the server's certificate (DER).
     pub async fn connect(

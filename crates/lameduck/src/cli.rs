@@ -343,8 +343,8 @@ impl<'de> serde::Deserialize<'de> for RequestTimeout {
 }
 
 /// The TLS flags of a service binary (features `cli` and `tls`): `--tls-cert PATH
-/// --tls-key PATH` (both or neither), `--tls-handshake-timeout DUR`, `--tls-reload-every
-/// DUR|off`. Flatten it into the binary's flags (`#[command(flatten)]`) and give
+/// --tls-key PATH` (both or neither), `--tls-handshake-timeout DUR`,
+/// `--tls-first-byte-timeout DUR`, `--tls-max-handshakes N`, `--tls-reload-every DUR|off`. Flatten it into the binary's flags (`#[command(flatten)]`) and give
 /// [`TlsArgs::config`] to [`Builder::tls`](crate::server::Builder::tls).
 #[cfg(feature = "tls")]
 #[derive(Debug, Clone, clap::Args)]
@@ -358,6 +358,14 @@ pub struct TlsArgs {
     /// Longest a TLS handshake may take, from the accept.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     pub tls_handshake_timeout: Duration,
+    /// Longest a new connection may take to send the first byte of its ClientHello (silent
+    /// connections are cut then); the handshake timeout cuts it short when shorter.
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
+    pub tls_first_byte_timeout: Duration,
+    /// Most TLS handshakes at once, counted from a complete ClientHello (more wait, within
+    /// the handshake timeout).
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_HANDSHAKES, value_parser = positive_count)]
+    pub tls_max_handshakes: usize,
     /// How often the certificate and key files are checked for a new pair, or off (then
     /// only POST /reload-tls on the admin listener reloads them).
     #[arg(long, default_value = "10s")]
@@ -371,8 +379,19 @@ impl TlsArgs {
         let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
         let mut c = crate::server::TlsConfig::new(cert, key);
         c.handshake_timeout = self.tls_handshake_timeout;
+        c.first_byte_timeout = self.tls_first_byte_timeout;
+        c.max_handshakes = self.tls_max_handshakes;
         c.reload_every = self.tls_reload_every.limit();
         Some(c)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 

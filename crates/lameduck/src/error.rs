@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 
-/// Errors from starting a server. Each names the input at fault.
+/// Errors from starting a server. Each names the input at fault; the underlying error, if
+/// any, is its [`source`](std::error::Error::source), not repeated in its message (print
+/// the chain, as `anyhow`'s `{:#}` does, to see both once).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A listener could not be bound (address in use, no permission, bad address).
-    #[error("failed to bind {which} listener on {addr}: {source}")]
+    #[error("failed to bind {which} listener on {addr}")]
     Bind {
         /// `"HTTP"` or `"admin"`.
         which: &'static str,
@@ -18,7 +20,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Signal handlers could not be installed.
-    #[error("failed to install signal handlers: {0}")]
+    #[error("failed to install signal handlers")]
     Signals(#[source] std::io::Error),
     /// Inherited sockets (`LISTEN_FDS`) are malformed or unusable.
     #[error("socket activation: {0}")]
@@ -28,7 +30,7 @@ pub enum Error {
     Config(String),
     /// The TLS certificate or key cannot be used.
     #[cfg(feature = "tls")]
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Tls(#[from] TlsError),
 }
 
@@ -52,6 +54,14 @@ pub enum TlsError {
         /// The key file.
         key: std::path::PathBuf,
         /// rustls's words.
+        problem: String,
+    },
+    /// A limit of [`TlsConfig`](crate::server::TlsConfig) is out of range.
+    #[error("TLS setting {name}: {problem}")]
+    Setting {
+        /// The setting (`max_handshakes`, `first_byte_timeout`, ...).
+        name: &'static str,
+        /// What is wrong with it.
         problem: String,
     },
 }

@@ -394,3 +394,158 @@ async fn idle_connections_are_closed_with_close_notify_after_the_grace() {
     assert!(end.is_ok(), "not a clean TLS close: {end:?}");
     assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
 }
+
+/// Seconds each TLS attack phase lasts (`LAMEDUCK_TLS_ATTACK_SECS`, 20 by default).
+fn tls_attack_secs() -> u64 {
+    match std::env::var("LAMEDUCK_TLS_ATTACK_SECS") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("LAMEDUCK_TLS_ATTACK_SECS={v:?} is not a number")),
+        Err(_) => 20,
+    }
+}
+
+/// One attacking connection, reopened as soon as it is cut, until `until`: it sends
+/// `first` (nothing, or half a ClientHello) and then nothing more.
+async fn tls_attacker(
+    addr: SocketAddr,
+    first: std::sync::Arc<Vec<u8>>,
+    until: Instant,
+    opened: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncReadExt as _;
+    for _ in 0..200_000u32 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let Ok(Ok(mut c)) = tokio::time::timeout(left, TcpStream::connect(addr)).await else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !first.is_empty() && c.write_all(&first).await.is_err() {
+            continue;
+        }
+        let mut buf = [0u8; 256];
+        let left = until.saturating_duration_since(Instant::now());
+        // Until the server cuts it (or the attack ends).
+        while let Ok(Ok(n)) = tokio::time::timeout(left, c.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// 600 attacking connections sending `first`, for `secs`, while a prober makes a full
+/// HTTPS handshake every 250 ms: the handshake times of the probes (`None`: not within
+/// 1 s or failed), and how many attacking connections were opened.
+async fn handshakes_under_attack(
+    pki: &TestCa,
+    addr: SocketAddr,
+    first: Vec<u8>,
+    secs: u64,
+) -> (Vec<Option<Duration>>, u64) {
+    let until = Instant::now() + Duration::from_secs(secs) + Duration::from_secs(1);
+    let first = std::sync::Arc::new(first);
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let attackers: Vec<_> = (0..600)
+        .map(|_| tokio::spawn(tls_attacker(addr, first.clone(), until, opened.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut times = Vec::new();
+    for _ in 0..secs * 4 {
+        tick.tick().await;
+        let t = Instant::now();
+        let ok = tokio::time::timeout(Duration::from_secs(1), pki.connect(addr, &[b"http/1.1"]))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        times.push(ok.then(|| t.elapsed()));
+    }
+    for a in attackers {
+        a.await.expect("attacker");
+    }
+    (times, opened.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_hello_connections_do_not_delay_real_handshakes() {
+    let pki = TestCa::new("tls-attack");
+    pki.install(1);
+    let s = start_tls(&pki, &[]);
+    let secs = tls_attack_secs();
+    // Half a ClientHello, as a real client would start it.
+    let hello = pki.client_hello();
+    let half = hello[..hello.len() / 2].to_vec();
+    for (what, first) in [("silent", Vec::new()), ("half a ClientHello", half)] {
+        let (times, opened) = handshakes_under_attack(&pki, s.http, first, secs).await;
+        let mut done: Vec<Duration> = times.iter().flatten().copied().collect();
+        done.sort();
+        let p = |q: f64| {
+            done.get(((done.len() as f64 - 1.0) * q).round() as usize)
+                .copied()
+        };
+        eprintln!(
+            "600 {what} connections ({opened} opened): {} of {} handshakes within 1 s, p50 {:?}, max {:?}",
+            done.len(),
+            times.len(),
+            p(0.5),
+            done.last()
+        );
+        assert_eq!(
+            done.len(),
+            times.len(),
+            "{what}: handshakes over 1 s or failed: {times:?}"
+        );
+    }
+}
+
+#[test]
+fn tls_limits_are_flags_and_bad_ones_are_refused_naming_them() {
+    let pki = TestCa::new("tls-flags");
+    pki.install(1);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+        args.extend(pki.args());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        std::process::Command::new(crate::BIN)
+            .args(&args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--tls-max-handshakes", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-max-handshakes") && err.contains("at least 1"),
+        "{err}"
+    );
+    let out = run(&["--tls-first-byte-timeout", "0s"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-first-byte-timeout") && err.contains("more than zero"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tls_start_up_error_is_printed_once() {
+    let pki = TestCa::new("tls-once");
+    pki.install(1);
+    let out = std::process::Command::new(crate::BIN)
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(pki.cert())
+        .args(["--tls-key", "/nonexistent/key.pem"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("/nonexistent/key.pem").count(), 1, "{err}");
+    assert!(
+        err.contains("TLS: /nonexistent/key.pem: cannot read"),
+        "{err}"
+    );
+}

@@ -72,7 +72,8 @@ pub use handoff::UpgradeError;
 pub use proxy_protocol::ProxyHeaderError;
 #[cfg(feature = "tls")]
 pub use tls::{
-    TlsConfig, TlsError, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY,
+    TlsConfig, TlsError, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY,
 };
 
 use std::convert::Infallible;

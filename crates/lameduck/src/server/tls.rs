@@ -6,10 +6,14 @@
 //!   what the client chose, through the same drain as cleartext).
 //! - The certificate chain and key are PEM files. A missing, unreadable or mismatched pair
 //!   fails at start-up, naming the file and the problem.
-//! - **Handshake limits**: each handshake must finish within `handshake_timeout` (10 s),
-//!   waiting for a free place included; at most `max_handshakes` (256) run at once; a
-//!   handshake still running when the drain starts is cut after the idle grace, so it never
-//!   holds the drain. Failures are counted by reason
+//! - **Handshake limits**: each handshake must finish within `handshake_timeout` (10 s) of
+//!   the accept, waiting for a free place included, and its ClientHello must start within
+//!   `first_byte_timeout` (2 s). At most `max_handshakes` (256) run at once, but a
+//!   connection takes a place only once its **whole ClientHello** has arrived (the work
+//!   starts there: key exchange, signature): connections that send nothing, or half a
+//!   ClientHello, cost a small buffer and never delay real clients. A handshake still
+//!   running when the drain starts is cut after the idle grace, so it never holds the
+//!   drain. Failures are counted by reason
 //!   (`lameduck_tls_handshake_failures_total{reason}`) and logged at debug only: a scanner
 //!   must not flood the log. The certificate's expiry is
 //!   `lameduck_tls_certificate_not_after_seconds` (Unix time).
@@ -42,6 +46,8 @@ use crate::metrics::TlsStats;
 
 /// Default [`TlsConfig::handshake_timeout`].
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`TlsConfig::first_byte_timeout`].
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`TlsConfig::max_handshakes`].
 pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
 /// Default [`TlsConfig::reload_every`].
@@ -56,7 +62,11 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// Longest a handshake may take, from the accept (10 s).
     pub handshake_timeout: Duration,
-    /// Most handshakes at once (256); more wait, within their timeout.
+    /// Longest a new connection may take to send the first byte of its ClientHello (2 s;
+    /// the handshake timeout, when that is shorter, cuts it first).
+    pub first_byte_timeout: Duration,
+    /// Most handshakes at once (256), counted from a complete ClientHello; more wait,
+    /// within their timeout.
     pub max_handshakes: usize,
     /// How often the files are checked for a new pair (10 s); `None`: only on
     /// `POST /reload-tls`.
@@ -70,16 +80,41 @@ impl TlsConfig {
             cert: cert.into(),
             key: key.into(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             reload_every: Some(DEFAULT_RELOAD_EVERY),
         }
     }
 }
 
+impl TlsConfig {
+    /// The limits in range: at least one handshake place, and timeouts above zero (a
+    /// first-byte timeout longer than the handshake timeout is cut short by it).
+    fn check(&self) -> Result<(), TlsError> {
+        let bad = |name, problem: &str| {
+            Err(TlsError::Setting {
+                name,
+                problem: problem.into(),
+            })
+        };
+        if self.max_handshakes == 0 {
+            return bad("max_handshakes", "must be at least 1");
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be more than zero");
+        }
+        if self.first_byte_timeout.is_zero() {
+            return bad("first_byte_timeout", "must be more than zero");
+        }
+        Ok(())
+    }
+}
+
 /// Why a handshake failed, as counted on `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// Not done within the handshake timeout (or no free place in it).
+    /// Not done within the handshake timeout (or no free place in it), or no first byte
+    /// within the first-byte timeout.
     Timeout,
     /// The client closed the connection before the end.
     Eof,
@@ -243,13 +278,14 @@ fn parse(config: &TlsConfig, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey
 impl Tls {
     /// Load the pair and make the acceptor.
     pub(crate) fn new(config: TlsConfig) -> Result<Self, TlsError> {
+        config.check()?;
         let (cert, key) = (read(&config.cert)?, read(&config.key)?);
         let pair = parse(&config, &cert, &key)?;
         let stats = Arc::new(TlsStats::default());
         stats.set_not_after(pair.end_entity_cert().ok().and_then(|c| not_after(c)));
         Ok(Self {
             acceptor: RwLock::new(acceptor(&config, pair)?),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes.max(1))),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
             config,
             seen: Mutex::new((cert, key)),
             stats,
@@ -302,7 +338,22 @@ impl Tls {
         shutdown: &Shutdown,
         idle_grace: Duration,
     ) -> Option<TlsStream<TcpStream>> {
+        let first_byte_timeout = self.config.first_byte_timeout;
         let handshake = async {
+            // The first byte, holding nothing: a silent connection is cut here.
+            let mut byte = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut byte)).await {
+                Err(_) => return Err(Failure::Timeout),
+                Ok(Ok(0)) => return Err(Failure::Eof),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(io_failure(&e)),
+            }
+            // The whole ClientHello, still holding no place: half of one costs a buffer.
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                    .await
+                    .map_err(|e| io_failure(&e))?;
+            // The work: a place for the key exchange and the rest of the handshake.
             let waiting = Gauge::up(&self.stats.waiting);
             let _place = self
                 .handshakes
@@ -312,18 +363,13 @@ impl Tls {
                 .map_err(|_| Failure::Io)?;
             drop(waiting);
             let _in_progress = Gauge::up(&self.stats.in_progress);
-            let acceptor = self
+            let config = self
                 .acceptor
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .config()
                 .clone();
-            acceptor.accept(stream).await.map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe => Failure::Eof,
-                std::io::ErrorKind::InvalidData => Failure::Protocol,
-                _ => Failure::Io,
-            })
+            start.into_stream(config).await.map_err(|e| io_failure(&e))
         };
         let drain_cut = async {
             shutdown.stop_soon().await;
@@ -346,6 +392,17 @@ impl Tls {
                 None
             }
         }
+    }
+}
+
+/// How an I/O error of the handshake counts.
+fn io_failure(e: &std::io::Error) -> Failure {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof
+        | std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe => Failure::Eof,
+        std::io::ErrorKind::InvalidData => Failure::Protocol,
+        _ => Failure::Io,
     }
 }
 
