@@ -52,12 +52,27 @@ impl TestCa {
     /// A server certificate for `localhost` and 127.0.0.1 with this serial: (its DER, the
     /// certificate's PEM, the key's PEM).
     pub fn leaf(&self, serial: u64) -> (Vec<u8>, String, String) {
+        self.leaf_until(serial, None)
+    }
+
+    /// [`leaf`](Self::leaf) valid until `expires_in_secs` from now (negative: expired that
+    /// long ago), from a day before that.
+    pub fn leaf_expiring(&self, serial: u64, expires_in_secs: i64) -> (Vec<u8>, String, String) {
+        self.leaf_until(serial, Some(expires_in_secs))
+    }
+
+    fn leaf_until(&self, serial: u64, expires_in_secs: Option<i64>) -> (Vec<u8>, String, String) {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));
         params.serial_number = Some(serial.into());
+        if let Some(secs) = expires_in_secs {
+            let now = time::OffsetDateTime::now_utc();
+            params.not_after = now + time::Duration::seconds(secs);
+            params.not_before = params.not_after - time::Duration::days(30);
+        }
         let cert = params
             .signed_by(&key, &self.ca, &self.ca_key)
             .expect("sign");

@@ -549,3 +549,87 @@ fn a_tls_start_up_error_is_printed_once() {
         "{err}"
     );
 }
+
+/// `POST /reload-tls` with the admin token: the status and the text.
+async fn reload_tls(admin: SocketAddr, token: &str) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    let mut c = lameduck_testkit::connect_h1(admin).await.expect("admin");
+    let res = c
+        .send(
+            http::Method::POST,
+            "/reload-tls",
+            &[("authorization", auth.as_str())],
+            Bytes::new(),
+        )
+        .await
+        .expect("POST /reload-tls");
+    (
+        res.status().as_u16(),
+        String::from_utf8_lossy(res.body()).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_pair_is_refused_again_and_an_expiring_one_is_warned_about() {
+    let pki = TestCa::new("reload-refused");
+    pki.install(1);
+    let token = "reload-token-0123456789";
+    let mut s = lameduck_testkit::Spawned::start_env(
+        crate::BIN,
+        &[pki.args(), vec!["--tls-reload-every".into(), "off".into()]]
+            .concat()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[("LAMEDUCK_ADMIN_TOKEN", token)],
+    )
+    .expect("start");
+    // A key that is not the certificate's: refused, and refused again while the files
+    // still hold it.
+    let (_, cert, _) = pki.leaf(2);
+    let (_, _, other_key) = pki.leaf(3);
+    write_atomically(&pki.cert(), &cert);
+    write_atomically(&pki.key(), &other_key);
+    for call in ["first", "second"] {
+        let (status, text) = reload_tls(s.admin, token).await;
+        assert_eq!(status, 422, "{call} call: {text}");
+        assert!(text.contains("refused"), "{call} call: {text}");
+    }
+    // A pair that expires in two days: used, with a warning in the answer and the log.
+    let (_, cert, key) = pki.leaf_expiring(4, 2 * 86_400);
+    write_atomically(&pki.cert(), &cert);
+    write_atomically(&pki.key(), &key);
+    let (status, text) = reload_tls(s.admin, token).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("reloaded"), "{text}");
+    let warning = "warning: the certificate in use expires in ";
+    let left = text.split_once(warning).map(|(_, l)| l.trim());
+    assert!(
+        left.is_some_and(|l| l == "2days" || l.starts_with("1day 23h")),
+        "{text}"
+    );
+    assert!(s
+        .wait_for_log(&["WARN", "the certificate in use expires in"], SOON)
+        .await
+        .is_some());
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_served_with_a_warning_at_start_up() {
+    let pki = TestCa::new("expired");
+    let (_, cert, key) = pki.leaf_expiring(1, -3_600);
+    write_atomically(&pki.cert(), &cert);
+    write_atomically(&pki.key(), &key);
+    let mut s = start_tls(&pki, &[]);
+    assert!(
+        s.wait_for_log(&["WARN", "the certificate in use expired 1h ago"], SOON)
+            .await
+            .is_some(),
+        "{:?}",
+        s.logs()
+    );
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
+}

@@ -579,7 +579,12 @@ impl Builder {
         self.validate()?;
         #[cfg(feature = "tls")]
         let tls = match &self.tls {
-            Some(c) => Some(std::sync::Arc::new(super::tls::Tls::new(c.clone())?)),
+            Some(c) => {
+                let t = super::tls::Tls::new(c.clone())?;
+                // Served all the same, but said at start-up.
+                let _ = t.expiry_warning();
+                Some(std::sync::Arc::new(t))
+            }
             None => None,
         };
         let mut inherited = activation::from_env()?.unwrap_or_default();

@@ -73,7 +73,7 @@ pub use proxy_protocol::ProxyHeaderError;
 #[cfg(feature = "tls")]
 pub use tls::{
     TlsConfig, TlsError, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY,
+    DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY, EXPIRY_WARNING,
 };
 
 use std::convert::Infallible;
@@ -463,8 +463,11 @@ fn watch_certificate(t: &Arc<tls::Tls>, shutdown: &Shutdown) {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.stop_soon() => return,
             }
-            // Refusals are logged and counted by `reload`.
-            let _ = t.reload();
+            // Refusals are logged and counted by `reload`; a new pair that expires soon is
+            // warned about.
+            if t.reload() == Ok(tls::Reloaded::Swapped) {
+                let _ = t.expiry_warning();
+            }
         }
     });
 }
@@ -528,10 +531,18 @@ where
         }
         #[cfg(feature = "tls")]
         if let Some(t) = shared.tls.clone() {
-            a = a.with_tls_reload(Arc::new(move || match t.reload() {
-                Ok(true) => Ok("reloaded: new connections get the new certificate".to_string()),
-                Ok(false) => Ok("unchanged: the files hold the pair in use".to_string()),
-                Err(e) => Err(format!("refused, the certificate in use stays: {e}")),
+            a = a.with_tls_reload(Arc::new(move || {
+                let done = match t.reload() {
+                    Ok(tls::Reloaded::Swapped) => {
+                        "reloaded: new connections get the new certificate"
+                    }
+                    Ok(tls::Reloaded::Unchanged) => "unchanged: the files hold the pair in use",
+                    Err(e) => return Err(format!("refused, the certificate in use stays: {e}")),
+                };
+                Ok(match t.expiry_warning() {
+                    Some(w) => format!("{done}\nwarning: {w}"),
+                    None => done.to_string(),
+                })
             }));
         }
         let routes = admin_listener::Routes {

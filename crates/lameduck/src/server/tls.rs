@@ -157,13 +157,55 @@ fn acceptor(config: &TlsConfig, pair: Arc<CertifiedKey>) -> Result<TlsAcceptor, 
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// How close to its expiry the certificate in use is warned about (7 days).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
+
+/// What [`Tls::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reloaded {
+    /// A new pair is in use.
+    Swapped,
+    /// The files hold the pair in use.
+    Unchanged,
+}
+
+/// The files' content last loaded or refused, and the refusal.
+#[derive(Debug)]
+struct Seen {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    refused: Option<String>,
+}
+
+/// The warning for a certificate that expires at `not_after` (Unix seconds), seen at
+/// `now`: expired, or expiring within [`EXPIRY_WARNING`]; `None` otherwise.
+fn expiry_warning(not_after: i64, now: i64) -> Option<String> {
+    let left = not_after - now;
+    // Whole minutes: enough to act on, and stable in a message.
+    let minutes =
+        |s: i64| humantime::format_duration(Duration::from_secs((s.unsigned_abs() / 60) * 60));
+    if left <= 0 {
+        Some(format!(
+            "the certificate in use expired {} ago",
+            minutes(left)
+        ))
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        Some(format!(
+            "the certificate in use expires in {}",
+            minutes(left)
+        ))
+    } else {
+        None
+    }
+}
+
 /// The server's TLS: the acceptor, the current pair, the limits and the counts.
 pub(crate) struct Tls {
     /// Replaced whole at each rotation.
     acceptor: RwLock<TlsAcceptor>,
     config: TlsConfig,
     /// The files' content last loaded (or refused), to notice a change.
-    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    seen: Mutex<Seen>,
     handshakes: Arc<tokio::sync::Semaphore>,
     pub(crate) stats: Arc<TlsStats>,
 }
@@ -287,7 +329,11 @@ impl Tls {
             acceptor: RwLock::new(acceptor(&config, pair)?),
             handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
             config,
-            seen: Mutex::new((cert, key)),
+            seen: Mutex::new(Seen {
+                cert,
+                key,
+                refused: None,
+            }),
             stats,
         })
     }
@@ -297,21 +343,30 @@ impl Tls {
         self.config.reload_every
     }
 
-    /// Read the files again; swap the pair in if they changed and are good. `Ok(true)`:
-    /// swapped; `Ok(false)`: unchanged (or changed back to what was refused last time).
-    pub(crate) fn reload(&self) -> Result<bool, TlsError> {
-        let (cert, key) = (read(&self.config.cert)?, read(&self.config.key)?);
+    /// Read the files again; swap the pair in if they changed and are good. `Err`: the
+    /// files hold a pair that is refused, newly (logged and counted) or still (the same
+    /// files as the last refusal: not logged or counted again, but refused again).
+    pub(crate) fn reload(&self) -> Result<Reloaded, String> {
+        let (cert, key) = match (read(&self.config.cert), read(&self.config.key)) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(e), _) | (_, Err(e)) => return Err(e.to_string()),
+        };
         let mut seen = crate::sync::lock(&self.seen);
-        if seen.0 == cert && seen.1 == key {
-            return Ok(false);
+        if seen.cert == cert && seen.key == key {
+            return match &seen.refused {
+                Some(why) => Err(why.clone()),
+                None => Ok(Reloaded::Unchanged),
+            };
         }
-        *seen = (cert, key);
-        let parsed = parse(&self.config, &seen.0, &seen.1).and_then(|pair| {
+        seen.cert = cert;
+        seen.key = key;
+        let parsed = parse(&self.config, &seen.cert, &seen.key).and_then(|pair| {
             let expires = pair.end_entity_cert().ok().and_then(|c| not_after(c));
             Ok((acceptor(&self.config, pair)?, expires))
         });
         match parsed {
             Ok((next, expires)) => {
+                seen.refused = None;
                 self.stats.set_not_after(expires);
                 *self
                     .acceptor
@@ -319,16 +374,28 @@ impl Tls {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(cert = %self.config.cert.display(), "TLS: new certificate in use for new connections");
-                Ok(true)
+                Ok(Reloaded::Swapped)
             }
             Err(e) => {
                 // Tried again at the next check only if the files change again: a pair
                 // replaced a moment apart changes the second file too.
                 self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "TLS: new certificate refused; the current one stays");
-                Err(e)
+                seen.refused = Some(e.to_string());
+                Err(e.to_string())
             }
         }
+    }
+
+    /// A warning when the certificate in use has expired or expires within
+    /// [`EXPIRY_WARNING`], logged at warn as well.
+    pub(crate) fn expiry_warning(&self) -> Option<String> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let warning = expiry_warning(self.stats.not_after()?, now)?;
+        tracing::warn!(cert = %self.config.cert.display(), "TLS: {warning}");
+        Some(warning)
     }
 
     /// The handshake on `stream`, within the limits; `None` (counted) when it failed.
@@ -426,6 +493,21 @@ impl Drop for Gauge<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_expired_or_expiring_within_7_days_are_warned_about() {
+        let day = 86_400;
+        assert_eq!(expiry_warning(1_000 + 8 * day, 1_000), None);
+        assert_eq!(
+            expiry_warning(1_000 + 2 * day + 59, 1_000).as_deref(),
+            Some("the certificate in use expires in 2days")
+        );
+        assert_eq!(
+            expiry_warning(1_000 - 3_600, 1_000).as_deref(),
+            Some("the certificate in use expired 1h ago")
+        );
+        assert!(expiry_warning(1_000, 1_000).is_some_and(|w| w.contains("expired")));
+    }
 
     #[test]
     fn asn1_times_are_read_as_unix_seconds() {
