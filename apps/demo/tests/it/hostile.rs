@@ -9,7 +9,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{start, wait_in_flight, SOON};
+use lameduck_testkit::poll_until;
+
+use crate::{metric, start, wait_in_flight, SOON};
 
 /// Send `raw` and read until the server closes the connection (or `SOON` passes).
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
@@ -450,4 +452,41 @@ async fn a_handler_past_the_request_timeout_is_cut_with_503_handler_timeout() {
             .expect("run");
         assert_eq!(out.status.code(), Some(2), "{bad}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_proxy_protocol_a_bad_header_is_reset_and_a_missing_one_does_not_hold_the_drain() {
+    let mut s = start(&["--proxy-protocol", "--idle-grace", "300ms"]);
+    // Not a PROXY header: reset, not closed with a FIN.
+    let mut bad = TcpStream::connect(s.http).await.expect("connect");
+    bad.write_all(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(SOON, bad.read_to_end(&mut buf))
+        .await
+        .expect("closed");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    // Connections that have not sent their header are closed after the idle grace once the
+    // drain starts (the header timeout is 10 s).
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(TcpStream::connect(s.http).await.expect("connect"));
+    }
+    let waiting = poll_until(SOON, || async {
+        let m = metric(s.admin, "lameduck_http_connections_open ").await?;
+        (m >= 5.0).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the silent connections were accepted");
+    let t0 = Instant::now();
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "the drain took {took:?}");
 }

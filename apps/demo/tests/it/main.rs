@@ -46,6 +46,15 @@ pub(crate) async fn answered(s: &Spawned, route: &str) -> u64 {
 }
 
 /// Status of an admin endpoint, or 0 when the request failed.
+/// A metric's value on the admin `/metrics`: the line starting with `line`.
+pub(crate) async fn metric(admin: std::net::SocketAddr, line: &str) -> Option<f64> {
+    let res = get(admin, "/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(res.body()).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(crate) async fn admin_status(s: &Spawned, path: &str) -> u16 {
     get(s.admin, path)
         .await

@@ -13,7 +13,7 @@ use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::{start, wait_draining, SOON};
+use crate::{metric, start, wait_draining, SOON};
 
 async fn get_on(send: &mut H1Send, path: &str) -> Result<(u16, Option<String>), String> {
     lameduck_testkit::tls::send(send, http::Method::GET, path, &[], "")
@@ -26,14 +26,6 @@ fn start_tls(pki: &TestCa, extra: &[&str]) -> lameduck_testkit::Spawned {
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend_from_slice(extra);
     start(&all)
-}
-
-async fn metric(admin: SocketAddr, line: &str) -> Option<f64> {
-    let res = lameduck_testkit::get(admin, "/metrics").await.ok()?;
-    let text = String::from_utf8_lossy(res.body()).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

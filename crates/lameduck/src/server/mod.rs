@@ -622,15 +622,38 @@ fn spawn_connection<S, B>(
 }
 
 /// With the PROXY protocol on, read the header and take the client's address from it;
-/// `false` when the connection must be closed (no valid header).
+/// `false` when the connection must be closed (no valid header: reset when the header is
+/// malformed). A connection still without its header when the drain starts is closed
+/// after the idle grace (and at least [`conn::SILENT_GRACE`] from its accept), as a
+/// silent cleartext connection is: it never holds the drain to the header timeout.
 async fn proxy_header(shared: &Shared, stream: &mut TcpStream, peer: &mut SocketAddr) -> bool {
     if !shared.proxy_protocol {
         return true;
     }
-    match proxy_protocol::read_header(stream, shared.limits.header_read_timeout).await {
+    let accepted = tokio::time::Instant::now();
+    let shutdown = &shared.stack.shutdown;
+    let drain_cut = async {
+        shutdown.stop_soon().await;
+        tokio::time::sleep(shared.limits.idle_grace).await;
+        tokio::time::sleep_until(accepted + conn::SILENT_GRACE).await;
+    };
+    let read = proxy_protocol::read_header(stream, shared.limits.header_read_timeout);
+    let outcome = tokio::select! {
+        r = read => r,
+        _ = drain_cut => {
+            tracing::debug!(%peer, "connection closed: no PROXY protocol header before the drain's idle grace ended");
+            return false;
+        }
+    };
+    match outcome {
         Ok(Some(client)) => *peer = client,
         Ok(None) => {}
         Err(e) => {
+            if matches!(e, proxy_protocol::ProxyHeaderError::Invalid(_)) {
+                // Not a balancer speaking: reset, as for any other garbage.
+                let _ =
+                    socket2::SockRef::from(&*stream).set_linger(Some(std::time::Duration::ZERO));
+            }
             tracing::debug!(%peer, error = %e, "connection closed: PROXY protocol header required");
             return false;
         }
