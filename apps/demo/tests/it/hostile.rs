@@ -490,3 +490,26 @@ async fn behind_proxy_protocol_a_bad_header_is_reset_and_a_missing_one_does_not_
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(3), "the drain took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_100_header_fields_get_a_json_431() {
+    let s = start(&[]);
+    let head = |fields: usize| {
+        let mut raw = b"GET /ping HTTP/1.1\r\nhost: x\r\nconnection: close\r\n".to_vec();
+        // `host` and `connection` are two of the fields.
+        for i in 0..fields - 2 {
+            raw.extend_from_slice(format!("x-field-{i}: v\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw
+    };
+    let answer = exchange(s.http, &head(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = exchange(s.http, &head(101)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains(r#""code":"headers_too_large""#), "{answer}");
+    assert!(answer.contains("more than 100 header fields"), "{answer}");
+    // The admin listener too.
+    let answer = exchange(s.admin, &head(150)).await;
+    assert!(answer.contains(r#""code":"headers_too_large""#), "{answer}");
+}

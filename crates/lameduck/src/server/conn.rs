@@ -156,6 +156,15 @@ impl ConnState {
         self.active.load(Ordering::Acquire) != 0
     }
 
+    /// Whether a request head has started arriving and no request was handed over for it:
+    /// what is written now is hyper's own answer to a head it refused.
+    #[inline]
+    fn head_refused_by_hyper(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
+            && self.head_started.load(Ordering::Relaxed) != 0
+            && self.active.load(Ordering::Acquire) == 0
+    }
+
     fn snapshot(&self) -> ConnSnapshot {
         let last = self.last_active.load(Ordering::Relaxed);
         ConnSnapshot {
@@ -411,7 +420,10 @@ impl Wake for ConnState {
 pin_project! {
     /// A socket that tells its [`ConnState`] when bytes arrive, and holds HTTP/1 request
     /// heads to lameduck's limit (see `head_limit.rs`): a head over it is answered 431 here,
-    /// before hyper sees it.
+    /// before hyper sees it. A head hyper refuses itself for its number of fields (more than
+    /// its 100) gets hyper's bare 431, which is replaced here, as hyper writes it, by the
+    /// same JSON answer: nothing is counted on the way in, and the check on the way out is
+    /// a comparison of three bytes of each write.
     #[derive(Debug)]
     pub(crate) struct TrackedIo<T> {
         #[pin]
@@ -459,7 +471,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
                 buf.set_filled(before);
                 tracing::debug!("request head over the limit: answered 431");
                 let reject = this.reject.insert(Box::new(Reject {
-                    answer: too_large_response(this.head.limit()),
+                    answer: too_large_response(HeadCheck::TooLarge, this.head.limit()),
                     written: 0,
                     shut: false,
                 }));
@@ -482,6 +494,26 @@ pub(crate) struct Reject {
 }
 
 impl Reject {
+    /// Write the answer and close the writing side (not the reading of what follows).
+    fn poll_answer<T: AsyncWrite>(
+        &mut self,
+        mut io: Pin<&mut T>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        while self.written < self.answer.len() {
+            match ready!(io.as_mut().poll_write(cx, &self.answer[self.written..])) {
+                Ok(n) if n > 0 => self.written += n,
+                // The peer is gone: nothing more to write.
+                _ => self.written = self.answer.len(),
+            }
+        }
+        if !self.shut {
+            let _ = ready!(io.as_mut().poll_shutdown(cx));
+            self.shut = true;
+        }
+        Poll::Ready(())
+    }
+
     fn poll<T: AsyncRead + AsyncWrite>(
         &mut self,
         mut io: Pin<&mut T>,
@@ -508,12 +540,44 @@ impl Reject {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
+/// Whether `head`, written while no request was handed over for the head in progress, is
+/// hyper's own 431 (a head with more fields than hyper takes).
+#[inline]
+fn hyper_431(state: &ConnState, head: &[u8]) -> bool {
+    head.get(8..13) == Some(b" 431 ") && state.head_refused_by_hyper()
+}
+
+impl<T: AsyncRead + AsyncWrite> TrackedIo<T> {
+    /// Write lameduck's JSON 431 instead of hyper's (installed on the first write of it),
+    /// and tell hyper its `len` bytes were written.
+    fn replace_431(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let reject = this.reject.get_or_insert_with(|| {
+            tracing::debug!("request head with too many header fields: answered 431");
+            Box::new(Reject {
+                answer: too_large_response(HeadCheck::TooMany, this.head.limit()),
+                written: 0,
+                shut: false,
+            })
+        });
+        ready!(reject.poll_answer(this.io, cx));
+        Poll::Ready(Ok(len))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.reject.is_some() || hyper_431(&self.state, buf) {
+            return self.replace_431(cx, buf.len());
+        }
         self.project().io.poll_write(cx, buf)
     }
 
@@ -522,6 +586,14 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if self.reject.is_some() || hyper_431(&self.state, first) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return self.replace_431(cx, len);
+        }
         self.project().io.poll_write_vectored(cx, bufs)
     }
 
@@ -530,11 +602,19 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.reject.is_some() {
+            return Poll::Ready(Ok(()));
+        }
         self.project().io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        if let Some(reject) = this.reject.as_mut() {
+            ready!(reject.poll_answer(this.io, cx));
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_shutdown(cx)
     }
 }
 

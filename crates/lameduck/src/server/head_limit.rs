@@ -14,6 +14,8 @@ pub(crate) enum HeadCheck {
     Fine,
     /// Over the limit: answer 431 and close.
     TooLarge,
+    /// More header fields than hyper takes (it refuses the head; lameduck words the 431).
+    TooMany,
 }
 
 /// The byte count of the request head in progress on one connection.
@@ -107,14 +109,22 @@ fn head_end(tail: &[u8; 3], bytes: &[u8]) -> Option<usize> {
     None
 }
 
-/// The answer to a head over `limit`, written by lameduck on the socket.
-pub(crate) fn too_large_response(limit: usize) -> Vec<u8> {
+/// Most header fields in a request head: hyper's own limit, which lameduck keeps (a
+/// larger one makes hyper allocate the field table on the heap for every request).
+pub(crate) const MAX_HEADER_FIELDS: usize = 100;
+
+/// The answer to a head over `limit` bytes, or (`check` [`HeadCheck::TooMany`]) with more
+/// than [`MAX_HEADER_FIELDS`] fields, written by lameduck on the socket.
+pub(crate) fn too_large_response(check: HeadCheck, limit: usize) -> Vec<u8> {
+    let message = match check {
+        HeadCheck::TooMany => {
+            format!("request head has more than {MAX_HEADER_FIELDS} header fields")
+        }
+        _ => format!("request head is over the limit of {limit} bytes"),
+    };
     let mut body = String::new();
     body.push_str(r#"{"error":{"code":"headers_too_large","message":"#);
-    crate::json::push_string(
-        &mut body,
-        &format!("request head is over the limit of {limit} bytes"),
-    );
+    crate::json::push_string(&mut body, &message);
     body.push_str("}}");
     format!(
         "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -177,6 +187,12 @@ mod tests {
     }
 
     #[test]
+    fn the_answer_to_too_many_fields_says_so() {
+        let text = String::from_utf8(too_large_response(HeadCheck::TooMany, 65536)).unwrap();
+        assert!(text.contains("more than 100 header fields"), "{text}");
+    }
+
+    #[test]
     fn http2_connections_are_not_counted() {
         let mut h = HeadLimit::new(16);
         assert_eq!(
@@ -188,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_answer_is_a_json_431_that_closes() {
-        let text = String::from_utf8(too_large_response(65536)).unwrap();
+        let text = String::from_utf8(too_large_response(HeadCheck::TooLarge, 65536)).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 431 "));
         assert!(head.contains(&format!("content-length: {}", body.len())));
