@@ -97,8 +97,11 @@ pub struct Admin {
     checks: Arc<[ReadinessCheck]>,
     upgrade: UpgradeStatus,
     operator: OperatorDrain,
-    /// The bearer token of `POST /drain` and `/undrain`; without one they answer 404.
-    token: Option<Arc<str>>,
+    /// The bearer token of `POST /drain` and `/undrain`; without one they answer 404. Kept
+    /// as its SHA-256 digest: offered tokens are compared digest to digest.
+    token: Option<[u8; 32]>,
+    /// Refused requests, logged at most once per [`REFUSALS_LOGGED_EVERY`].
+    refusals: Arc<RefusalLog>,
     /// `POST /reload-tls` (with TLS on).
     reload_tls: Option<ReloadTls>,
 }
@@ -178,6 +181,7 @@ impl Admin {
             upgrade: UpgradeStatus::default(),
             operator: OperatorDrain::default(),
             token: None,
+            refusals: Arc::default(),
             reload_tls: None,
         }
     }
@@ -197,7 +201,7 @@ impl Admin {
         token: impl Into<Arc<str>>,
     ) -> Self {
         self.operator = operator;
-        self.token = Some(token.into());
+        self.token = Some(digest(token.into().as_bytes()));
         self
     }
 
@@ -300,12 +304,10 @@ impl Admin {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !offered.is_some_and(|t| same_secret(t, token.as_bytes())) {
-            tracing::warn!(
-                path = req.uri().path(),
-                token_sent = offered.is_some(),
-                "admin request refused: wrong or missing bearer token"
-            );
+        if !offered.is_some_and(|t| same_secret(&digest(t), token)) {
+            let peer = req.extensions().get::<AdminPeer>().map(|p| p.0);
+            self.refusals
+                .refused(std::time::Instant::now(), peer, req.uri().path());
             return Some(text(StatusCode::UNAUTHORIZED, "unauthorized\n".into()));
         }
         None
@@ -346,12 +348,66 @@ impl Admin {
     }
 }
 
-/// `a == b` in a time that depends on their lengths only, not on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// SHA-256 of a token: what is compared, so that the comparison's time depends on neither
+/// token's length nor content.
+fn digest(token: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token).into()
+}
+
+/// `a == b` for two digests, in a time that does not depend on where they differ.
+fn same_secret(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keep the optimizer from turning the fold into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+/// The client address of an admin request (the admin listener puts it in the request's
+/// extensions).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminPeer(pub(crate) std::net::SocketAddr);
+
+/// How often a refused admin request may be logged at most, per listener.
+pub const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused admin requests (wrong or missing token): one WARN line at most per
+/// [`REFUSALS_LOGGED_EVERY`], counting the refusals since the previous line and naming the
+/// last client, so that a client hammering with a wrong token cannot flood the log.
+#[derive(Debug, Default)]
+struct RefusalLog(std::sync::Mutex<Refusals>);
+
+#[derive(Debug, Default)]
+struct Refusals {
+    last_line: Option<std::time::Instant>,
+    since_line: u64,
+}
+
+impl RefusalLog {
+    /// A refusal at `now` from `peer` for `path`; `true` when it was logged.
+    fn refused(
+        &self,
+        now: std::time::Instant,
+        peer: Option<std::net::SocketAddr>,
+        path: &str,
+    ) -> bool {
+        let mut r = crate::sync::lock(&self.0);
+        r.since_line += 1;
+        if r.last_line
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSALS_LOGGED_EVERY)
+        {
+            return false;
+        }
+        let refused = std::mem::take(&mut r.since_line);
+        r.last_line = Some(now);
+        drop(r);
+        tracing::warn!(
+            refused,
+            last_client = peer.map(tracing::field::display),
+            last_path = path,
+            "admin requests refused: wrong or missing bearer token ({refused} since the last such line; at most one line every 10 s)"
+        );
+        true
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -371,6 +427,29 @@ mod tests {
 
     fn get(path: &str) -> Request<()> {
         Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_10_s_with_the_count_since_the_last_line() {
+        let log = RefusalLog::default();
+        let t0 = std::time::Instant::now();
+        assert!(log.refused(t0, None, "/drain"), "the first is logged");
+        for i in 1..2000u64 {
+            let at = t0 + Duration::from_millis(i);
+            assert!(!log.refused(at, None, "/drain"));
+        }
+        assert_eq!(crate::sync::lock(&log.0).since_line, 1999);
+        assert!(log.refused(t0 + REFUSALS_LOGGED_EVERY, None, "/drain"));
+        assert_eq!(crate::sync::lock(&log.0).since_line, 0);
+    }
+
+    #[test]
+    fn tokens_are_compared_as_digests() {
+        let token = digest(b"s3cret-token");
+        assert!(same_secret(&digest(b"s3cret-token"), &token));
+        assert!(!same_secret(&digest(b"s3cret-toke"), &token));
+        assert!(!same_secret(&digest(b"s3cret-token-and-more"), &token));
+        assert!(!same_secret(&digest(b""), &token));
     }
 
     fn post(path: &str, token: Option<&str>) -> Request<()> {

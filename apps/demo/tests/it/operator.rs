@@ -49,3 +49,43 @@ async fn the_operator_drains_and_undrains_with_the_right_token() {
     );
     assert_eq!(admin_status(&s, "/readyz").await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_tokens_is_one_warn_line_with_the_count_and_the_client() {
+    let s = Spawned::start_env(
+        BIN,
+        &["--log-format", "json"],
+        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret-token")],
+    )
+    .expect("start");
+    let mut c = lameduck_testkit::connect_h1(s.admin).await.expect("admin");
+    let t0 = std::time::Instant::now();
+    for i in 0..2000 {
+        let auth = format!("Bearer wrong-{i}");
+        let res = c
+            .send(
+                http::Method::POST,
+                "/drain",
+                &[("authorization", auth.as_str())],
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("POST /drain");
+        assert_eq!(res.status(), 401);
+    }
+    let took = t0.elapsed();
+    let line = s
+        .wait_for_log(&["admin requests refused"], SOON)
+        .await
+        .expect("logged");
+    assert!(line.contains("\"refused\":1"), "{line}");
+    assert!(line.contains("\"last_client\":\"127.0.0.1:"), "{line}");
+    let lines = s
+        .logs()
+        .iter()
+        .filter(|l| l.contains("admin requests refused"))
+        .count();
+    // 2,000 refusals within 10 s: the first is logged, the others wait for the next line.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert_eq!(lines, 1, "one line for 2,000 refusals in {took:?}");
+}

@@ -170,8 +170,8 @@ pub(super) async fn serve(
                 Room::AllServing => freed.await,
             }
         }
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) if super::accept::is_per_connection(&e) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "admin accept failed; backing off");
@@ -192,6 +192,7 @@ pub(super) async fn serve(
         tokio::spawn(connection(
             builder.clone(),
             stream,
+            peer,
             Seat {
                 id: next_id,
                 state,
@@ -225,6 +226,7 @@ impl Drop for Seat {
 async fn connection(
     builder: Arc<hyper_util::server::conn::auto::Builder<TokioExecutor>>,
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     seat: Seat,
     routes: Routes,
     limits: ConnLimits,
@@ -237,7 +239,8 @@ async fn connection(
         ADMIN_MAX_HEADER_BYTES,
     ));
     let conn_state = state.clone();
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(crate::admin::AdminPeer(peer));
         // The request counts on its connection until its response is sent.
         let (active, _) = conn_state.begin(req.version());
         let routes = routes.clone();
