@@ -5,6 +5,16 @@ use lameduck_testkit::{get, post_operator, Spawned};
 
 use crate::{admin_status, BIN, SOON};
 
+/// The demo with JSON logs and the admin token `token`.
+fn with_token(token: &str) -> Spawned {
+    Spawned::start_env(
+        BIN,
+        &["--log-format", "json"],
+        &[("LAMEDUCK_ADMIN_TOKEN", token)],
+    )
+    .expect("start")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_drain_routes_do_not_exist() {
     let s = Spawned::start_env(BIN, &[], &[("LAMEDUCK_ADMIN_TOKEN", "")])
@@ -22,12 +32,7 @@ async fn without_a_token_the_drain_routes_do_not_exist() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_drains_and_undrains_with_the_right_token() {
-    let s = Spawned::start_env(
-        BIN,
-        &["--log-format", "json"],
-        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret")],
-    )
-    .expect("start");
+    let s = with_token("s3cret");
     assert_eq!(post_operator(s.admin, "/drain", None).await, 401);
     assert_eq!(post_operator(s.admin, "/drain", Some("wrong")).await, 401);
     s.wait_for_log(&["wrong or missing bearer token"], SOON)
@@ -52,12 +57,7 @@ async fn the_operator_drains_and_undrains_with_the_right_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_wrong_tokens_is_one_warn_line_with_the_count_and_the_client() {
-    let s = Spawned::start_env(
-        BIN,
-        &["--log-format", "json"],
-        &[("LAMEDUCK_ADMIN_TOKEN", "s3cret-token")],
-    )
-    .expect("start");
+    let s = with_token("s3cret-token");
     let mut c = lameduck_testkit::connect_h1(s.admin).await.expect("admin");
     let t0 = std::time::Instant::now();
     for i in 0..2000 {

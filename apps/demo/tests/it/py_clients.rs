@@ -3,15 +3,14 @@
 //! the pinned `tests/py/requirements.txt`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use lameduck_testkit::poll_until;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::upgrade::{alive, new_pids, Newest};
+use crate::upgrade::Newest;
 use crate::{start, SOON};
 
 /// The interpreter of the test environment.
@@ -52,17 +51,7 @@ async fn urllib3s_pool_loses_no_request_across_sighup_upgrades() {
             serving.is_some(),
             "the client's requests reach process {pid}"
         );
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
-        let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
-            .await
-            .unwrap_or_else(|| panic!("upgrade {i} never completed"));
-        newest.store(next as usize, Ordering::Relaxed);
-        let deadline = Instant::now() + SOON;
-        while !(if i == 1 { s.has_exited() } else { !alive(pid) }) {
-            assert!(Instant::now() < deadline, "process {pid} did not exit");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        pid = next;
+        pid = crate::upgrade::upgrade_and_wait(&mut s, i, pid, &newest).await;
     }
     let out = tokio::time::timeout(SOON, client.wait_with_output())
         .await

@@ -86,6 +86,31 @@ pub(crate) fn new_pids(s: &Spawned) -> Vec<u32> {
         .collect()
 }
 
+/// Upgrade `i` (counted from 1) of the process chain started as `s`: SIGHUP to `pid`, wait
+/// for the `i`-th new process (recorded in `newest`) and for `pid` to exit; the new pid.
+pub(crate) async fn upgrade_and_wait(
+    s: &mut Spawned,
+    i: usize,
+    pid: u32,
+    newest: &AtomicUsize,
+) -> u32 {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
+    let next = poll_until(SOON, || async { new_pids(s).get(i - 1).copied() })
+        .await
+        .unwrap_or_else(|| panic!("upgrade {i} never completed"));
+    newest.store(next as usize, Ordering::Relaxed);
+    let deadline = Instant::now() + SOON;
+    // The first process is the test's child; the later ones are not.
+    while !(if i == 1 { s.has_exited() } else { !alive(pid) }) {
+        assert!(
+            Instant::now() < deadline,
+            "old process {pid} did not exit after upgrade {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    next
+}
+
 /// Kills whatever process is newest if the test fails midway.
 pub(crate) struct Newest(pub(crate) Arc<AtomicUsize>);
 
@@ -217,20 +242,7 @@ async fn an_open_loop_over_http2_goes_through_upgrades_on_few_new_connections() 
         })
         .await;
         assert!(served.is_some(), "process {pid} served the load");
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGHUP);
-        let next = poll_until(SOON, || async { new_pids(&s).get(i - 1).copied() })
-            .await
-            .unwrap_or_else(|| panic!("upgrade {i} never completed"));
-        newest.store(next as usize, Ordering::Relaxed);
-        let deadline = Instant::now() + SOON;
-        while !(if i == 1 { s.has_exited() } else { !alive(pid) }) {
-            assert!(
-                Instant::now() < deadline,
-                "old process {pid} did not exit after upgrade {i}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        pid = next;
+        pid = upgrade_and_wait(&mut s, i, pid, &newest).await;
     }
     let _ = stop.send(());
     let report = load.await.expect("drill task");
