@@ -461,15 +461,12 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if tls_handshake_timeout.is_zero() {
         bail!("tls_handshake_timeout must be more than zero");
     }
-    let tls_first_byte_timeout = o
-        .tls_first_byte_timeout
-        .unwrap_or(lameduck::server::DEFAULT_FIRST_BYTE_TIMEOUT);
+    // lameduck's defaults (its `tls` feature exports them; these settings exist without it).
+    let tls_first_byte_timeout = o.tls_first_byte_timeout.unwrap_or(Duration::from_secs(2));
     if tls_first_byte_timeout.is_zero() {
         bail!("tls_first_byte_timeout must be more than zero");
     }
-    let tls_max_handshakes = o
-        .tls_max_handshakes
-        .unwrap_or(lameduck::server::DEFAULT_MAX_HANDSHAKES);
+    let tls_max_handshakes = o.tls_max_handshakes.unwrap_or(256);
     if tls_max_handshakes == 0 {
         bail!("tls_max_handshakes must be at least 1");
     }
@@ -610,21 +607,27 @@ impl Settings {
         self.database_url.starts_with("sqlite:")
     }
 
-    /// The configuration as TOML with the database password redacted.
+    /// The configuration as TOML with the secrets in URLs redacted (see [`redact_url`]).
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = redact_url(&self.database_url);
+        shown.webhook_url = self.webhook_url.as_deref().map(redact_url);
+        shown.payment_url = self.payment_url.as_deref().map(redact_url);
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
-/// Replace the password in `scheme://user:password@host...` with `*****`.
+/// A URL fit to print or log: in `scheme://user:password@host...` the password becomes
+/// `*****`; a userinfo without a password (`scheme://token@host`, often a secret itself)
+/// becomes `*****` whole. Everything else is kept.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_string();
     };
     let rest = &url[scheme_end..];
-    let Some(at) = rest.find('@') else {
+    // The authority ends at the first `/`, `?` or `#`; an `@` after it is not userinfo.
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    let Some(at) = authority.rfind('@') else {
         return url.to_string();
     };
     match rest[..at].find(':') {
@@ -634,7 +637,7 @@ pub fn redact_url(url: &str) -> String {
             &rest[..colon],
             &rest[at..]
         ),
-        None => url.to_string(),
+        None => format!("{}*****{}", &url[..scheme_end], &rest[at..]),
     }
 }
 
@@ -791,14 +794,41 @@ mod tests {
         assert!(err.to_string().contains("database_url"));
     }
 
+    #[cfg(feature = "tls")]
+    #[test]
+    fn the_tls_defaults_are_lameducks() {
+        let s = resolve(Overrides::default(), None).unwrap();
+        assert_eq!(
+            s.tls_first_byte_timeout,
+            lameduck::server::DEFAULT_FIRST_BYTE_TIMEOUT
+        );
+        assert_eq!(
+            s.tls_max_handshakes,
+            lameduck::server::DEFAULT_MAX_HANDSHAKES
+        );
+        assert_eq!(
+            s.tls_handshake_timeout,
+            lameduck::server::DEFAULT_HANDSHAKE_TIMEOUT
+        );
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redact_url("postgres://u:secret@h:5432/db"),
             "postgres://u:*****@h:5432/db"
         );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://*****@h/db");
         assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        assert_eq!(
+            redact_url("http://hook:t0k3n@127.0.0.1:8090/hooks?x=a@b"),
+            "http://hook:*****@127.0.0.1:8090/hooks?x=a@b"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:8090/p?next=u@h"),
+            "http://127.0.0.1:8090/p?next=u@h",
+            "an @ after the authority is not userinfo"
+        );
         let s = resolve(
             Overrides {
                 database_url: Some("postgres://u:pw@h/db".into()),

@@ -130,7 +130,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     builder = builder.state_file(&settings.state_file);
     builder = with_outbox(builder, &settings, &db)?;
     if let Some(p) = payments {
-        tracing::info!(url = ?settings.payment_url, "payments on");
+        tracing::info!(
+            url = settings
+                .payment_url
+                .as_deref()
+                .map(crate::config::redact_url),
+            "payments on"
+        );
         builder = builder.circuit(p.breaker());
         for m in p.metrics() {
             builder = builder.metric(m);
@@ -270,7 +276,7 @@ fn with_outbox(
             },
             counters.clone(),
         );
-        tracing::info!(url = %url, "delivering order events to the webhook");
+        tracing::info!(url = %crate::config::redact_url(&url.to_string()), "delivering order events to the webhook");
         builder = builder.task(lameduck::tasks::Task::new("outbox-relay", move |ctx| {
             relay.clone().run(ctx)
         }));

@@ -1,6 +1,6 @@
 //! Orders, their validation, and ids.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_QUANTITY: i64 = 1000;
 /// Longest `customer_id` and `sku`.
 pub const MAX_TEXT: usize = 128;
+/// Largest `amount_cents` (a billion in the currency's main unit): more is a mistake, and
+/// is refused before it reaches a payment gateway.
+pub const MAX_AMOUNT_CENTS: i64 = 100_000_000_000;
+
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -36,9 +40,9 @@ impl NewOrder {
                 self.quantity
             ));
         }
-        if self.amount_cents < 0 {
+        if !(0..=MAX_AMOUNT_CENTS).contains(&self.amount_cents) {
             return Err(format!(
-                "amount_cents must be at least 0, got {}",
+                "amount_cents must be from 0 to {MAX_AMOUNT_CENTS}, got {}",
                 self.amount_cents
             ));
         }
@@ -85,7 +89,8 @@ pub fn valid_idempotency_key(key: &[u8]) -> bool {
 /// An order as stored and returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
-    /// `ord_` and 24 hex digits, sortable by creation time.
+    /// `ord_` and 32 hex digits (12 of milliseconds, 20 random), sortable by creation time
+    /// (older orders: 24 hex digits).
     pub id: String,
     /// Who ordered.
     pub customer_id: String,
@@ -115,30 +120,56 @@ pub const PAID: &str = "paid";
 /// Status of an order whose payment failed (it may be paid again).
 pub const PAYMENT_FAILED: &str = "payment_failed";
 
-/// A new order id: milliseconds since the epoch, the pid and a counter, so ids sort by
-/// creation time and never collide between processes.
+/// A new order id: `ord_` and [`new_id`]'s digits.
 pub fn new_order_id() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    new_id("ord_")
+}
+
+/// A new id: `prefix`, the milliseconds since the epoch in 12 hex digits (so ids sort by
+/// creation time, and `?after=` pages keep working across ids of either form), then 80
+/// bits from the OS random source in 20 hex digits: unique without coordination between
+/// replicas (every container is PID 1, and two replicas' clocks can agree to the
+/// millisecond). Ids made before this form (`ord_` + millis + pid + counter, 28
+/// characters) stay as they are.
+pub fn new_id(prefix: &str) -> String {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    static PID: std::sync::LazyLock<u32> = std::sync::LazyLock::new(std::process::id);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    order_id(millis, *PID, n)
+    id_from(prefix, millis, random_80())
 }
 
-/// `ord_`, then `millis` in 12 hex digits (enough until the year 10889), and the low 24
-/// bits of `pid` and of `n` in 6 each. Written digit by digit: `format!` with widths cost
-/// about 2,000 instructions per order.
-fn order_id(millis: u64, pid: u32, n: u32) -> String {
+/// 80 random bits from the OS (`getrandom`); if it fails (it does not on Linux 3.17 and
+/// later, and falls back to `/dev/urandom` before), a SipHash of a counter keyed from the
+/// std library's own per-process random keys, still unique without coordination.
+fn random_80() -> [u8; 10] {
+    let mut bits = [0u8; 10];
+    if getrandom::fill(&mut bits).is_ok() {
+        return bits;
+    }
+    use std::hash::BuildHasher as _;
+    static KEYS: std::sync::LazyLock<(std::hash::RandomState, std::hash::RandomState)> =
+        std::sync::LazyLock::new(|| (std::hash::RandomState::new(), std::hash::RandomState::new()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (a, b) = (KEYS.0.hash_one(n), KEYS.1.hash_one(n));
+    bits[..8].copy_from_slice(&a.to_be_bytes());
+    bits[8..].copy_from_slice(&b.to_be_bytes()[..2]);
+    bits
+}
+
+/// `prefix`, `millis` in 12 hex digits (enough until the year 10889) and `random` in 20.
+/// Written digit by digit: `format!` with widths cost about 2,000 instructions per order.
+fn id_from(prefix: &str, millis: u64, random: [u8; 10]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(28);
-    id.push_str("ord_");
-    for (v, digits) in [(millis, 12), (u64::from(pid), 6), (u64::from(n), 6)] {
-        for i in (0..digits).rev() {
-            id.push(char::from(HEX[((v >> (4 * i)) & 0xf) as usize]));
-        }
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    for i in (0..12).rev() {
+        id.push(char::from(HEX[((millis >> (4 * i)) & 0xf) as usize]));
+    }
+    for b in random {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     id
 }
@@ -201,6 +232,20 @@ mod tests {
             ),
             (
                 NewOrder {
+                    amount_cents: MAX_AMOUNT_CENTS + 1,
+                    ..order()
+                },
+                "amount_cents",
+            ),
+            (
+                NewOrder {
+                    amount_cents: i64::MAX,
+                    ..order()
+                },
+                "amount_cents",
+            ),
+            (
+                NewOrder {
                     customer_id: " ".into(),
                     ..order()
                 },
@@ -236,19 +281,32 @@ mod tests {
     }
 
     #[test]
-    fn an_id_is_the_millis_the_pid_and_the_counter_in_hex() {
-        for (millis, pid, n) in [
-            (0, 0, 0),
-            (1_796_300_000_123, 4_242, 7),
-            (0xffff_ffff_ffff, 0x1234_5678, u32::MAX),
-        ] {
-            let want = format!(
-                "ord_{millis:012x}{:06x}{:06x}",
-                pid & 0xff_ffff,
-                n & 0xff_ffff
-            );
-            assert_eq!(order_id(millis, pid, n), want);
-        }
+    fn an_id_is_the_millis_and_80_random_bits_in_hex() {
+        let random = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc];
+        assert_eq!(
+            id_from("ord_", 1_796_300_000_123, random),
+            format!("ord_{:012x}0123456789abcdeffedc", 1_796_300_000_123u64)
+        );
+        assert_eq!(
+            id_from("evt_", 0xffff_ffff_ffff, [0; 10]),
+            "evt_ffffffffffff00000000000000000000"
+        );
+    }
+
+    #[test]
+    fn two_generators_with_the_same_clock_and_pid_make_different_ids() {
+        // The clock reading is the same; the pid plays no part; only the random bits differ.
+        let millis = 1_796_300_000_123;
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| id_from("ord_", millis, random_80()))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        // Old ids (28 characters) and new ones (36) sort by their milliseconds first.
+        let old = format!("ord_{:012x}{:06x}{:06x}", millis - 1, 1, 7);
+        let new = id_from("ord_", millis, [0; 10]);
+        assert!(old < new);
+        let old_later = format!("ord_{:012x}{:06x}{:06x}", millis + 1, 1, 0);
+        assert!(new < old_later);
     }
 
     #[test]
@@ -256,7 +314,7 @@ mod tests {
         let a = new_order_id();
         let b = new_order_id();
         assert_ne!(a, b);
-        assert_eq!(a.len(), 28);
+        assert_eq!(a.len(), 36);
         assert!(a < b || a[..16] == b[..16]);
     }
 }

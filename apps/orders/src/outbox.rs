@@ -55,10 +55,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A new event id: `evt_` and the order id's scheme (time, pid, counter).
+/// A new event id: `evt_` and the order id's scheme (milliseconds, 80 random bits), drawn
+/// on its own.
 fn new_event_id() -> String {
-    let id = crate::model::new_order_id();
-    format!("evt_{}", id.trim_start_matches("ord_"))
+    crate::model::new_id("evt_")
 }
 
 /// Write the event `kind` about `order` in `tx`, the transaction that makes the change.

@@ -246,6 +246,20 @@ impl Writer {
     /// # Errors
     /// The database, the audit log, a full queue, or a stopped writer.
     pub async fn write(&self, op: Op, audit: Option<AuditCtx>) -> Result<Done, WriteError> {
+        self.write_then(op, audit, || {}).await
+    }
+
+    /// [`Writer::write`], calling `handed` once the write is queued (it will be done and
+    /// audited whatever happens to the caller from then on).
+    ///
+    /// # Errors
+    /// As [`Writer::write`].
+    pub async fn write_then(
+        &self,
+        op: Op,
+        audit: Option<AuditCtx>,
+        handed: impl FnOnce(),
+    ) -> Result<Done, WriteError> {
         let (reply, answer) = oneshot::channel();
         let job = Msg::Job(Job { op, audit, reply });
         match self.tx.try_send(job) {
@@ -257,6 +271,7 @@ impl Writer {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(WriteError::Closed),
         }
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        handed();
         answer.await.map_err(|_| WriteError::Closed)?
     }
 

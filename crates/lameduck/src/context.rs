@@ -253,6 +253,8 @@ struct ContextInner {
     template: Option<Arc<str>>,
     /// The server cut the request body at a body timeout.
     body_timed_out: AtomicBool,
+    /// The handler passed its point of no return: the request timeout no longer cuts it.
+    no_return: AtomicBool,
 }
 
 /// The route template a request matched, once the router knows it.
@@ -298,6 +300,7 @@ impl RequestContext {
             #[cfg(feature = "axum")]
             template,
             body_timed_out: AtomicBool::new(false),
+            no_return: AtomicBool::new(false),
         }))
     }
 
@@ -310,6 +313,31 @@ impl RequestContext {
     /// 408, whatever the handler made of the failed body).
     pub fn body_timed_out(&self) -> bool {
         self.0.body_timed_out.load(Ordering::Relaxed)
+    }
+
+    /// Mark the point after which the request timeout (`Builder::request_timeout`) no
+    /// longer applies: the handler has started something whose outcome its answer must
+    /// report (a write handed to a database, a charge sent to a gateway), so cutting it
+    /// with 503 `handler_timeout`, an invitation to retry, would tell the client that a
+    /// done thing failed. The handler then runs to its own answer; bound what follows the
+    /// mark by other means (the drain deadline, the dependency's own timeout).
+    ///
+    /// ```
+    /// # async fn handed_to_the_writer() {}
+    /// async fn create(ctx: lameduck::context::RequestContext) -> &'static str {
+    ///     // Validation above may be cut by the request timeout...
+    ///     ctx.past_point_of_no_return();
+    ///     handed_to_the_writer().await; // ...this is answered whatever it takes.
+    ///     "created"
+    /// }
+    /// ```
+    pub fn past_point_of_no_return(&self) {
+        self.0.no_return.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`past_point_of_no_return`](Self::past_point_of_no_return) was called.
+    pub fn is_past_point_of_no_return(&self) -> bool {
+        self.0.no_return.load(Ordering::Relaxed)
     }
 
     /// The request id (also sent back in `x-request-id`).

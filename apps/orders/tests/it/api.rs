@@ -187,6 +187,8 @@ async fn get_list_and_cancel_follow_the_contract() {
             .expect("create");
         ids.push(json(res.body())["id"].as_str().expect("id").to_string());
     }
+    // The list is in id order: creation time to the millisecond, then the random part.
+    ids.sort();
     let missing = get(s.http, "/orders/ord_missing").await.expect("get");
     assert_eq!(missing.status(), 404);
     assert_error(missing.body(), "not_found");
@@ -232,6 +234,59 @@ async fn get_list_and_cancel_follow_the_contract() {
     assert_eq!(none.status(), 404);
     assert_error(none.body(), "not_found");
     assert!(store.audit_log().contains("order.cancelled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_bad_paths_and_huge_amounts_are_refused_in_json() {
+    let store = Store::sqlite("input");
+    let s = store.start(&[]);
+    let mut c = connect_h1(s.http).await.expect("connect");
+    let two = c
+        .send(
+            Method::POST,
+            "/orders",
+            &[("idempotency-key", "k1"), ("idempotency-key", "k2")],
+            order_json("c1"),
+        )
+        .await
+        .expect("two keys");
+    assert_eq!(two.status(), 400);
+    assert_error(two.body(), "invalid_idempotency_key");
+    assert!(
+        String::from_utf8_lossy(two.body()).contains("more than one Idempotency-Key header"),
+        "{:?}",
+        two.body()
+    );
+    for (method, path) in [
+        (Method::GET, "/orders/%FF"),
+        (Method::POST, "/orders/%FF/cancel"),
+        (Method::POST, "/orders/%FF/pay"),
+    ] {
+        let res = c.send(method, path, &[], "").await.expect("bad path");
+        assert_eq!(res.status(), 404, "{path}");
+        assert_error(res.body(), "not_found");
+    }
+    for (amount, status) in [
+        (100_000_000_000i64, 201),
+        (100_000_000_001, 400),
+        (i64::MAX, 400),
+    ] {
+        let body =
+            format!(r#"{{"customer_id":"c","sku":"s","quantity":1,"amount_cents":{amount}}}"#);
+        let res = c
+            .send(Method::POST, "/orders", &[], body)
+            .await
+            .expect("amount");
+        assert_eq!(res.status(), status, "{amount}");
+        if status == 400 {
+            assert_error(res.body(), "invalid_field");
+        }
+    }
+    assert_eq!(
+        store.audit_log().lines().count(),
+        1,
+        "only the order within the bound"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +402,54 @@ async fn concurrent_creates_share_commits_and_the_metrics_show_it() {
         batches < jobs,
         "{jobs} writes in {batches} commits: never more than one per commit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_request_timeout_every_committed_order_is_answered_201() {
+    for timeout in ["2ms", "20ms"] {
+        let store = Store::sqlite(&format!("timeout-{timeout}"));
+        let mut s = store.start(&["--request-timeout", timeout]);
+        crate::wait_ready(&s).await;
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let addr = s.http;
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    for i in 0..10 {
+                        let res =
+                            post_json(addr, "/orders", &[], &order_json(&format!("t{c}-{i}")))
+                                .await
+                                .expect("POST /orders");
+                        let code = serde_json::from_slice::<serde_json::Value>(res.body())
+                            .ok()
+                            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+                        answers.push((res.status().as_u16(), code));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut created = 0;
+        let mut timed_out = 0;
+        for c in clients {
+            for (status, code) in c.await.expect("client") {
+                match (status, code.as_deref()) {
+                    (201, _) => created += 1,
+                    (503, Some("handler_timeout")) => timed_out += 1,
+                    other => panic!("--request-timeout {timeout}: answer {other:?}"),
+                }
+            }
+        }
+        // Counted by a process without the timeout (a list cut at 2 ms says nothing).
+        s.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(s.wait_exit(SOON).await, lameduck_testkit::Exit::Exited(0));
+        let s = store.start(&[]);
+        crate::wait_ready(&s).await;
+        let stored = crate::all_orders(s.http).await.len();
+        eprintln!("--request-timeout {timeout}: {created} created, {timed_out} timed out, {stored} stored");
+        assert_eq!(
+            stored, created,
+            "--request-timeout {timeout}: committed orders answered otherwise"
+        );
+    }
 }

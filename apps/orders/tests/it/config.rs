@@ -69,6 +69,50 @@ fn flags_beat_environment_which_beats_the_file_and_passwords_are_redacted() {
 }
 
 #[test]
+fn secrets_in_every_url_are_redacted_when_printed() {
+    let out = run(
+        &[
+            "--print-config",
+            "--webhook-url",
+            "http://hook:w3bh00k-pw@127.0.0.1:8090/hooks",
+            "--payment-url",
+            "http://t0k3n-as-user@127.0.0.1:8091",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["w3bh00k-pw", "t0k3n-as-user"] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    assert!(
+        text.contains("http://hook:*****@127.0.0.1:8090/hooks"),
+        "{text}"
+    );
+    assert!(text.contains("http://*****@127.0.0.1:8091"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_urls_are_not_logged_at_start_up() {
+    let store = crate::Store::sqlite("redact-log");
+    let s = store.start(&[
+        "--webhook-url",
+        "http://hook:w3bh00k-pw@127.0.0.1:9/hooks",
+        "--payment-url",
+        "http://p4y:p4y-pw@127.0.0.1:9",
+    ]);
+    crate::wait_ready(&s).await;
+    let logs = s.logs().join("\n");
+    assert!(
+        logs.contains("payments on") && logs.contains("webhook"),
+        "{logs}"
+    );
+    for secret in ["w3bh00k-pw", "p4y-pw"] {
+        assert!(!logs.contains(secret), "{secret} logged: {logs}");
+    }
+}
+
+#[test]
 fn a_bad_config_file_or_value_exits_1_naming_it_and_bad_flags_exit_2() {
     let dir = std::env::temp_dir().join(format!("ld-orders-badconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod durability;
 mod faults;
+mod fleet;
 mod outbox;
 mod payments;
 #[cfg(feature = "registry")]

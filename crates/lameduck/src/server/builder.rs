@@ -251,7 +251,9 @@ impl Builder {
     /// still running then is dropped and the request answered 503 with code
     /// `handler_timeout`: the client learns at once instead of at its own timeout. Work that
     /// must not be cut in half belongs in a task the handler spawns (and the drain waits
-    /// for), not in the handler's future.
+    /// for), not in the handler's future; a handler whose answer must report what it
+    /// started calls [`RequestContext::past_point_of_no_return`](crate::context::RequestContext::past_point_of_no_return)
+    /// and is no longer cut.
     pub fn request_timeout(mut self, limit: Option<Duration>) -> Self {
         self.request_timeout = limit.filter(|d| !d.is_zero());
         self

@@ -351,6 +351,11 @@ where
                     if !expired {
                         return Poll::Pending;
                     }
+                    if this.ctx.is_past_point_of_no_return() {
+                        // The handler answers what it started; the timer is done with.
+                        *this.timer = None;
+                        return Poll::Pending;
+                    }
                     // Dropped here: the handler's work ends with its future.
                     this.inner.set(None);
                     handler_timeout().into_parts()
