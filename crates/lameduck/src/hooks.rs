@@ -7,7 +7,15 @@
 //! reverse order of registration, like `defer`: what was set up last is torn down first.
 //!
 //! A hook that fails or times out is logged, does not stop the others, and makes the exit
-//! code [`FORCED_SHUTDOWN`](crate::exit::FORCED_SHUTDOWN).
+//! code [`FORCED_SHUTDOWN`](crate::exit::FORCED_SHUTDOWN): something may be lost (a
+//! database not closed, a log not on disk). A **best-effort** hook
+//! ([`Hooks::add_best_effort`]) is one whose failure loses nothing, such as deregistering
+//! from a service registry whose lease expires on its own: its failure or timeout is a
+//! warning, is reported in the shutdown report, and leaves the exit code alone.
+//!
+//! Built in: `deregister` (with [`Builder::registry`](crate::server::Builder::registry)) is
+//! best-effort. The orders service's `close-database`, `fsync-audit-log`, `finish-writes`
+//! and `flush-logs`, and the demo's `flush-log-file` and `export-spans`, are not.
 //!
 //! ```
 //! use std::time::Duration;
@@ -53,6 +61,16 @@ pub struct HookOutcome {
     pub status: HookStatus,
     /// How long it ran.
     pub duration: Duration,
+    /// A best-effort hook: its failure does not make the shutdown unclean.
+    pub best_effort: bool,
+}
+
+impl HookOutcome {
+    /// `true` when it succeeded, or failed without making the shutdown unclean (a
+    /// best-effort hook that ran; a skipped one counts against the shutdown all the same).
+    pub fn is_clean(&self) -> bool {
+        self.status == HookStatus::Ok || (self.best_effort && self.status != HookStatus::Skipped)
+    }
 }
 
 /// A boxed error a hook may return.
@@ -88,6 +106,7 @@ struct Hook {
     name: String,
     phase: HookPhase,
     timeout: Duration,
+    best_effort: bool,
     run: HookFn,
 }
 
@@ -97,6 +116,7 @@ impl std::fmt::Debug for Hook {
             .field("name", &self.name)
             .field("phase", &self.phase)
             .field("timeout", &self.timeout)
+            .field("best_effort", &self.best_effort)
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +133,8 @@ impl Hooks {
         Self::default()
     }
 
-    /// Register `f` to run in `phase`, cut off after `timeout`.
+    /// Register `f` to run in `phase`, cut off after `timeout`. Its failure makes the
+    /// shutdown unclean (exit code 3).
     pub fn add<F, Fut>(
         &mut self,
         phase: HookPhase,
@@ -125,11 +146,51 @@ impl Hooks {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), HookError>> + Send + 'static,
     {
+        self.push(
+            phase,
+            name.into(),
+            timeout,
+            false,
+            Box::new(move || Box::pin(f())),
+        )
+    }
+
+    /// [`add`](Self::add) a best-effort hook: its failure or timeout is logged as a warning
+    /// and reported, and leaves the exit code alone (nothing is lost when it fails).
+    pub fn add_best_effort<F, Fut>(
+        &mut self,
+        phase: HookPhase,
+        name: impl Into<String>,
+        timeout: Duration,
+        f: F,
+    ) -> &mut Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), HookError>> + Send + 'static,
+    {
+        self.push(
+            phase,
+            name.into(),
+            timeout,
+            true,
+            Box::new(move || Box::pin(f())),
+        )
+    }
+
+    fn push(
+        &mut self,
+        phase: HookPhase,
+        name: String,
+        timeout: Duration,
+        best_effort: bool,
+        run: HookFn,
+    ) -> &mut Self {
         self.hooks.push(Hook {
-            name: name.into(),
+            name,
             phase,
             timeout,
-            run: Box::new(move || Box::pin(f())),
+            best_effort,
+            run,
         });
         self
     }
@@ -191,6 +252,7 @@ impl Hooks {
                 phase: h.phase,
                 status: HookStatus::Skipped,
                 duration: Duration::ZERO,
+                best_effort: h.best_effort,
             })
             .collect()
     }
@@ -211,7 +273,9 @@ async fn run_one(hook: Hook) -> HookOutcome {
             HookStatus::TimedOut
         }
     };
-    if status != HookStatus::Ok {
+    if status != HookStatus::Ok && hook.best_effort {
+        tracing::warn!(hook = %hook.name, status = ?status, "best-effort hook did not succeed: nothing is lost, the exit code stays as it is");
+    } else if status != HookStatus::Ok {
         tracing::warn!(hook = %hook.name, status = ?status, "hook did not succeed");
     }
     HookOutcome {
@@ -219,6 +283,7 @@ async fn run_one(hook: Hook) -> HookOutcome {
         phase: hook.phase,
         status,
         duration: started.elapsed(),
+        best_effort: hook.best_effort,
     }
 }
 
@@ -280,6 +345,23 @@ mod tests {
         assert_eq!(out[0].duration, Duration::from_millis(100));
         assert_eq!(out[1].status, HookStatus::Ok);
         assert_eq!(*order.lock().unwrap(), ["after"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_best_effort_hook_is_reported_but_clean() {
+        let mut hooks = Hooks::new();
+        let t = Duration::from_secs(1);
+        hooks.add_best_effort(HookPhase::BeforeDrain, "deregister", t, || async {
+            Err("etcd unreachable".into())
+        });
+        hooks.add(HookPhase::BeforeDrain, "required", t, || async {
+            Err("lost".into())
+        });
+        let out = hooks.run_phase(HookPhase::BeforeDrain).await;
+        assert_eq!(out[1].name, "deregister");
+        assert!(out[1].best_effort && out[1].is_clean());
+        assert_eq!(out[1].status, HookStatus::Failed("etcd unreachable".into()));
+        assert!(!out[0].best_effort && !out[0].is_clean());
     }
 
     #[tokio::test]

@@ -195,6 +195,46 @@ async fn the_key_appears_when_ready_and_is_gone_before_the_listener_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs etcd (etcd-server): scripts/test runs it"]
+async fn etcd_down_at_sigterm_is_a_warning_and_a_clean_exit() {
+    let mut etcd = Etcd::start("down-at-stop").await;
+    let store = Store::sqlite("registry-down-at-stop");
+    let mut s = start(&store, &etcd.url(), &[]);
+    let pid = u64::from(s.pid());
+    assert!(etcd.until(KEY, SOON, |v| pid_of(v) == Some(pid)).await);
+    etcd.stop();
+    s.signal(Signal::SIGTERM);
+    // Nothing is lost: the lease expires on its own.
+    assert_eq!(s.wait_exit(SOON).await, Exit::Exited(0));
+    let logs = s.logs().join("\n");
+    let hook = s
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("hook finished") && l.contains("deregister"))
+        .unwrap_or_else(|| panic!("no report line for the hook: {logs}"));
+    assert!(
+        hook.contains("\"best_effort\":true") && !hook.contains("\"status\":\"ok\""),
+        "{hook}"
+    );
+    assert!(
+        logs.contains("best-effort hook did not succeed"),
+        "a warning: {logs}"
+    );
+    assert!(logs.contains("\"exit_code\":0"), "{logs}");
+    // The next process sees a clean end.
+    let s = store.start(&[]);
+    crate::wait_ready(&s).await;
+    let res = lameduck_testkit::get(s.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(res.body()).into_owned();
+    assert!(
+        text.contains("lameduck_previous_shutdown{outcome=\"clean\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (etcd-server): scripts/test runs it"]
 async fn after_sigkill_the_lease_removes_the_key() {
     let etcd = Etcd::start("kill").await;
     let store = Store::sqlite("registry-kill");

@@ -97,11 +97,12 @@ pub struct ShutdownReport {
 }
 
 impl ShutdownReport {
-    /// `true` when everything finished, every hook succeeded and every task stopped.
+    /// `true` when everything finished, every hook succeeded (a best-effort hook's failure
+    /// aside) and every task stopped.
     pub fn is_clean(&self) -> bool {
         !self.forced
             && self.abandoned.is_empty()
-            && self.hooks.iter().all(|h| h.status == HookStatus::Ok)
+            && self.hooks.iter().all(crate::hooks::HookOutcome::is_clean)
             && self.tasks.iter().all(|t| t.status.is_clean())
     }
 
@@ -146,6 +147,7 @@ impl ShutdownReport {
                 hook = %h.name,
                 hook_phase = h.phase.as_str(),
                 status = %status,
+                best_effort = h.best_effort,
                 duration_ms = log_ms(h.duration),
                 "hook finished"
             );

@@ -306,7 +306,14 @@ mod tests {
             phase: crate::hooks::HookPhase::AfterDrain,
             status: crate::hooks::HookStatus::TimedOut,
             duration: std::time::Duration::from_secs(1),
+            best_effort: true,
         });
+        assert_eq!(
+            ShutdownOutcome::of(&r),
+            ShutdownOutcome::Clean,
+            "a best-effort hook's failure loses nothing"
+        );
+        r.hooks[0].best_effort = false;
         assert_eq!(ShutdownOutcome::of(&r), ShutdownOutcome::HookFailed);
         r.abandoned.push(AbandonedRequest {
             method: "GET".into(),

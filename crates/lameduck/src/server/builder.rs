@@ -363,10 +363,12 @@ impl Builder {
     /// lost, with back-off; not while an operator drains the process). A before-drain hook
     /// named `deregister`, bounded by
     /// [`DEFAULT_DEREGISTER_TIMEOUT`](crate::registry::DEFAULT_DEREGISTER_TIMEOUT), removes
-    /// this process's registration when the drain starts, before the listener closes.
+    /// this process's registration when the drain starts, before the listener closes. It
+    /// is best-effort: the registration's lease expires on its own, so a registry that is
+    /// down at the stop makes a warning, not an unclean exit.
     pub fn registry(mut self, registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
         let r = registry.clone();
-        self = self.hook(
+        self.hooks.add_best_effort(
             HookPhase::BeforeDrain,
             "deregister",
             crate::registry::DEFAULT_DEREGISTER_TIMEOUT,
@@ -409,6 +411,23 @@ impl Builder {
     /// Serve `/livez`, `/readyz` and `/metrics` on this address.
     pub fn admin(mut self, addr: SocketAddr) -> Self {
         self.admin = Some(addr);
+        self
+    }
+
+    /// Register a best-effort shutdown hook (see [`Hooks::add_best_effort`]): its failure is
+    /// a warning and leaves the exit code alone.
+    pub fn best_effort_hook<F, Fut>(
+        mut self,
+        phase: HookPhase,
+        name: impl Into<String>,
+        timeout: Duration,
+        f: F,
+    ) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), crate::hooks::HookError>> + Send + 'static,
+    {
+        self.hooks.add_best_effort(phase, name, timeout, f);
         self
     }
 
