@@ -309,7 +309,7 @@ fn syncs_are_read_from_an_strace_trace() {
 async fn synced_paths_for(store: &Store, batch: usize) -> Vec<String> {
     let trace = store.dir.join("sync.trace");
     let trace_arg = trace.display().to_string();
-    let mut args = vec![
+    let args = vec![
         "-f",
         "-y",
         "-qq",
@@ -320,15 +320,8 @@ async fn synced_paths_for(store: &Store, batch: usize) -> Vec<String> {
         "signal=none",
         "-o",
         &trace_arg,
-        crate::BIN,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
     ];
-    args.extend(store.args.iter().map(String::as_str));
-    let mut s = lameduck_testkit::Spawned::start_cmd("strace", &args, &[])
-        .unwrap_or_else(|e| panic!("strace {}: {e}", crate::BIN));
+    let mut s = store.start_under("strace", &args, &[]);
     crate::wait_ready(&s).await;
     let since = epoch_secs();
     let posts: Vec<_> = (0..batch)

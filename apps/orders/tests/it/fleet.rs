@@ -38,17 +38,8 @@ fn as_pid_1() -> Option<Vec<&'static str>> {
 
 /// The orders service as PID 1 on `store`, with `extra` flags.
 fn start_as_pid_1(unshare: &[&str], store: &Store, extra: &[String]) -> Spawned {
-    let mut args: Vec<&str> = unshare.to_vec();
-    args.extend([
-        crate::BIN,
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    args.extend(store.args.iter().map(String::as_str));
-    args.extend(extra.iter().map(String::as_str));
-    Spawned::start_cmd("unshare", &args, &[]).expect("start under unshare")
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    store.start_under("unshare", unshare, &extra)
 }
 
 async fn create(addr: SocketAddr, i: usize) -> String {

@@ -89,6 +89,27 @@ impl Store {
         Self { dir, args }
     }
 
+    /// Start the service on this store under `wrapper` (`strace`, `unshare`) with
+    /// `wrapper_args` before the binary and `extra` flags after the store's.
+    pub(crate) fn start_under(
+        &self,
+        wrapper: &str,
+        wrapper_args: &[&str],
+        extra: &[&str],
+    ) -> Spawned {
+        let mut args = wrapper_args.to_vec();
+        args.extend([
+            BIN,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ]);
+        args.extend(self.args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
+        Spawned::start_cmd(wrapper, &args, &[]).unwrap_or_else(|e| panic!("{wrapper} {BIN}: {e}"))
+    }
+
     pub(crate) fn start(&self, extra: &[&str]) -> Spawned {
         let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
