@@ -21,6 +21,9 @@
 //!   never records a failure (a 404 may be a lagging replica). The settle task, or a later
 //!   pay call, finishes it by **charging again under the same key**: the gateway answers the
 //!   charge it made, or makes it now.
+//! - **The drain**: a pay call in flight when the process stops waits for the gateway until
+//!   the drain deadline minus [`ANSWER_MARGIN`]; then it answers 503 with the order left
+//!   `paying` for the settle task (of this process's successor), so it is never abandoned.
 //! - **Only an explicit refusal fails a payment**: a 4xx answer to the charge records
 //!   `payment_failed`.
 //! - **The settle task** (a tracked background task) looks for `paying` orders whose lease
@@ -57,6 +60,11 @@ use crate::writer::WriteError;
 
 /// Largest gateway answer read.
 const MAX_ANSWER: usize = 64 * 1024;
+/// Before the drain deadline, the time a pay call keeps for itself once it stops waiting
+/// for the gateway: to answer 503 (the order left `paying` for the settle task) before the
+/// server cuts it off. Far above what that takes (no write, one small answer).
+pub const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
 /// Orders the settle task claims per round (and settles at once).
 const SETTLE_BATCH: i64 = 32;
 
@@ -273,7 +281,30 @@ impl Payments {
             Done::PayStarted(PayStart::Refused(o)) => return Err(PayError::Conflict(o)),
             other => return Err(unexpected(&other)),
         };
-        let charged = self.charge_or_find(&order).await;
+        // The gateway is given until the drain deadline minus the time the answer needs;
+        // then the outcome is left to the settle task, and the client hears so in time.
+        let near_deadline = async {
+            match lameduck::context::RequestContext::current() {
+                Some(ctx) => {
+                    ctx.shutdown().stop_soon().await;
+                    match ctx.deadline() {
+                        Some(d) => {
+                            let at = d.checked_sub(ANSWER_MARGIN).unwrap_or(d);
+                            tokio::time::sleep_until(at.into()).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let charged = tokio::select! {
+            c = self.charge_or_find(&order) => c,
+            () = near_deadline => Charged::Unknown(format!(
+                "the process is stopping and its drain deadline is {} ms away",
+                ANSWER_MARGIN.as_millis()
+            )),
+        };
         let charge_id = match &charged {
             Charged::Yes(c) => Some(c.clone()),
             Charged::Refused(_) => None,

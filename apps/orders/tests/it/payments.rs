@@ -636,3 +636,63 @@ fault_cases! {
     failing_lookups_then_sigterm: r#"{"lost_reply_rate":0.5,"lookup_fail_rate":1}"#, SIGTERM;
     failing_lookups_then_sigkill: r#"{"lost_reply_rate":0.5,"lookup_fail_rate":1}"#, SIGKILL;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pay_call_in_flight_at_sigterm_is_answered_503_before_the_exit() {
+    // A gateway that never answers, and one that answers after 10 s.
+    for latency_ms in [600_000, 10_000] {
+        let gw = gateway(0.0, 0.0, latency_ms).await;
+        let store = Store::sqlite(&format!("pay-at-stop-{latency_ms}"));
+        let mut s = start(
+            &store,
+            &gw,
+            &[
+                "--shutdown-timeout",
+                "5s",
+                "--payment-timeout-max",
+                "20s",
+                "--payment-lease",
+                "300s",
+                "--log-format",
+                "json",
+            ],
+        );
+        wait_ready(&s).await;
+        let id = create(s.http, "at-stop").await;
+        let paying = tokio::spawn({
+            let (addr, id) = (s.http, id.clone());
+            async move { pay(addr, &id).await }
+        });
+        let sent = poll_until(SOON, || async {
+            (gw.gateway.requests() >= 1).then_some(())
+        })
+        .await;
+        assert!(sent.is_some(), "the charge reached the gateway");
+        let t0 = Instant::now();
+        s.signal(Signal::SIGTERM);
+        let (status, body, headers) = paying.await.expect("pay task");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("dependency_unavailable")),
+            "latency {latency_ms} ms: {body}"
+        );
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(
+            s.wait_exit(SOON).await,
+            Exit::Exited(0),
+            "latency {latency_ms} ms"
+        );
+        let report = s
+            .logs()
+            .into_iter()
+            .find(|l| l.contains("shutdown report"))
+            .expect("a shutdown report");
+        assert!(report.contains("\"abandoned\":0"), "{report}");
+        eprintln!(
+            "latency {latency_ms} ms: answered 503 and exited 0 in {:?}",
+            t0.elapsed()
+        );
+        // The charge was made (the gateway commits first): the next process settles it.
+        assert_eq!(gw.gateway.charges().len(), 1);
+    }
+}
