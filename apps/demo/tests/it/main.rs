@@ -46,6 +46,16 @@ pub(crate) async fn answered(s: &Spawned, route: &str) -> u64 {
 }
 
 /// Status of an admin endpoint, or 0 when the request failed.
+/// Seconds from the environment variable `name` (an attack's length), `default` when unset.
+pub(crate) fn env_secs(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 /// A metric's value on the admin `/metrics`: the line starting with `line`.
 pub(crate) async fn metric(admin: std::net::SocketAddr, line: &str) -> Option<f64> {
     let res = get(admin, "/metrics").await.ok()?;

@@ -23,12 +23,7 @@ const MAX_RECONNECTS: u64 = 200_000;
 
 /// How long the attack runs.
 fn attack_secs() -> u64 {
-    match std::env::var("LAMEDUCK_PROBE_ATTACK_SECS") {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("LAMEDUCK_PROBE_ATTACK_SECS={v:?} is not a number")),
-        Err(_) => 15,
-    }
+    crate::env_secs("LAMEDUCK_PROBE_ATTACK_SECS", 15)
 }
 
 /// Probes allowed to fail: 3 of 240 (one in 80), at least one.

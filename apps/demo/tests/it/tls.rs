@@ -389,12 +389,7 @@ async fn idle_connections_are_closed_with_close_notify_after_the_grace() {
 
 /// Seconds each TLS attack phase lasts (`LAMEDUCK_TLS_ATTACK_SECS`, 20 by default).
 fn tls_attack_secs() -> u64 {
-    match std::env::var("LAMEDUCK_TLS_ATTACK_SECS") {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("LAMEDUCK_TLS_ATTACK_SECS={v:?} is not a number")),
-        Err(_) => 20,
-    }
+    crate::env_secs("LAMEDUCK_TLS_ATTACK_SECS", 20)
 }
 
 /// One attacking connection, reopened as soon as it is cut, until `until`: it sends

@@ -12,8 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// First back-off after an accept error (EMFILE and friends); doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(5);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Accept connections until `stop` fires, handing each to `serve` with a permit from
 /// `limit` (at most that many connections are open; past it, connections wait in the

@@ -90,6 +90,8 @@ struct Places {
     open: Mutex<VecDeque<Place>>,
     /// A place was given back.
     freed: Notify,
+    /// The next connection's id.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Places {
@@ -126,6 +128,26 @@ impl Places {
         self.lock().push_back(place);
     }
 
+    /// Take a place for a new connection (after [`make_room`](Self::make_room)): its seat,
+    /// which gives the place back when dropped.
+    fn seat(self: &Arc<Self>) -> Seat {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (state, evict) = (Arc::new(ConnState::new()), CancellationToken::new());
+        self.add(Place {
+            id,
+            state: state.clone(),
+            evict: evict.clone(),
+        });
+        Seat {
+            id,
+            state,
+            evict,
+            places: self.clone(),
+        }
+    }
+
     fn remove(&self, id: u64) {
         self.lock().retain(|p| p.id != id);
         self.freed.notify_one();
@@ -152,8 +174,7 @@ pub(super) async fn serve(
         .max_buf_size(2 * ADMIN_MAX_HEADER_BYTES);
     let builder = Arc::new(builder);
     let places = Arc::new(Places::default());
-    let mut next_id = 0u64;
-    let mut backoff = Duration::from_millis(5);
+    let mut backoff = super::accept::MIN_BACKOFF;
     // The admin listener stays open until the process exits: nothing stops its loop.
     loop {
         // New connections wait in the accept queue until there is a place.
@@ -176,29 +197,16 @@ pub(super) async fn serve(
             Err(e) => {
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "admin accept failed; backing off");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                backoff = (backoff * 2).min(super::accept::MAX_BACKOFF);
                 continue;
             }
         };
-        backoff = Duration::from_millis(5);
-        next_id += 1;
-        let state = Arc::new(ConnState::new());
-        let evict = CancellationToken::new();
-        places.add(Place {
-            id: next_id,
-            state: state.clone(),
-            evict: evict.clone(),
-        });
+        backoff = super::accept::MIN_BACKOFF;
         tokio::spawn(connection(
             builder.clone(),
             stream,
             peer,
-            Seat {
-                id: next_id,
-                state,
-                evict,
-                places: places.clone(),
-            },
+            places.seat(),
             routes.clone(),
             limits,
             shutdown.clone(),

@@ -38,7 +38,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 pub use crate::error::TlsError;
 use crate::lifecycle::Shutdown;
@@ -144,7 +143,10 @@ impl ResolvesServerCert for Pair {
 
 /// A server configuration serving `pair`: TLS 1.3 and 1.2, ALPN h2 and http/1.1, and a
 /// session cache of its own (so a rotation also ends resumption of the old pair's sessions).
-fn acceptor(config: &TlsConfig, pair: Arc<CertifiedKey>) -> Result<TlsAcceptor, TlsError> {
+fn server_config(
+    config: &TlsConfig,
+    pair: Arc<CertifiedKey>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut server = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::File {
@@ -154,7 +156,7 @@ fn acceptor(config: &TlsConfig, pair: Arc<CertifiedKey>) -> Result<TlsAcceptor, 
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Pair(pair)));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok(Arc::new(server))
 }
 
 /// How close to its expiry the certificate in use is warned about (7 days).
@@ -199,10 +201,11 @@ fn expiry_warning(not_after: i64, now: i64) -> Option<String> {
     }
 }
 
-/// The server's TLS: the acceptor, the current pair, the limits and the counts.
+/// The server's TLS: the server configuration (with the current pair), the limits and the
+/// counts.
 pub(crate) struct Tls {
     /// Replaced whole at each rotation.
-    acceptor: RwLock<TlsAcceptor>,
+    server: RwLock<Arc<rustls::ServerConfig>>,
     config: TlsConfig,
     /// The files' content last loaded (or refused), to notice a change.
     seen: Mutex<Seen>,
@@ -318,7 +321,7 @@ fn parse(config: &TlsConfig, cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey
 }
 
 impl Tls {
-    /// Load the pair and make the acceptor.
+    /// Load the pair and make the server configuration.
     pub(crate) fn new(config: TlsConfig) -> Result<Self, TlsError> {
         config.check()?;
         let (cert, key) = (read(&config.cert)?, read(&config.key)?);
@@ -326,7 +329,7 @@ impl Tls {
         let stats = Arc::new(TlsStats::default());
         stats.set_not_after(pair.end_entity_cert().ok().and_then(|c| not_after(c)));
         Ok(Self {
-            acceptor: RwLock::new(acceptor(&config, pair)?),
+            server: RwLock::new(server_config(&config, pair)?),
             handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_handshakes)),
             config,
             seen: Mutex::new(Seen {
@@ -362,14 +365,14 @@ impl Tls {
         seen.key = key;
         let parsed = parse(&self.config, &seen.cert, &seen.key).and_then(|pair| {
             let expires = pair.end_entity_cert().ok().and_then(|c| not_after(c));
-            Ok((acceptor(&self.config, pair)?, expires))
+            Ok((server_config(&self.config, pair)?, expires))
         });
         match parsed {
             Ok((next, expires)) => {
                 seen.refused = None;
                 self.stats.set_not_after(expires);
                 *self
-                    .acceptor
+                    .server
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
@@ -431,10 +434,9 @@ impl Tls {
             drop(waiting);
             let _in_progress = Gauge::up(&self.stats.in_progress);
             let config = self
-                .acceptor
+                .server
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .config()
                 .clone();
             start.into_stream(config).await.map_err(|e| io_failure(&e))
         };
