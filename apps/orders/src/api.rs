@@ -219,6 +219,20 @@ impl From<WriteError> for ApiError {
                 "unavailable",
                 "database unavailable, retry later",
             ),
+            WriteError::OutcomeUnknown(after) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                format!(
+                    "the write took longer than {after:?} and its outcome is unknown: it may \
+                     still commit; a retry with the same Idempotency-Key returns the order if \
+                     it was created (and creates it once if not)"
+                ),
+            ),
+            WriteError::NoSpace(text) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{text}; retry later"),
+            ),
             WriteError::Closed => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

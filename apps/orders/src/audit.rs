@@ -6,6 +6,12 @@
 //! answers each caller (group commit). With [`AuditFsync::Each`] every line gets its own
 //! fsync, for comparison. A failed fsync is not retried: after it the kernel may have
 //! dropped the dirty pages, so the log turns broken and every later append fails.
+//!
+//! A write refused for want of space (`ENOSPC`) is not a broken log: the file is cut back
+//! to its last complete line, the lines that did not fit wait in memory (up to
+//! [`PENDING_LIMIT`] bytes, then the log is broken), their callers get
+//! [`AuditError::NoSpace`], and they are written ahead of the next append's lines, so the
+//! log keeps every line in order once space is back.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -21,6 +27,8 @@ use crate::config::AuditFsync;
 pub const MAX_BATCH: usize = 1024;
 /// Queue length before appends wait.
 const QUEUE: usize = 8192;
+/// Most bytes of lines kept in memory while the disk is full; more and the log is broken.
+pub const PENDING_LIMIT: usize = 8 * 1024 * 1024;
 
 /// Why an append failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,6 +40,13 @@ pub enum AuditError {
         path: PathBuf,
         /// The first error.
         reason: String,
+    },
+    /// The file system is full: the lines wait in memory and are written ahead of the
+    /// next append's.
+    #[error("no space left for audit log {path}")]
+    NoSpace {
+        /// The file.
+        path: PathBuf,
     },
     /// The writer has stopped (shutdown).
     #[error("audit log is closed")]
@@ -80,6 +95,7 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
         let (tx, rx) = mpsc::channel(QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -89,6 +105,8 @@ impl AuditLog {
             broken: broken.clone(),
             path: path.to_path_buf(),
             failure: None,
+            len,
+            pending: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -179,6 +197,10 @@ struct Writer {
     broken: Arc<AtomicBool>,
     path: PathBuf,
     failure: Option<AuditError>,
+    /// The file's length after the last complete write.
+    len: u64,
+    /// Lines refused for want of space, written ahead of the next ones.
+    pending: Vec<u8>,
 }
 
 impl Writer {
@@ -204,6 +226,13 @@ impl Writer {
                 }
             }
         }
+        if !self.pending.is_empty() && self.failure.is_none() {
+            let mut buf = Vec::new();
+            if let Err(e) = self.commit(&[], &mut buf) {
+                // The lines are in the log's output at least.
+                tracing::error!(error = %e, lines = %String::from_utf8_lossy(&self.pending), "audit log: lines that never found space on disk");
+            }
+        }
         let _ = self.file.sync_data();
     }
 
@@ -212,6 +241,7 @@ impl Writer {
             return Err(f.clone());
         }
         buf.clear();
+        buf.extend_from_slice(&self.pending);
         for job in batch {
             let lines: &[String] = match job {
                 Job::Line(line, _) => std::slice::from_ref(line),
@@ -223,20 +253,55 @@ impl Writer {
                 buf.push(b'\n');
             }
         }
-        let io = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data());
-        io.map_err(|e| {
-            tracing::error!(path = %self.path.display(), error = %e, "audit log write or fsync failed; the log is now broken");
-            self.broken.store(true, Ordering::Relaxed);
-            let err = AuditError::Broken {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            };
-            self.failure = Some(err.clone());
-            err
+        if let Err(e) = self.file.write_all(buf) {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                return self.no_space(buf);
+            }
+            return Err(self.broken(&e));
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => Err(self.broken(&e)),
+        }
+    }
+
+    /// The write of `buf` found no space: cut the file back to its last complete line and
+    /// keep `buf` for the next write.
+    fn no_space(&mut self, buf: &[u8]) -> Result<(), AuditError> {
+        if buf.len() > PENDING_LIMIT {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!("no space left, and more than {PENDING_LIMIT} bytes of lines waiting"),
+            );
+            return Err(self.broken(&e));
+        }
+        if let Err(e) = self.file.set_len(self.len) {
+            return Err(self.broken(&e));
+        }
+        if self.pending.is_empty() {
+            tracing::warn!(path = %self.path.display(), "audit log: no space left on the device; lines wait in memory until there is");
+        }
+        self.pending.clear();
+        self.pending.extend_from_slice(buf);
+        Err(AuditError::NoSpace {
+            path: self.path.clone(),
         })
+    }
+
+    /// Turn the log broken for good after `e`.
+    fn broken(&mut self, e: &std::io::Error) -> AuditError {
+        tracing::error!(path = %self.path.display(), error = %e, "audit log write or fsync failed; the log is now broken");
+        self.broken.store(true, Ordering::Relaxed);
+        let err = AuditError::Broken {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        };
+        self.failure = Some(err.clone());
+        err
     }
 }
 

@@ -94,6 +94,12 @@ pub struct Overrides {
     /// transaction of its own (off) [default: on].
     #[arg(long, env = "LAMEDUCK_WRITE_BATCHING", value_enum)]
     pub write_batching: Option<WriteBatching>,
+    /// Longest a batch's transaction may take, commit included, with write batching on;
+    /// past it the batch's writes are answered 503 `outcome_unknown` while the transaction
+    /// finishes (a retry with the same Idempotency-Key finds out) [default: 10s].
+    #[arg(long, env = "LAMEDUCK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "opt_duration")]
+    pub write_timeout: Option<Duration>,
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
     pub body_limit: Option<usize>,
@@ -254,6 +260,9 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// Writes through the group-commit writer (`on`) or pooled transactions (`off`).
     pub write_batching: WriteBatching,
+    /// Longest a writer batch's transaction may take before its writes are answered.
+    #[serde(with = "duration")]
+    pub write_timeout: Duration,
     /// Largest request body.
     pub body_limit: usize,
     /// Most requests in flight (`off`: no limit).
@@ -363,6 +372,7 @@ impl Overrides {
             audit_fsync: self.audit_fsync.or(lower.audit_fsync),
             db_max_connections: self.db_max_connections.or(lower.db_max_connections),
             write_batching: self.write_batching.or(lower.write_batching),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
             body_limit: self.body_limit.or(lower.body_limit),
             max_in_flight: self.max_in_flight.or(lower.max_in_flight),
             request_timeout: self.request_timeout.or(lower.request_timeout),
@@ -501,6 +511,12 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if body_read_timeout.is_zero() || body_timeout.is_zero() {
         bail!("body_read_timeout and body_timeout must be above zero");
     }
+    let write_timeout = o
+        .write_timeout
+        .unwrap_or(crate::writer::DEFAULT_WRITE_TIMEOUT);
+    if write_timeout.is_zero() {
+        bail!("write_timeout must be above zero");
+    }
     let registry_ttl = o.registry_ttl.unwrap_or(Duration::from_secs(10));
     if registry_ttl < Duration::from_secs(1) {
         bail!("registry_ttl must be at least 1s");
@@ -574,6 +590,7 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),
         db_max_connections,
         write_batching: o.write_batching.unwrap_or(WriteBatching::On),
+        write_timeout,
         body_limit,
         max_in_flight: o.max_in_flight.unwrap_or_default(),
         request_timeout: o.request_timeout.unwrap_or_default(),

@@ -23,7 +23,8 @@ use crate::audit::AuditLog;
 use crate::model::Order;
 use crate::ops::{apply, audit_line, insert_new, order_of, AuditCtx, Created, Done, Op, COLUMNS};
 use crate::outbox::Outbox;
-use crate::writer::{Target, WriteError, Writer};
+use crate::space::{dir_of, is_disk_full, Space};
+use crate::writer::{audit_failed, Options, Target, WriteError, Writer};
 
 /// How long a request waits for a database connection before it is answered 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,11 +42,15 @@ pub struct Db {
     events: bool,
     /// Notified when a change with an event commits (the relay waits on it when idle).
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Refuses writes while the disk is full.
+    space: Space,
+    /// The SQLite file's directory (`None` on PostgreSQL).
+    db_dir: Option<std::path::PathBuf>,
 }
 
 impl Db {
-    /// Connect, set SQLite's durability pragmas, and apply the migrations; with `batched`,
-    /// start the writer on a connection of its own.
+    /// Connect, set SQLite's durability pragmas, and apply the migrations; with a write
+    /// timeout (`writer`), start the writer on a connection of its own.
     ///
     /// # Errors
     /// The database cannot be opened, reached or migrated; the message names it (without
@@ -55,11 +60,13 @@ impl Db {
         max_connections: u32,
         audit: AuditLog,
         events: bool,
-        batched: bool,
+        writer: Option<std::time::Duration>,
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let shown = crate::config::redact_url(url);
+        let db_dir = sqlite.then(|| dir_of(Path::new(sqlite_path(url))));
+        let space = Space::new(tokio::runtime::Handle::current());
         let url = if sqlite {
             sqlite_url(url)?
         } else {
@@ -86,7 +93,7 @@ impl Db {
         };
         migrated.with_context(|| format!("cannot migrate database {shown}"))?;
         let wake = std::sync::Arc::<tokio::sync::Notify>::default();
-        let writer = if batched {
+        let writer = if let Some(write_timeout) = writer {
             let target = Target {
                 url: url.clone(),
                 sqlite,
@@ -95,12 +102,18 @@ impl Db {
                 .connect()
                 .await
                 .with_context(|| format!("cannot open database {shown}"))?;
+            let options = Options {
+                events,
+                write_timeout,
+                space: space.clone(),
+                db_dir: db_dir.clone(),
+            };
             Some(Writer::start(
                 conn,
                 target,
                 audit.clone(),
-                events,
                 wake.clone(),
+                options,
             ))
         } else {
             None
@@ -112,7 +125,14 @@ impl Db {
             audit,
             events,
             wake,
+            space,
+            db_dir,
         })
+    }
+
+    /// Whether writes are refused for want of space.
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     /// The writer (with write batching), for its counts.
@@ -129,14 +149,27 @@ impl Db {
         if let Some(w) = &self.writer {
             return w.write(op, audit).await;
         }
-        let done = self.write_pooled(&op).await?;
+        if let Some(refused) = self.space.refusal() {
+            return Err(WriteError::NoSpace(refused));
+        }
+        let done = match self.write_pooled(&op).await {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(match &self.db_dir {
+                    Some(dir) if is_disk_full(&e) => WriteError::NoSpace(self.space.refuse(dir)),
+                    _ => WriteError::Db(e),
+                })
+            }
+        };
         if self.events && done.made_event() {
             self.wake.notify_one();
         }
         if let Some(line) =
             audit.and_then(|ctx| audit_line(&done, &ctx, &crate::model::now_rfc3339()))
         {
-            self.audit.append_lines(vec![line]).await?;
+            if let Err(e) = self.audit.append_lines(vec![line]).await {
+                return Err(audit_failed(&self.space, &e));
+            }
         }
         Ok(done)
     }
@@ -299,12 +332,17 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     )
 }
 
-/// Make sure the SQLite file's directory exists and ask sqlx to create the file.
-fn sqlite_url(url: &str) -> anyhow::Result<String> {
+/// The file a `sqlite:` URL names.
+fn sqlite_path(url: &str) -> &str {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or(path);
+    path.split('?').next().unwrap_or(path)
+}
+
+/// Make sure the SQLite file's directory exists and ask sqlx to create the file.
+fn sqlite_url(url: &str) -> anyhow::Result<String> {
+    let path = sqlite_path(url);
     if let Some(dir) = Path::new(path)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

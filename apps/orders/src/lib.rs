@@ -16,6 +16,7 @@ pub mod ops;
 pub mod outbox;
 pub mod payments;
 pub mod relay;
+pub mod space;
 pub mod writer;
 
 use std::io::Write as _;
@@ -97,7 +98,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         settings.db_max_connections,
         audit.clone(),
         settings.webhook_url.is_some(),
-        settings.write_batching == config::WriteBatching::On,
+        (settings.write_batching == config::WriteBatching::On).then_some(settings.write_timeout),
     )
     .await?;
     let payments = settings
@@ -147,6 +148,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
     }
     builder = settings.max_in_flight.apply(builder);
     builder = with_tls(builder, &settings)?;
+    builder = builder.metric(db.space().metric());
     if let Some(w) = db.writer() {
         for m in writer::metrics(&w.stats()) {
             builder = builder.metric(m);
@@ -168,6 +170,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .listen_backlog(settings.listen_backlog)
         .proxy_protocol(settings.proxy_protocol)
         .readiness_check(readiness(&app))
+        .readiness_check(space_check(&app))
         .admin(settings.admin_listen)
         .bind(settings.listen, lifecycle)
         .await?;
@@ -374,5 +377,14 @@ fn readiness(app: &api::App) -> ReadinessCheck {
                 Err(_) => Err("database did not answer in time".into()),
             }
         }
+    })
+}
+
+/// `/readyz` names a full disk but stays 200: reads are still served.
+fn space_check(app: &api::App) -> ReadinessCheck {
+    let space = app.db.space().clone();
+    ReadinessCheck::advisory("disk", move || {
+        let refused = space.refusal();
+        async move { refused.map_or(Ok(()), Err) }
     })
 }

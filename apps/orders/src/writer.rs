@@ -10,9 +10,17 @@
 //! savepoint, so that the one at fault fails alone. On PostgreSQL, where each statement is
 //! a round trip, a batch of creates alone without outbox events skips the transaction: one
 //! read of the keys, then one insert of every order and key, atomic by itself
-//! (`creates_at_once`). A failed commit, a broken connection or a batch over
-//! [`BATCH_TIMEOUT`] fails the whole batch ([`WriteError::Unavailable`], 503), and the next
-//! batch opens a new connection.
+//! (`creates_at_once`). A failed commit or a broken connection fails the whole batch
+//! ([`WriteError::Unavailable`], 503), and the next batch opens a new connection.
+//!
+//! A batch still running after the write timeout (`--write-timeout`, default
+//! [`DEFAULT_WRITE_TIMEOUT`]) is answered at once, 503 [`WriteError::OutcomeUnknown`]: its
+//! commit may be under way and nothing can tell. It is not cut off: it goes on in a task of
+//! its own, on its own connection, for up to [`LATE_LIMIT`] more, and once it has committed
+//! its audit lines are written like any other batch's, so a committed write always has its
+//! audit line. A retry with the same idempotency key then finds the order (waiting for the
+//! late commit when it is still under way). The next batch opens a new connection
+//! meanwhile; [`Writer::stop`] waits for the late batches too.
 //!
 //! The batch's audit lines are then written and fsync'd together, and only then is each
 //! caller answered (from the audit log's thread, which wakes each caller directly), so a 201
@@ -30,6 +38,7 @@ use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection as _, Executor as _};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::model::NewOrder;
@@ -37,6 +46,7 @@ use crate::ops::{
     apply, audit_line, create_many, insert_new, insert_new_alone, is_constraint_violation,
     AuditCtx, Created, Done, Op,
 };
+use crate::space::{dir_of, is_disk_full, Space};
 
 /// Most writes in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -58,16 +68,29 @@ pub enum WriteError {
     /// The writer has stopped (shutdown).
     #[error("the writer has stopped")]
     Closed,
-    /// The batch's transaction failed or took longer than [`BATCH_TIMEOUT`], or the
-    /// database cannot be reached: none of its writes is committed, or (a timeout) the
-    /// outcome is unknown; a retry with the same idempotency key finds out.
+    /// The batch's transaction failed, or the database cannot be reached: none of its
+    /// writes is committed.
     #[error("{0}")]
     Unavailable(String),
+    /// The batch's transaction was still running after the write timeout: it may yet
+    /// commit (and then gets its audit line); a retry with the same idempotency key finds
+    /// out.
+    #[error("the write took longer than {0:?}; its outcome is unknown")]
+    OutcomeUnknown(Duration),
+    /// The disk is full: writes are refused until there is space ([`Space`]). The text
+    /// names the directory (and, when the write is stored but its audit line waits for
+    /// space, says so).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
-/// Longest a batch's transaction may take; then its connection is dropped (rolling it
-/// back), its writes are answered 503, and the next batch opens a new connection.
-pub const BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The write timeout when none is set: how long a batch's transaction may take before its
+/// writes are answered [`WriteError::OutcomeUnknown`].
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batch past its write timeout may still take to finish; then its connection
+/// is closed and its outcome stays unknown (logged with the writes it held).
+pub const LATE_LIMIT: Duration = Duration::from_secs(60);
 
 /// Where the writer's connection goes, to open it again after it broke.
 #[derive(Debug, Clone)]
@@ -76,6 +99,19 @@ pub struct Target {
     pub url: String,
     /// SQLite (else PostgreSQL).
     pub sqlite: bool,
+}
+
+/// The writer's settings beyond its connection.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Write outbox events.
+    pub events: bool,
+    /// How long a batch's transaction may take before its writes are answered.
+    pub write_timeout: Duration,
+    /// Refuses writes while the disk is full.
+    pub space: Space,
+    /// The SQLite file's directory (`None` on PostgreSQL), named when it is full.
+    pub db_dir: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -111,10 +147,17 @@ impl Target {
     }
 }
 
-struct Job {
+/// What a write does: its op, and the fields of its audit line.
+struct Work {
     op: Op,
     audit: Option<AuditCtx>,
-    reply: oneshot::Sender<Result<Done, WriteError>>,
+}
+
+type Reply = oneshot::Sender<Result<Done, WriteError>>;
+
+struct Job {
+    work: Work,
+    reply: Reply,
 }
 
 enum Msg {
@@ -199,6 +242,7 @@ pub fn metrics(stats: &Arc<WriterStats>) -> Vec<lameduck::metrics::AppMetric> {
 pub struct Writer {
     tx: mpsc::Sender<Msg>,
     stats: Arc<WriterStats>,
+    space: Space,
 }
 
 impl std::fmt::Debug for Msg {
@@ -212,14 +256,20 @@ impl std::fmt::Debug for Msg {
 
 impl Writer {
     /// Start the writer on `conn`, a connection to `target` (for SQLite, with its pragmas
-    /// set). `events` writes outbox events; `wake` is notified after a commit that wrote one.
+    /// set). `wake` is notified after a commit that wrote an outbox event.
     pub fn start(
         conn: AnyConnection,
         target: Target,
         audit: AuditLog,
-        events: bool,
         wake: Arc<Notify>,
+        options: Options,
     ) -> Self {
+        let Options {
+            events,
+            write_timeout,
+            space,
+            db_dir,
+        } = options;
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(WriterStats::default());
         let run = Run {
@@ -230,9 +280,13 @@ impl Writer {
             events,
             wake,
             stats: stats.clone(),
+            write_timeout,
+            late: TaskTracker::new(),
+            space: space.clone(),
+            db_dir,
         };
         tokio::spawn(run.run());
-        Self { tx, stats }
+        Self { tx, stats, space }
     }
 
     /// The batch counts.
@@ -260,8 +314,14 @@ impl Writer {
         audit: Option<AuditCtx>,
         handed: impl FnOnce(),
     ) -> Result<Done, WriteError> {
+        if let Some(refused) = self.space.refusal() {
+            return Err(WriteError::NoSpace(refused));
+        }
         let (reply, answer) = oneshot::channel();
-        let job = Msg::Job(Job { op, audit, reply });
+        let job = Msg::Job(Job {
+            work: Work { op, audit },
+            reply,
+        });
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -293,6 +353,22 @@ struct Run {
     events: bool,
     wake: Arc<Notify>,
     stats: Arc<WriterStats>,
+    write_timeout: Duration,
+    /// The batches past their write timeout, still finishing.
+    late: TaskTracker,
+    space: Space,
+    db_dir: Option<std::path::PathBuf>,
+}
+
+/// How a batch's transaction went.
+enum Ran {
+    /// It ran (committed, or each failed write rolled back alone): the writes and results.
+    Done(Vec<Work>, Vec<Result<Done, WriteError>>),
+    /// It failed as a whole (why, and whether for want of space): nothing of it is
+    /// committed.
+    Failed(String, bool),
+    /// It was still running at the write timeout; it goes on in a task of its own.
+    Late,
 }
 
 impl Run {
@@ -328,6 +404,15 @@ impl Run {
                 self.batch(jobs).await;
             }
         }
+        // The late batches write their audit lines before the last sync.
+        self.late.close();
+        if !self.late.is_empty() {
+            tracing::info!(
+                batches = self.late.len(),
+                "writer: waiting for the batches past their write timeout"
+            );
+        }
+        self.late.wait().await;
         // Every batch's callers are answered once the audit lines queued before this are
         // on disk (or the log failed).
         let _ = self.audit.sync().await;
@@ -347,39 +432,55 @@ impl Run {
     /// batch can start meanwhile).
     async fn batch(&mut self, jobs: Vec<Job>) {
         self.stats.record(jobs.len());
-        let results = match self.transaction(&jobs).await {
-            Ok(results) => results,
-            Err(why) => {
-                tracing::error!(error = %why, writes = jobs.len(), "writer: a batch failed; its writes are answered 503");
-                for job in jobs {
-                    let _ = job.reply.send(Err(WriteError::Unavailable(why.clone())));
+        let (work, replies): (Vec<Work>, Vec<Reply>) =
+            jobs.into_iter().map(|j| (j.work, j.reply)).unzip();
+        let (work, mut results) = match self.transaction(work).await {
+            Ran::Done(work, results) => (work, results),
+            Ran::Failed(why, full) => {
+                let refused = match (&self.db_dir, full) {
+                    (Some(dir), true) => Some(self.space.refuse(dir)),
+                    _ => {
+                        tracing::error!(error = %why, writes = replies.len(), "writer: a batch failed; its writes are answered 503");
+                        None
+                    }
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(match &refused {
+                        Some(text) => WriteError::NoSpace(text.clone()),
+                        None => WriteError::Unavailable(why.clone()),
+                    }));
+                }
+                return;
+            }
+            Ran::Late => {
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::OutcomeUnknown(self.write_timeout)));
                 }
                 return;
             }
         };
-        if self.events
-            && results
-                .iter()
-                .any(|r| r.as_ref().is_ok_and(Done::made_event))
-        {
+        if let Some(dir) = &self.db_dir {
+            for r in &mut results {
+                if matches!(r, Err(WriteError::Db(e)) if is_disk_full(e)) {
+                    *r = Err(WriteError::NoSpace(self.space.refuse(dir)));
+                }
+            }
+        }
+        if self.events && made_event(&results) {
             self.wake.notify_one();
         }
-        let ts = crate::model::now_rfc3339();
-        let lines: Vec<String> = jobs
-            .iter()
-            .zip(&results)
-            .filter_map(|(job, r)| audit_line(r.as_ref().ok()?, job.audit.as_ref()?, &ts))
-            .collect();
+        let lines = audit_lines(&work, &results);
+        let space = self.space.clone();
         let answer = move |synced: Result<(), AuditError>| {
-            for (job, result) in jobs.into_iter().zip(results) {
+            for ((work, reply), result) in work.into_iter().zip(replies).zip(results) {
                 let answer = match (&synced, result) {
                     (_, Err(e)) => Err(e),
-                    (Err(a), Ok(done)) if job.audit.is_some() && done.audited().is_some() => {
-                        Err(WriteError::Audit(a.clone()))
+                    (Err(a), Ok(done)) if work.audit.is_some() && done.audited().is_some() => {
+                        Err(audit_failed(&space, a))
                     }
                     (_, Ok(done)) => Ok(done),
                 };
-                let _ = job.reply.send(answer);
+                let _ = reply.send(answer);
             }
         };
         if lines.is_empty() {
@@ -391,42 +492,114 @@ impl Run {
         }
     }
 
-    /// Run and commit the batch's transaction, within [`BATCH_TIMEOUT`], on the connection
-    /// (opened again first if it broke). `Err` (why) when nothing of it is known to be
-    /// committed.
-    async fn transaction(&mut self, jobs: &[Job]) -> Result<Vec<Result<Done, WriteError>>, String> {
-        let mut conn = match self.conn.take() {
+    /// Run and commit the batch's transaction on the connection (opened again first if it
+    /// broke). Past the write timeout it goes on in a task of its own ([`Run::late`]).
+    async fn transaction(&mut self, work: Vec<Work>) -> Ran {
+        let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => {
-                let conn = self
-                    .target
-                    .connect()
-                    .await
-                    .map_err(|e| format!("cannot reach the database: {e}"))?;
-                tracing::info!("writer: connected to the database again");
-                conn
-            }
+            None => match self.target.connect().await {
+                Ok(conn) => {
+                    tracing::info!("writer: connected to the database again");
+                    conn
+                }
+                Err(e) => {
+                    return Ran::Failed(format!("cannot reach the database: {e}"), is_disk_full(&e))
+                }
+            },
         };
-        let run = transaction(&mut conn, &self.target, jobs, self.events);
-        match tokio::time::timeout(BATCH_TIMEOUT, run).await {
-            Ok(Ok(results)) => {
+        let (target, events) = (self.target.clone(), self.events);
+        let mut run = Box::pin(async move {
+            let mut conn = conn;
+            let result = transaction(&mut conn, &target, &work, events).await;
+            (conn, work, result)
+        });
+        match tokio::time::timeout(self.write_timeout, &mut run).await {
+            Ok((conn, work, Ok(results))) => {
                 self.conn = Some(conn);
-                Ok(results)
+                Ran::Done(work, results)
             }
-            Ok(Err(e)) => {
+            Ok((mut conn, _, Err(e))) => {
                 // A broken connection is dropped; any other error leaves it usable once
                 // the transaction is rolled back.
                 if !crate::db::is_unavailable(&e) && conn.execute("ROLLBACK").await.is_ok() {
                     self.conn = Some(conn);
                 }
-                Err(format!("the batch's transaction failed: {e}"))
+                Ran::Failed(
+                    format!("the batch's transaction failed: {e}"),
+                    is_disk_full(&e),
+                )
             }
-            // Dropping the connection rolls back whatever was not committed.
-            Err(_) => Err(format!(
-                "the batch's transaction took longer than {BATCH_TIMEOUT:?}; its outcome is unknown"
-            )),
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?self.write_timeout,
+                    "writer: a batch is still running after its write timeout; its writes are answered 503 outcome_unknown while it finishes on its own connection"
+                );
+                let (audit, wake) = (self.audit.clone(), self.wake.clone());
+                self.late.spawn(async move {
+                    match tokio::time::timeout(LATE_LIMIT, run).await {
+                        Ok((_conn, work, Ok(results))) => {
+                            if events && made_event(&results) {
+                                wake.notify_one();
+                            }
+                            let lines = audit_lines(&work, &results);
+                            tracing::warn!(
+                                writes = work.len(),
+                                audit_lines = lines.len(),
+                                "writer: a batch past its write timeout has committed; its audit lines are written now"
+                            );
+                            if lines.is_empty() {
+                                return;
+                            }
+                            if let Err(e) = audit.append_lines(lines).await {
+                                tracing::error!(error = %e, "writer: the audit lines of a batch that committed late could not be written");
+                            }
+                        }
+                        // Dropping the connection rolls back whatever was not committed.
+                        Ok((_conn, work, Err(e))) => tracing::warn!(
+                            error = %e,
+                            writes = work.len(),
+                            "writer: a batch past its write timeout failed; nothing of it is committed unless its COMMIT was cut off"
+                        ),
+                        Err(_) => tracing::error!(
+                            limit = ?LATE_LIMIT,
+                            "writer: a batch past its write timeout had not finished after the limit; its connection is closed and its outcome stays unknown"
+                        ),
+                    }
+                });
+                Ran::Late
+            }
         }
     }
+}
+
+/// The answer to a write that is stored but whose audit line failed: for want of space,
+/// writes are refused until there is some, and the line waits in memory (it is written
+/// ahead of the next ones).
+pub fn audit_failed(space: &Space, e: &AuditError) -> WriteError {
+    match e {
+        AuditError::NoSpace { path } => WriteError::NoSpace(format!(
+            "{}; this write is stored and its audit line waits for space: a retry with the \
+             same Idempotency-Key returns it",
+            space.refuse(&dir_of(path))
+        )),
+        other => WriteError::Audit(other.clone()),
+    }
+}
+
+/// Whether a committed result wrote an outbox event.
+fn made_event(results: &[Result<Done, WriteError>]) -> bool {
+    results
+        .iter()
+        .any(|r| r.as_ref().is_ok_and(Done::made_event))
+}
+
+/// The audit lines of a batch's writes that changed an order.
+fn audit_lines(work: &[Work], results: &[Result<Done, WriteError>]) -> Vec<String> {
+    let ts = crate::model::now_rfc3339();
+    work.iter()
+        .zip(results)
+        .filter_map(|(w, r)| audit_line(r.as_ref().ok()?, w.audit.as_ref()?, &ts))
+        .collect()
 }
 
 /// `jobs` in one transaction on `conn`: the creates together ([`creates`]), every other
@@ -435,7 +608,7 @@ impl Run {
 async fn transaction(
     conn: &mut AnyConnection,
     target: &Target,
-    jobs: &[Job],
+    jobs: &[Work],
     events: bool,
 ) -> Result<Vec<Result<Done, WriteError>>, sqlx::Error> {
     if let [job] = jobs {
@@ -482,7 +655,7 @@ async fn creates_at_once(
 }
 
 /// The creates among `jobs`: their positions, and each one's order and idempotency key.
-fn creates_of(jobs: &[Job]) -> (Vec<usize>, Vec<(&NewOrder, Option<&str>)>) {
+fn creates_of(jobs: &[Work]) -> (Vec<usize>, Vec<(&NewOrder, Option<&str>)>) {
     jobs.iter()
         .enumerate()
         .filter_map(|(i, j)| match &j.op {

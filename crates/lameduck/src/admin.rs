@@ -3,7 +3,9 @@
 //!
 //! - `GET /livez`: 200 while the process runs.
 //! - `GET /readyz`: 200 while serving and every [`ReadinessCheck`] passes; 503 from the
-//!   moment draining starts or while a check fails, with the reason in the body.
+//!   moment draining starts or while a check fails, with the reason in the body. An
+//!   [advisory](ReadinessCheck::advisory) check's failure is a `warning:` line in a 200's
+//!   body instead.
 //! - `GET /metrics`: Prometheus text format ([`Metrics::render`]).
 //! - `GET /upgrade`: the outcome of the last SIGHUP upgrade (the new pid, or why it rolled
 //!   back), or `no upgrade yet`.
@@ -54,12 +56,14 @@ type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 pub struct ReadinessCheck {
     name: Arc<str>,
     check: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+    advisory: bool,
 }
 
 impl std::fmt::Debug for ReadinessCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadinessCheck")
             .field("name", &self.name)
+            .field("advisory", &self.advisory)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +79,22 @@ impl ReadinessCheck {
         Self {
             name: name.into(),
             check: Arc::new(move || Box::pin(f())),
+            advisory: false,
+        }
+    }
+
+    /// A named check whose failure does not fail readiness: `/readyz` stays 200 and its
+    /// body gains a line `warning: NAME: REASON`. For a degraded state that should still
+    /// get traffic (reads served while writes are refused), which an operator and a
+    /// dashboard should see.
+    pub fn advisory<F, Fut>(name: impl Into<Arc<str>>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            advisory: true,
+            ..Self::new(name, f)
         }
     }
 
@@ -211,8 +231,9 @@ impl Admin {
         self
     }
 
-    /// `Ok` when the process should receive traffic, else the reasons it should not.
-    pub async fn readiness(&self) -> Result<(), String> {
+    /// `Ok` (with the failed advisory checks' warnings) when the process should receive
+    /// traffic, else the reasons it should not.
+    pub async fn readiness(&self) -> Result<Vec<String>, String> {
         let phase = self.shutdown.phase();
         if phase != Phase::Serving {
             return Err(format!("phase is {phase}"));
@@ -220,14 +241,18 @@ impl Admin {
         if self.operator.is_drained() {
             return Err("operator drain (POST /undrain to undo)".into());
         }
-        let mut failed = Vec::new();
+        let (mut failed, mut warnings) = (Vec::new(), Vec::new());
         for c in self.checks.iter() {
             if let Err(e) = c.run().await {
-                failed.push(e);
+                if c.advisory {
+                    warnings.push(e);
+                } else {
+                    failed.push(e);
+                }
             }
         }
         if failed.is_empty() {
-            Ok(())
+            Ok(warnings)
         } else {
             Err(failed.join("; "))
         }
@@ -266,7 +291,13 @@ impl Admin {
                 format!("alive, phase {}\n", self.shutdown.phase()),
             ),
             "/readyz" => match self.readiness().await {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Ok(warnings) => {
+                    let mut body = String::from("ready\n");
+                    for w in warnings {
+                        body.push_str(&format!("warning: {w}\n"));
+                    }
+                    text(StatusCode::OK, body)
+                }
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {why}\n"),
@@ -526,5 +557,45 @@ mod tests {
         assert_eq!(admin.handle(get("/readyz")).await.status(), 503);
         assert_eq!(admin.handle(get("/livez")).await.status(), 200);
         assert_eq!(admin.handle(get("/nope")).await.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn an_advisory_check_that_fails_is_a_warning_in_a_200() {
+        let lc = Lifecycle::new();
+        let ok = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = ok.clone();
+        let check = ReadinessCheck::advisory("disk", move || {
+            let up = flag.load(std::sync::atomic::Ordering::Relaxed);
+            async move {
+                if up {
+                    Ok(())
+                } else {
+                    Err("writes refused".to_string())
+                }
+            }
+        });
+        let admin = Admin::new(lc.shutdown(), Metrics::new(), vec![check]);
+        lc.set_phase(Phase::Serving);
+        let body = |r: Response<Full<Bytes>>| async move {
+            use http_body_util::BodyExt as _;
+            let status = r.status();
+            let bytes = r.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        };
+        assert_eq!(
+            body(admin.handle(get("/readyz")).await).await,
+            (StatusCode::OK, "ready\n".to_string())
+        );
+        ok.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            body(admin.handle(get("/readyz")).await).await,
+            (
+                StatusCode::OK,
+                "ready\nwarning: disk: writes refused\n".to_string()
+            )
+        );
+        // Draining still fails readiness, warning or not.
+        lc.begin_drain(Duration::from_secs(1));
+        assert_eq!(admin.handle(get("/readyz")).await.status(), 503);
     }
 }

@@ -4,9 +4,11 @@
 
 mod api;
 mod config;
+mod disk;
 mod durability;
 mod faults;
 mod fleet;
+mod late_commit;
 mod outbox;
 mod payments;
 #[cfg(feature = "registry")]

@@ -14,7 +14,7 @@ use lameduck_orders::config::AuditFsync;
 use lameduck_orders::db::Db;
 use lameduck_orders::model::NewOrder;
 use lameduck_orders::ops::{AuditCtx, Created, Done, Op};
-use lameduck_orders::writer::{WriteError, QUEUE};
+use lameduck_orders::writer::{WriteError, DEFAULT_WRITE_TIMEOUT, QUEUE};
 
 use crate::Store;
 
@@ -36,7 +36,7 @@ async fn with_writer(store: Store) -> Fixture {
         Some(i) => store.args[i + 1].clone(),
         None => format!("sqlite:{}", store.dir.join("orders.db").display()),
     };
-    let db = Db::connect(&url, 2, audit, false, true)
+    let db = Db::connect(&url, 2, audit, false, Some(DEFAULT_WRITE_TIMEOUT))
         .await
         .expect("connect");
     Fixture { db, store }
