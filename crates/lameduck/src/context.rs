@@ -391,7 +391,9 @@ impl RequestContext {
     /// [`Server`](crate::server::Server) while it polls the request's handler, so it is
     /// there for code the handler calls (such as
     /// [`PropagateTraceLayer`](crate::middleware::propagate_trace::PropagateTraceLayer)), and
-    /// `None` elsewhere, including in tasks the handler spawns (pass the context on).
+    /// `None` elsewhere, including in tasks the handler spawns: pass the context on with
+    /// [`scope`](Self::scope). (The extractor also finds it in the request's extensions, so a
+    /// handler behind a middleware that spawns the rest of the stack still gets it.)
     pub fn current() -> Option<RequestContext> {
         CURRENT.with(|c| c.borrow().as_ref().map(|c| c.ctx.clone()))
     }
@@ -520,6 +522,14 @@ impl Drop for CurrentGuard {
     }
 }
 
+/// The 500's message when a handler asks for a [`RequestContext`] that its request does not
+/// carry.
+#[cfg(feature = "axum")]
+pub const NO_CONTEXT: &str = "no RequestContext for this request: lameduck's Server (or, \
+     without it, SetRequestContextLayer) attaches one to each request it serves; a request \
+     built anew drops it, and a task spawned with the request's work gets it through \
+     ctx.scope(...)";
+
 #[cfg(feature = "axum")]
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
     type Rejection = (http::StatusCode, &'static str);
@@ -528,16 +538,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
         parts: &mut http::request::Parts,
         _: &S,
     ) -> Result<Self, Self::Rejection> {
-        // The standalone layer puts it in the extensions; lameduck's server makes it the
-        // current context while the handler runs.
+        // lameduck's server and the standalone layer put it in the extensions; the
+        // current context is there for a request rebuilt without them, inside `ctx.scope`.
         parts
             .extensions
             .get::<RequestContext>()
             .cloned()
             .or_else(RequestContext::current)
-            .ok_or((
-                http::StatusCode::INTERNAL_SERVER_ERROR,
-                "SetRequestContextLayer is missing from the middleware stack",
-            ))
+            .ok_or((http::StatusCode::INTERNAL_SERVER_ERROR, NO_CONTEXT))
     }
 }

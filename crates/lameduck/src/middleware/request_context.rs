@@ -41,9 +41,8 @@ use crate::trace_context::{
 
 /// The layer's first step: the [`RequestContext`] of `req`, with its id (the client's, if
 /// valid, else a new one) and its trace context. The layer puts it in the request
-/// extensions; lameduck's server makes it the thread's current context instead while the
-/// application runs (no extension to insert and drop on every request), which the
-/// extractor and the route label read.
+/// extensions; so does lameduck's server, which also makes it the thread's current context
+/// while the application runs (for code the handler calls, such as the route label).
 pub(crate) fn context_for<B>(
     req: &Request<B>,
     shutdown: &Shutdown,

@@ -226,7 +226,12 @@ where
             (None, Early::TooLarge)
         } else {
             let (limit, timeouts) = (self.stack.body_limit, self.stack.body_timeouts);
-            let req = req.map(|b| Limited::new(TimedBody::new(b, timeouts, started, &ctx), limit));
+            let mut req =
+                req.map(|b| Limited::new(TimedBody::new(b, timeouts, started, &ctx), limit));
+            // The context travels with the request too: a middleware may move the rest of
+            // the stack onto a task of its own, where the current context (per thread,
+            // set while this future is polled) is not.
+            req.extensions_mut().insert(ctx.clone());
             let svc = self.inner.clone();
             (catching(|| svc.oneshot(req)), Early::Panicked)
         };

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use axum::Router;
 use lameduck::context::RequestContext;
@@ -520,4 +521,120 @@ async fn the_application_adds_its_own_admin_routes_after_the_built_in_ones() {
     );
     trigger.drain();
     let _ = tokio::time::timeout(SOON, task).await;
+}
+
+/// The request id the server answered with (`x-request-id`) and the body, from a raw answer.
+fn id_and_body(raw: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or("")
+        .to_string();
+    (status, id, body.to_string())
+}
+
+#[tokio::test]
+async fn a_handler_behind_a_middleware_that_spawns_the_rest_of_the_stack_gets_its_context() {
+    use axum::middleware::{from_fn, Next};
+    // A common way to keep a handler running after its client goes: the rest of the stack
+    // runs on a task of its own.
+    let spawn_rest = |req: axum::extract::Request, next: Next| async move {
+        match tokio::spawn(next.run(req)).await {
+            Ok(res) => res,
+            Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/id",
+            get(|ctx: RequestContext| async move { ctx.request_id().to_string() }),
+        )
+        .layer(from_fn(spawn_rest));
+    let (addr, trigger, task) = run(quick(), app).await;
+    let raw = raw_request(
+        addr,
+        b"GET /id HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (status, id, body) = id_and_body(&raw);
+    assert_eq!(status, 200, "{body}");
+    assert!(!id.is_empty(), "no x-request-id");
+    assert_eq!(body, id, "the handler saw the request's own context");
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
+
+#[tokio::test]
+async fn a_task_spawned_with_ctx_scope_sees_the_context_and_a_plain_spawn_does_not() {
+    let app = Router::new().route(
+        "/spawn",
+        get(|ctx: RequestContext| async move {
+            let id = |c: Option<RequestContext>| {
+                c.map_or("none".to_string(), |c| c.request_id().to_string())
+            };
+            let scoped = tokio::spawn(ctx.scope(async move { id(RequestContext::current()) }));
+            let plain = tokio::spawn(async move { id(RequestContext::current()) });
+            let (scoped, plain) = (scoped.await, plain.await);
+            format!(
+                "{} {}",
+                scoped.unwrap_or_default(),
+                plain.unwrap_or_default()
+            )
+        }),
+    );
+    let (addr, trigger, task) = run(quick(), app).await;
+    let raw = raw_request(
+        addr,
+        b"GET /spawn HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (status, id, body) = id_and_body(&raw);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, format!("{id} none"));
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+}
+
+#[tokio::test]
+async fn a_request_rebuilt_without_its_context_gets_a_500_that_names_the_cause_and_the_fix() {
+    use axum::middleware::{from_fn, Next};
+    // A middleware that rebuilds the request, dropping its extensions, and runs the rest on
+    // a task of its own.
+    let rebuild = |req: axum::extract::Request, next: Next| async move {
+        let (parts, body) = req.into_parts();
+        let mut fresh = axum::extract::Request::new(body);
+        *fresh.uri_mut() = parts.uri;
+        match tokio::spawn(next.run(fresh)).await {
+            Ok(res) => res,
+            Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
+    };
+    let app = Router::new()
+        .route(
+            "/id",
+            get(|ctx: RequestContext| async move { ctx.request_id().to_string() }),
+        )
+        .layer(from_fn(rebuild));
+    let (addr, trigger, task) = run(quick(), app).await;
+    let raw = raw_request(
+        addr,
+        b"GET /id HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let (status, _, body) = id_and_body(&raw);
+    assert_eq!(status, 500);
+    assert_eq!(body, lameduck::context::NO_CONTEXT);
+    assert!(
+        body.contains("no RequestContext for this request") && body.contains("ctx.scope(...)"),
+        "{body}"
+    );
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
