@@ -22,10 +22,11 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::db::{is_unavailable, Db};
+use crate::db::Db;
 use crate::model::{valid_idempotency_key, NewOrder, Order};
 use crate::ops::{AuditCtx, Cancelled, Created, Done, Op};
 use crate::payments::{PayError, Payments};
+use crate::sql::is_unavailable;
 use crate::writer::WriteError;
 
 /// Default and largest page size of `GET /orders`.

@@ -21,7 +21,17 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::AuditFsync;
+/// How the audit log is made durable.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// Group commit: requests that arrive while an fsync runs share the next one.
+    Batch,
+    /// One fsync per change (for comparison; slower).
+    Each,
+}
 
 /// Most lines written under one fsync.
 pub const MAX_BATCH: usize = 1024;

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, Executor as _, Row as _};
+use sqlx::{AnyPool, Row as _};
 
 use crate::audit::AuditLog;
 use crate::model::Order;
 use crate::ops::{apply, audit_line, insert_new, order_of, AuditCtx, Created, Done, Op, COLUMNS};
 use crate::outbox::Outbox;
 use crate::space::{dir_of, is_disk_full, Space};
+use crate::sql::{is_unique_violation, sqlite_pragmas};
 use crate::writer::{audit_failed, Options, Target, WriteError, Writer};
 
 /// How long a request waits for a database connection before it is answered 503.
@@ -64,7 +65,7 @@ impl Db {
     ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let shown = crate::config::redact_url(url);
+        let shown = crate::redact::redact_url(url);
         let db_dir = sqlite.then(|| dir_of(Path::new(sqlite_path(url))));
         let space = Space::new(tokio::runtime::Handle::current());
         let url = if sqlite {
@@ -301,35 +302,6 @@ impl Db {
         self.pool.close().await;
         Ok(())
     }
-}
-
-/// A unique constraint refused the statement (an idempotency key another transaction
-/// inserted first).
-pub fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
-}
-
-/// SQLite's durability and concurrency settings, on every connection.
-pub(crate) async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    conn.execute("PRAGMA journal_mode = WAL").await?;
-    conn.execute("PRAGMA synchronous = FULL").await?;
-    conn.execute("PRAGMA busy_timeout = 5000").await?;
-    conn.execute("PRAGMA foreign_keys = ON").await?;
-    Ok(())
-}
-
-/// `true` for errors that mean "the database is not reachable now": worth a 503 and a
-/// retry, not a 500.
-pub fn is_unavailable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-    )
 }
 
 /// The file a `sqlite:` URL names.

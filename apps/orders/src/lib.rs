@@ -15,8 +15,10 @@ pub mod model;
 pub mod ops;
 pub mod outbox;
 pub mod payments;
+pub mod redact;
 pub mod relay;
 pub mod space;
+pub mod sql;
 pub mod writer;
 
 use std::io::Write as _;
@@ -92,7 +94,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         .context("failed to install signal handlers")?;
     let (audit, audit_thread) = audit::AuditLog::open(&settings.audit_log, settings.audit_fsync)
         .with_context(|| format!("cannot open audit log {}", settings.audit_log.display()))?;
-    tracing::info!(database = %config::redact_url(&settings.database_url), "opening database");
+    tracing::info!(database = %redact::redact_url(&settings.database_url), "opening database");
     let db = db::Db::connect(
         &settings.database_url,
         settings.db_max_connections,
@@ -135,7 +137,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
             url = settings
                 .payment_url
                 .as_deref()
-                .map(crate::config::redact_url),
+                .map(crate::redact::redact_url),
             "payments on"
         );
         builder = builder.circuit(p.breaker());
@@ -279,7 +281,7 @@ fn with_outbox(
             },
             counters.clone(),
         );
-        tracing::info!(url = %crate::config::redact_url(&url.to_string()), "delivering order events to the webhook");
+        tracing::info!(url = %crate::redact::redact_url(&url.to_string()), "delivering order events to the webhook");
         builder = builder.task(lameduck::tasks::Task::new("outbox-relay", move |ctx| {
             relay.clone().run(ctx)
         }));

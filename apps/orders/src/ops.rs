@@ -4,7 +4,6 @@
 //! a pooled transaction of their own on PostgreSQL (`db.rs`).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Executor as _, Row as _};
@@ -13,6 +12,7 @@ use crate::model::{
     new_order_id, now_rfc3339, NewOrder, Order, CANCELLED, CREATED, PAID, PAYING, PAYMENT_FAILED,
 };
 use crate::outbox::{self, now_ms, LEASE_TTL, ORDER_CANCELLED, ORDER_CREATED};
+use crate::sql::{list, placeholders, rows_from, Dialect, SqlCache};
 
 /// The order columns a new order is inserted with.
 pub const NEW_COLUMNS: &str = "id, customer_id, sku, quantity, amount_cents, status, created_at";
@@ -638,136 +638,6 @@ fn bind_new_order<'q>(
         .bind(o.created_at.as_str())
 }
 
-/// The texts of one multi-row statement, by row count and [`Dialect`]: made once for each
-/// power of two up to 512 and kept (formatting hundreds of placeholders per batch showed
-/// in the profile); other counts are made each time.
-#[derive(Debug)]
-pub(crate) struct SqlCache([[std::sync::OnceLock<String>; 10]; 2]);
-
-impl SqlCache {
-    /// Empty, for a `static`.
-    pub(crate) const fn new() -> Self {
-        Self([const { [const { std::sync::OnceLock::new() }; 10] }; 2])
-    }
-
-    /// The text for `rows` rows in `dialect`, made by `make` the first time.
-    pub(crate) fn get(
-        &'static self,
-        dialect: Dialect,
-        rows: usize,
-        make: impl FnOnce(Dialect, usize) -> String,
-    ) -> std::borrow::Cow<'static, str> {
-        match self.0[dialect as usize].get(rows.trailing_zeros() as usize) {
-            Some(slot) if rows.is_power_of_two() => {
-                slot.get_or_init(|| make(dialect, rows)).as_str().into()
-            }
-            _ => make(dialect, rows).into(),
-        }
-    }
-}
-
-/// How the generated statements are shaped for a connection's database: their chunks,
-/// the width of their `IN` lists and how their parameters are marked. Decided once per
-/// connection use ([`Dialect::of`]) instead of by each helper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
-    /// Parameters `$1, $2, ...`; a statement of the exact size (each one is a network
-    /// round trip).
-    Postgres = 0,
-    /// Parameters `?, ?, ...`, bound in order. SQLite also takes `$1`, but as a named
-    /// parameter, and sqlx looks up each parameter's name as it binds it, a lookup SQLite
-    /// does by scanning the statement's names from the first: for a batch's multi-row
-    /// inserts, hundreds of parameters, about 3,900 instructions per POST
-    /// (`benches/orders-instructions`). Sizes go in powers of two ([`pow2_chunks`]), where
-    /// parsing a statement costs more than running another (it is in the process).
-    Sqlite = 1,
-}
-
-impl Dialect {
-    /// The dialect of `conn`'s database.
-    pub(crate) fn of(conn: &AnyConnection) -> Self {
-        if conn.backend_name() == "SQLite" {
-            Self::Sqlite
-        } else {
-            Self::Postgres
-        }
-    }
-
-    /// `n` rows in the chunks of one multi-row statement each: on SQLite power-of-two
-    /// sizes, on PostgreSQL one chunk.
-    pub(crate) fn chunks(self, n: usize) -> Vec<(usize, usize)> {
-        match self {
-            Self::Sqlite => pow2_chunks(n).collect(),
-            Self::Postgres if n == 0 => Vec::new(),
-            Self::Postgres => vec![(0, n)],
-        }
-    }
-
-    /// How many places an `IN` list of `n` values gets: on SQLite the next power of two
-    /// (the last value repeated), for the same reason as [`chunks`](Self::chunks).
-    fn width(self, n: usize) -> usize {
-        match self {
-            Self::Sqlite => n.next_power_of_two(),
-            Self::Postgres => n,
-        }
-    }
-}
-
-/// `n` rows as chunks of power-of-two sizes, largest first: `(start, len)`. A multi-row
-/// statement's text depends on its row count; with these sizes a connection sees at most
-/// ten texts per statement, which its prepared-statement cache keeps, instead of one per
-/// batch size, which would push each other out and be parsed again and again.
-pub(crate) fn pow2_chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
-    let mut at = 0;
-    (0..usize::BITS).rev().filter_map(move |bit| {
-        let len = 1usize << bit;
-        (n & len != 0).then(|| {
-            let chunk = (at, len);
-            at += len;
-            chunk
-        })
-    })
-}
-
-/// `n` placeholders, the first the statement's parameter `from`: `$from, $from+1, ...`
-/// or `?, ?, ...`.
-fn list(dialect: Dialect, from: usize, n: usize) -> String {
-    let mut s = String::with_capacity(n * 5);
-    for i in from..from + n {
-        if i > from {
-            s.push_str(", ");
-        }
-        match dialect {
-            Dialect::Postgres => {
-                let _ = write!(s, "${i}");
-            }
-            Dialect::Sqlite => s.push('?'),
-        }
-    }
-    s
-}
-
-/// `($1, ..., $w), ($w+1, ...), ...` (or `(?, ...), ...`): `rows` rows of `width`
-/// placeholders.
-pub(crate) fn placeholders(dialect: Dialect, rows: usize, width: usize) -> String {
-    rows_from(dialect, 1, rows, width)
-}
-
-/// [`placeholders`] whose first parameter is `from`: for a statement with more than one
-/// list of rows.
-fn rows_from(dialect: Dialect, from: usize, rows: usize, width: usize) -> String {
-    let mut s = String::with_capacity(rows * width * 5);
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        s.push_str(&list(dialect, from + r * width, width));
-        s.push(')');
-    }
-    s
-}
-
 /// What an idempotency key seen before gives: the same order again, or a mismatch.
 async fn replay(
     conn: &mut AnyConnection,
@@ -918,24 +788,5 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
         assert_eq!(audit_line(&Done::Rows(1), &ctx, &ts), None);
-    }
-
-    #[test]
-    fn placeholders_number_rows_of_columns() {
-        assert_eq!(list(Dialect::Postgres, 3, 2), "$3, $4");
-        assert_eq!(
-            placeholders(Dialect::Postgres, 2, 3),
-            "($1, $2, $3), ($4, $5, $6)"
-        );
-        assert_eq!(placeholders(Dialect::Postgres, 1, 1), "($1)");
-        assert_eq!(rows_from(Dialect::Postgres, 7, 2, 2), "($7, $8), ($9, $10)");
-        assert_eq!(list(Dialect::Sqlite, 3, 2), "?, ?");
-        assert_eq!(placeholders(Dialect::Sqlite, 2, 2), "(?, ?), (?, ?)");
-        assert_eq!(
-            pow2_chunks(13).collect::<Vec<_>>(),
-            [(0, 8), (8, 4), (12, 1)]
-        );
-        assert_eq!(pow2_chunks(0).count(), 0);
-        assert_eq!(pow2_chunks(512).collect::<Vec<_>>(), [(0, 512)]);
     }
 }

@@ -86,13 +86,13 @@ pub async fn enqueue_many(
         return Ok(());
     }
     let now = now_ms();
-    static SQL: crate::ops::SqlCache = crate::ops::SqlCache::new();
-    let dialect = crate::ops::Dialect::of(conn);
+    static SQL: crate::sql::SqlCache = crate::sql::SqlCache::new();
+    let dialect = crate::sql::Dialect::of(conn);
     for (at, n) in dialect.chunks(orders.len()) {
         let sql = SQL.get(dialect, n, |dialect, n| {
             format!(
                 "INSERT INTO outbox (event_id, order_id, type, payload, created_ms) VALUES {}",
-                crate::ops::placeholders(dialect, n, 5)
+                crate::sql::placeholders(dialect, n, 5)
             )
         });
         let mut q = sqlx::query(&sql);

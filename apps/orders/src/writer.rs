@@ -122,7 +122,7 @@ impl Target {
     pub async fn connect(&self) -> Result<AnyConnection, sqlx::Error> {
         let mut conn = AnyConnection::connect(&self.url).await?;
         if self.sqlite {
-            crate::db::sqlite_pragmas(&mut conn).await?;
+            crate::sql::sqlite_pragmas(&mut conn).await?;
             crate::ops::prepare_sqlite_writer(&mut conn).await?;
         } else {
             // PostgreSQL would settle on a generic plan for the batch's `key IN (...)` read
@@ -521,7 +521,7 @@ impl Run {
             Ok((mut conn, _, Err(e))) => {
                 // A broken connection is dropped; any other error leaves it usable once
                 // the transaction is rolled back.
-                if !crate::db::is_unavailable(&e) && conn.execute("ROLLBACK").await.is_ok() {
+                if !crate::sql::is_unavailable(&e) && conn.execute("ROLLBACK").await.is_ok() {
                     self.conn = Some(conn);
                 }
                 Ran::Failed(
@@ -709,7 +709,7 @@ async fn single(
     let done = match first {
         Ok(done) => done,
         Err(e) => {
-            if !crate::db::is_unique_violation(&e) {
+            if !crate::sql::is_unique_violation(&e) {
                 return Ok(Err(WriteError::Db(e)));
             }
             conn.execute(target.begin()).await?;
@@ -795,7 +795,7 @@ async fn one(
             Err(e) => {
                 conn.execute("ROLLBACK TO w").await?;
                 conn.execute("RELEASE w").await?;
-                if !(again && crate::db::is_unique_violation(&e)) {
+                if !(again && crate::sql::is_unique_violation(&e)) {
                     return Ok(Err(WriteError::Db(e)));
                 }
                 again = false;

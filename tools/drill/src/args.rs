@@ -11,7 +11,7 @@ use clap::Parser;
 use http::{HeaderName, Method};
 
 use crate::faults::{FaultPlan, PidSource};
-use crate::load::{Mode, Template};
+use crate::plan::{Mode, Plan, Template};
 
 /// The longest drill allowed, whatever `--duration` says.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
@@ -107,39 +107,6 @@ pub struct Args {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// What a drill does, checked: the load, the faults, the outputs.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// One template per target URL; worker `i` drives target `i mod n`.
-    pub targets: Vec<Arc<Template>>,
-    /// How requests travel.
-    pub mode: Mode,
-    /// Closed loop: workers (connections); open loop: connections opened at the start.
-    pub concurrency: usize,
-    /// Requests per second in all (an open loop), or `None` for a closed loop.
-    pub rate: Option<u64>,
-    /// Open loop: the most connections at once.
-    pub max_connections: usize,
-    /// How long the load runs (at most [`MAX_DURATION`]).
-    pub duration: Duration,
-    /// Most requests in all.
-    pub requests: u64,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// The faults to apply, if any.
-    pub faults: Option<FaultPlan>,
-    /// Where the JSON report goes.
-    pub json: Option<PathBuf>,
-    /// Where the SVG chart goes.
-    pub svg: Option<PathBuf>,
-    /// Fail unless every request succeeded.
-    pub expect_zero_errors: bool,
-    /// No live progress line.
-    pub quiet: bool,
-    /// The target URLs as given, for the report.
-    pub urls: Vec<String>,
 }
 
 impl Plan {
@@ -260,7 +227,7 @@ pub fn templates(args: &Args) -> anyhow::Result<Vec<Template>> {
                     &host,
                     args.ca.as_deref(),
                     args.insecure,
-                    args.mode,
+                    args.mode == Mode::H2,
                 )?),
                 None => None,
             };

@@ -20,7 +20,7 @@
 //!
 //! SIGINT or SIGTERM ends the load early; the report is still printed and written.
 //!
-//! The flags become a [`Plan`] (`args.rs`); the load (`load.rs`) and the faults
+//! The flags become a [`Plan`] (`args.rs`, `plan.rs`); the load (`load.rs`) and the faults
 //! (`faults.rs`) run from it; the report (`report.rs`, `svg.rs`) is made from what they
 //! recorded.
 
@@ -29,6 +29,7 @@ mod faults;
 mod load;
 mod open;
 pub mod outcome;
+mod plan;
 mod record;
 mod report;
 pub mod svg;
@@ -43,10 +44,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use lameduck::cli;
 
-pub use args::{fit_open_files, templates, Args, Plan, DEFAULT_MAX_CONNECTIONS, MAX_DURATION};
+pub use args::{fit_open_files, templates, Args, DEFAULT_MAX_CONNECTIONS, MAX_DURATION};
 pub use faults::{FaultEvent, FaultPlan, PidSource, EXEC_TIMEOUT};
-pub use load::{Mode, Template};
 pub use open::MAX_STREAMS_PER_CONNECTION;
+pub use plan::{Mode, Plan, Template};
 pub use record::SLOT;
 pub use report::{summary, Report, Slot, NO, NOT_ESTABLISHED, YES};
 

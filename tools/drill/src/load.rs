@@ -1,104 +1,30 @@
 //! The closed loop (no `--rate`): workers, each with its own connection, one request at a
-//! time, as fast as the answers come; and what both loops share: request templates,
-//! connecting, sending on HTTP/1.1 (hyper), and the strict classes.
+//! time, as fast as the answers come; and what both loops share: connecting, sending on
+//! HTTP/1.1 (hyper), and the strict classes.
 //!
 //! No request is retried. A request that could not be *sent* because the connection was
 //! already closed (hyper hands the request back), or that HTTP/2 refused with
 //! `REFUSED_STREAM` (which guarantees it was not processed), goes out on a new connection:
 //! it was never served, so this is not a retry.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::args::Plan;
 use crate::outcome::Outcome;
+use crate::plan::{Mode, Plan, Template};
 use crate::record::Recorder;
 
 /// A worker whose connect was refused waits this long before the next request (nothing
 /// listens: do not spin).
 const REFUSED_PAUSE: Duration = Duration::from_millis(10);
-
-/// How requests travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// HTTP/1.1, one keep-alive connection per worker (a new one after `Connection: close`).
-    KeepAlive,
-    /// HTTP/1.1, a new connection for every request.
-    ConnPerRequest,
-    /// HTTP/2 with prior knowledge, one connection per worker.
-    H2,
-}
-
-/// What to send; `{seq}` (the request's number), `{worker}` (the closed loop's worker, the
-/// open loop's target index) and `{run}` in the path, header values and body are replaced
-/// per request (for example a fresh `Idempotency-Key: {run}-{seq}`).
-#[derive(Debug, Clone)]
-pub struct Template {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// TLS, for an `https://` target.
-    pub tls: Option<crate::tls::TlsTarget>,
-    /// `Host` / `:authority`.
-    pub authority: String,
-    /// Method.
-    pub method: Method,
-    /// Path and query.
-    pub path: String,
-    /// Extra headers.
-    pub headers: Vec<(HeaderName, String)>,
-    /// Body (empty for none).
-    pub body: String,
-    /// A per-run token for `{run}`.
-    pub run: String,
-}
-
-impl Template {
-    pub(crate) fn fill(&self, text: &str, worker: usize, seq: u64) -> String {
-        if !text.contains('{') {
-            return text.to_string();
-        }
-        text.replace("{seq}", &seq.to_string())
-            .replace("{worker}", &worker.to_string())
-            .replace("{run}", &self.run)
-    }
-
-    pub(crate) fn request(&self, mode: Mode, worker: usize, seq: u64) -> Request<Full<Bytes>> {
-        let (head, body) = self.parts(mode, worker, seq);
-        head.map(|()| Full::new(body))
-    }
-
-    /// The request head for `mode` and its body, filled for `worker` and `seq`.
-    pub(crate) fn parts(&self, mode: Mode, worker: usize, seq: u64) -> (Request<()>, Bytes) {
-        let path = self.fill(&self.path, worker, seq);
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let uri = match mode {
-            Mode::H2 => format!("{scheme}://{}{}", self.authority, path),
-            _ => path,
-        };
-        let mut req = Request::builder().method(self.method.clone()).uri(uri);
-        if mode != Mode::H2 {
-            req = req.header(http::header::HOST, &self.authority);
-        }
-        for (name, value) in &self.headers {
-            if let Ok(v) = HeaderValue::from_str(&self.fill(value, worker, seq)) {
-                req = req.header(name, v);
-            }
-        }
-        let body = Bytes::from(self.fill(&self.body, worker, seq));
-        let head = req.body(()).unwrap_or_else(|_| Request::new(()));
-        (head, body)
-    }
-}
 
 pub(crate) enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),

@@ -26,9 +26,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::args::Plan;
-use crate::load::{connect, dial, h2_unprocessed, send, Conn, Mode, Sent, Template};
+use crate::load::{connect, dial, h2_unprocessed, send, Conn, Sent};
 use crate::outcome::Outcome;
+use crate::plan::Plan;
+use crate::plan::{Mode, Template};
 use crate::record::Recorder;
 
 /// The most streams put on one HTTP/2 connection, whatever the server allows.

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::args::Plan;
 use crate::faults::FaultEvent;
-use crate::load::Mode;
 use crate::open::OpenStats;
 use crate::outcome::quantile;
+use crate::plan::Mode;
+use crate::plan::Plan;
 use crate::record::{Recorded, SLOT};
 
 /// The verdict of a run in which every offered request succeeded.

@@ -15,8 +15,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
-use crate::load::Mode;
-
 /// How an `https://` target is reached: the client and the name it verifies.
 #[derive(Clone)]
 pub struct TlsTarget {
@@ -38,7 +36,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The client for `host` under `--ca`/`--insecure`, offering the mode's protocol.
+/// The client for `host` under `--ca`/`--insecure`, offering HTTP/2 (`h2`) or HTTP/1.1.
 ///
 /// # Errors
 /// Neither `--ca` nor `--insecure`; a CA file that cannot be read or holds no certificate;
@@ -47,7 +45,7 @@ pub fn target(
     host: &str,
     ca: Option<&Path>,
     insecure: bool,
-    mode: Mode,
+    h2: bool,
 ) -> anyhow::Result<TlsTarget> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -77,9 +75,10 @@ pub fn target(
             bail!("https:// targets need --ca PATH (the CA to trust) or --insecure")
         }
     };
-    config.alpn_protocols = match mode {
-        Mode::H2 => vec![b"h2".to_vec()],
-        _ => vec![b"http/1.1".to_vec()],
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
     };
     let name = ServerName::try_from(host.to_owned())
         .with_context(|| format!("{host} is not a valid TLS server name"))?;

@@ -9,8 +9,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+use lameduck_orders::audit::AuditFsync;
 use lameduck_orders::audit::AuditLog;
-use lameduck_orders::config::AuditFsync;
 use lameduck_orders::db::Db;
 use lameduck_orders::model::NewOrder;
 use lameduck_orders::ops::{AuditCtx, Created, Done, Op};

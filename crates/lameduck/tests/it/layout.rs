@@ -1,7 +1,8 @@
-//! The library's layout keeps its dependencies pointing down: read from the source, the
-//! modules at the crate root (`server`, `middleware`, `context`, ...) import each other
-//! without a cycle, and the server, the layers and the lifecycle never import the modules
-//! for binaries (`cli`, `logs`, `otel`).
+//! The layout keeps its dependencies pointing down: read from the source, the modules at
+//! the crate root (`server`, `middleware`, `context`, ...) import each other without a
+//! cycle, in the library and in every crate of the workspace (apps and tools too); and the
+//! server, the layers and the lifecycle never import the modules for binaries (`cli`,
+//! `logs`, `otel`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,29 +27,76 @@ fn module_of(src: &Path, file: &Path) -> String {
     name.trim_end_matches(".rs").to_owned()
 }
 
-/// `module -> modules it names as `crate::x` in code (comments left out).
-fn edges() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in files {
-        let from = module_of(&src, &file);
-        let text = std::fs::read_to_string(&file).expect("read");
-        let targets = edges.entry(from.clone()).or_default();
-        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (at, _) in line.match_indices("crate::") {
-                let name: String = line[at + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != from {
-                    targets.insert(name);
+/// The crate-root modules `text` names in code: `crate::x` paths and grouped imports
+/// `use crate::{x, y::z, ...}` (over several lines too); comment lines left out.
+fn named_modules(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + 7..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // The group's items, split at its top-level commas.
+            let (mut depth, mut item) = (0usize, String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        out.insert(ident(&item));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
                 }
+                item.push(c);
             }
+            out.insert(ident(&item));
+        } else {
+            out.insert(ident(rest));
         }
     }
+    out.retain(|m| !m.is_empty() && m != "self");
+    out
+}
+
+/// `module -> modules it names` (see [`named_modules`]) for the crate whose sources are in
+/// `src`.
+fn edges_of(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let mut files = Vec::new();
+    sources(src, &mut files);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let from = module_of(src, &file);
+        let text = std::fs::read_to_string(&file).expect("read");
+        let mut named = named_modules(&text);
+        named.remove(&from);
+        edges.entry(from).or_default().extend(named);
+    }
     edges
+}
+
+/// The library's modules.
+fn edges() -> BTreeMap<String, BTreeSet<String>> {
+    edges_of(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+}
+
+/// The first module cycle in `edges`, if any.
+fn first_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    let mut done = BTreeSet::new();
+    edges
+        .keys()
+        .find_map(|node| cycle(edges, node, &mut Vec::new(), &mut done))
 }
 
 /// A cycle through `node`, if any (depth-first, `path` the modules on the way).
@@ -79,11 +127,42 @@ fn cycle(
 fn the_modules_import_each_other_without_a_cycle() {
     let edges = edges();
     assert!(edges.contains_key("server") && edges.contains_key("middleware"));
-    let mut done = BTreeSet::new();
-    for node in edges.keys() {
-        let found = cycle(&edges, node, &mut Vec::new(), &mut done);
-        assert!(found.is_none(), "module cycle: {found:?}");
+    let found = first_cycle(&edges);
+    assert!(found.is_none(), "module cycle: {found:?}");
+}
+
+#[test]
+fn no_crate_of_the_workspace_has_a_module_cycle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut crates = Vec::new();
+    for group in ["crates", "apps", "tools"] {
+        for entry in std::fs::read_dir(root.join(group)).expect("read the workspace") {
+            let src = entry.expect("entry").path().join("src");
+            if src.is_dir() {
+                crates.push(src);
+            }
+        }
     }
+    assert!(crates.len() >= 6, "found {crates:?}");
+    for src in crates {
+        let found = first_cycle(&edges_of(&src));
+        assert!(found.is_none(), "{}: module cycle {found:?}", src.display());
+    }
+}
+
+#[test]
+fn grouped_imports_and_paths_name_their_modules_and_a_cycle_is_found() {
+    let text = "use crate::{\n    audit::{AuditError, AuditLog},\n    db,\n    self,\n};\n\
+                // crate::commented\n\
+                fn f() { crate::writer::start(); }\n";
+    let named: Vec<String> = named_modules(text).into_iter().collect();
+    assert_eq!(named, ["audit", "db", "writer"]);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    edges.entry("a".into()).or_default().insert("b".into());
+    edges.entry("b".into()).or_default().insert("c".into());
+    assert_eq!(first_cycle(&edges), None);
+    edges.entry("c".into()).or_default().insert("a".into());
+    assert!(first_cycle(&edges).is_some_and(|c| c.len() == 3));
 }
 
 #[test]
