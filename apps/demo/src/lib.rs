@@ -17,10 +17,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use clap::Parser;
 use futures_util::stream::{self, Stream};
-use lameduck::cli::{self, LogFormat};
+use lameduck::cli;
 use lameduck::context::{RequestContext, RequestSpans};
 use lameduck::lifecycle::Lifecycle;
-use lameduck::logs::{self, LogFlusher, LogWriter};
+use lameduck::logs::{self, LogFlusher, LogFormat, LogWriter};
 use lameduck::middleware::route::Routes;
 use lameduck::server::{self, Server};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use lameduck::cli::LogFormat;
+use lameduck::logs::LogFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditFsync;

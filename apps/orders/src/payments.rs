@@ -43,9 +43,10 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use lameduck::metrics::AppMetric;
-use lameduck::outbound::{
-    not_open, AdaptiveTimeout, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer, Breaker, BreakerConfig,
-    BreakerError, BreakerLayer, RetryConfig, RetryPolicy, TimeoutError,
+use lameduck::outbound::breaker::{BreakerConfig, BreakerError, BreakerLayer, CircuitBreaker};
+use lameduck::outbound::retry::{not_open, RetryConfig, RetryPolicy};
+use lameduck::outbound::timeout::{
+    AdaptiveTimeoutConfig, AdaptiveTimeoutLayer, TimeoutError, TimeoutEstimator,
 };
 use lameduck::tasks::{TaskContext, TaskError};
 use tower::retry::RetryLayer;
@@ -171,8 +172,8 @@ pub enum PayError {
 #[derive(Debug, Clone)]
 pub struct Payments {
     stack: Stack,
-    breaker: Breaker,
-    timeout: AdaptiveTimeout,
+    breaker: CircuitBreaker,
+    timeout: TimeoutEstimator,
     settings: Arc<Settings>,
     db: Db,
     settled: Arc<AtomicU64>,
@@ -181,11 +182,11 @@ pub struct Payments {
 impl Payments {
     /// The client for `settings`, writing through `db`.
     pub fn new(settings: Settings, db: Db) -> Self {
-        let breaker = Breaker::new(BreakerConfig {
+        let breaker = CircuitBreaker::new(BreakerConfig {
             open_for: settings.breaker_open_for,
             ..BreakerConfig::new("payments")
         });
-        let timeout = AdaptiveTimeout::new(AdaptiveTimeoutConfig {
+        let timeout = TimeoutEstimator::new(AdaptiveTimeoutConfig {
             min: settings.timeout_min,
             max: settings.timeout_max,
             fallback: settings.timeout_max,
@@ -222,7 +223,7 @@ impl Payments {
     }
 
     /// The circuit breaker (for its metrics).
-    pub fn breaker(&self) -> Breaker {
+    pub fn breaker(&self) -> CircuitBreaker {
         self.breaker.clone()
     }
 
@@ -373,7 +374,7 @@ impl Payments {
 
     /// How long the circuit stays open, if it is.
     fn open_for(&self) -> Option<Duration> {
-        (self.breaker.state() == lameduck::outbound::BreakerState::Open)
+        (self.breaker.state() == lameduck::outbound::breaker::BreakerState::Open)
             .then_some(self.settings.breaker_open_for)
     }
 

@@ -6,7 +6,8 @@
 //! ```no_run
 //! use std::process::ExitCode;
 //! use clap::Parser;
-//! use lameduck::cli::{self, LogFormat};
+//! use lameduck::cli;
+//! use lameduck::logs::LogFormat;
 //!
 //! #[derive(Parser)]
 //! struct Args {
@@ -35,7 +36,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub use crate::logs::LogFormat;
 use crate::server::Server;
 
 /// How long the runtime may take to stop its blocking tasks after `main`'s future is done.

@@ -6,16 +6,17 @@
 //! Recording is lock-free atomics (a read lock to find a route's series); the exposition
 //! is encoded by `prometheus-client` at each scrape. Requests are recorded by lameduck's
 //! [`Server`](crate::server::Server) or by
-//! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer).
+//! [`RecordMetricsLayer`](crate::middleware::metrics::RecordMetricsLayer); an application
+//! reads the registry ([`Metrics::render`]) and registers metrics of its own
+//! ([`AppMetric`]), but cannot write the server's series.
 //!
 //! ```
-//! use std::time::Duration;
-//! use lameduck::metrics::Metrics;
+//! use lameduck::metrics::{AppMetric, Metrics};
 //!
-//! let metrics = Metrics::new();
-//! metrics.observe("/orders/{id}", 200, Duration::from_millis(3));
+//! let metrics = Metrics::new()
+//!     .with_app_metric(AppMetric::gauge("jobs_waiting", "Jobs in the queue", || 3.0));
 //! let text = metrics.render();
-//! assert!(text.contains(r#"lameduck_http_requests_total{route="/orders/{id}",status="200"} 1"#));
+//! assert!(text.contains("jobs_waiting 3.0"), "{text}");
 //! ```
 
 use std::collections::HashMap;
@@ -152,7 +153,7 @@ struct Registry {
     state_file: OnceLock<std::path::PathBuf>,
     tasks: OnceLock<crate::tasks::TaskStates>,
     app: RwLock<Vec<AppMetric>>,
-    circuits: RwLock<Vec<crate::outbound::Breaker>>,
+    circuits: RwLock<Vec<crate::outbound::breaker::CircuitBreaker>>,
     tls: OnceLock<Arc<TlsStats>>,
 }
 
@@ -395,7 +396,7 @@ impl Metrics {
     }
 
     /// Record one finished request.
-    pub fn observe(&self, route: &str, status: u16, latency: Duration) {
+    pub(crate) fn observe(&self, route: &str, status: u16, latency: Duration) {
         {
             let map = read(&self.inner.series);
             if let Some(s) = map.get(route).and_then(|by| by.get(&status)) {
@@ -427,13 +428,13 @@ impl Metrics {
     }
 
     /// A connection was accepted.
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.inner.connections_open.fetch_add(1, Ordering::Relaxed);
         self.inner.connections_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection was closed.
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.inner.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -443,31 +444,31 @@ impl Metrics {
     }
 
     /// Record how long the drain took.
-    pub fn set_drain_duration(&self, d: Duration) {
+    pub(crate) fn set_drain_duration(&self, d: Duration) {
         self.inner
             .drain_micros
             .store(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// A request was refused by the drain policy (503 during the drain).
-    pub fn request_rejected(&self) {
+    pub(crate) fn request_rejected(&self) {
         self.inner.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request was shed: the in-flight limit was reached (503 `overloaded`).
-    pub fn request_shed(&self) {
+    pub(crate) fn request_shed(&self) {
         self.inner.shed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the process is registered in its service registry now.
-    pub fn set_registered(&self, registered: bool) {
+    pub(crate) fn set_registered(&self, registered: bool) {
         self.inner
             .registered
             .store(i64::from(registered), Ordering::Relaxed);
     }
 
     /// A registry operation failed (registration, keep-alive).
-    pub fn registry_failure(&self) {
+    pub(crate) fn registry_failure(&self) {
         self.inner.registry_failures.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -488,7 +489,7 @@ impl Metrics {
 
     /// Export a circuit breaker's state (`lameduck_circuit_state{circuit}`: 0 closed, 1
     /// open, 2 half-open) and the calls it refused (`lameduck_circuit_rejected_total`).
-    pub fn with_circuit(self, breaker: crate::outbound::Breaker) -> Self {
+    pub fn with_circuit(self, breaker: crate::outbound::breaker::CircuitBreaker) -> Self {
         write(&self.inner.circuits).push(breaker);
         self
     }
@@ -510,12 +511,12 @@ impl Metrics {
     }
 
     /// Requests still running when the shutdown deadline passed.
-    pub fn requests_abandoned(&self, n: usize) {
+    pub(crate) fn requests_abandoned(&self, n: usize) {
         self.inner.abandoned.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Shutdown hooks that have finished (or were skipped or timed out).
-    pub fn hooks_finished(&self, outcomes: &[crate::hooks::HookOutcome]) {
+    pub(crate) fn hooks_finished(&self, outcomes: &[crate::hooks::HookOutcome]) {
         use crate::hooks::HookStatus;
         let mut hooks = lock(&self.inner.hooks);
         hooks.extend(outcomes.iter().map(|o| HookSample {
@@ -723,7 +724,7 @@ fn encode_lifecycle(enc: &mut DescriptorEncoder<'_>, r: &Registry) -> std::fmt::
 /// Each circuit breaker's state and refusals.
 fn encode_circuits(
     enc: &mut DescriptorEncoder<'_>,
-    circuits: &[crate::outbound::Breaker],
+    circuits: &[crate::outbound::breaker::CircuitBreaker],
 ) -> std::fmt::Result {
     if circuits.is_empty() {
         return Ok(());
@@ -894,10 +895,10 @@ mod tests {
 
     #[test]
     fn a_circuit_shows_its_state_and_its_refusals() {
-        use crate::outbound::{Breaker, BreakerConfig, BreakerLayer};
+        use crate::outbound::breaker::{BreakerConfig, BreakerLayer, CircuitBreaker};
         use std::future::Future as _;
         use tower::{Layer, Service};
-        let breaker = Breaker::new(BreakerConfig {
+        let breaker = CircuitBreaker::new(BreakerConfig {
             consecutive_failures: 1,
             ..BreakerConfig::new("payments")
         });

@@ -50,8 +50,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use crate::lifecycle::{Shutdown, Trigger};
-pub use crate::lifecycle::{TaskOutcome, TaskStatus};
+use crate::lifecycle::{Shutdown, TaskOutcome, TaskStatus, Trigger};
 use crate::sync::lock;
 
 /// The error a task may return.

@@ -30,8 +30,8 @@ use lameduck::server::Server;
 #[command(name = "lameduck-fakes", version)]
 pub struct Args {
     /// Log format.
-    #[arg(long, value_enum, default_value_t = cli::LogFormat::Text, global = true)]
-    pub log_format: cli::LogFormat,
+    #[arg(long, value_enum, default_value_t = lameduck::logs::LogFormat::Text, global = true)]
+    pub log_format: lameduck::logs::LogFormat,
     /// The fake to run.
     #[command(subcommand)]
     pub fake: Fake,

@@ -14,7 +14,7 @@
 //!
 //! Every error of the inner service counts as a failure, so put the per-attempt timeout
 //! inside the breaker (a timeout is then a failure) and map answers that mean "failed"
-//! (an HTTP 5xx) to errors before it. Time is tokio's clock. While open, [`BreakerService`] answers
+//! (an HTTP 5xx) to errors before it. Time is tokio's clock. While open, [`Breaker`] answers
 //! [`BreakerError::Open`] without calling the inner service. Each transition is logged
 //! (warn when it opens, info otherwise) and the state is exported with
 //! [`Metrics::with_circuit`](crate::metrics::Metrics::with_circuit) as
@@ -22,11 +22,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use lameduck::outbound::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerState};
+//! use lameduck::outbound::breaker::{CircuitBreaker, BreakerConfig, BreakerLayer, BreakerState};
 //! use tower::{Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let breaker = Breaker::new(BreakerConfig {
+//! let breaker = CircuitBreaker::new(BreakerConfig {
 //!     consecutive_failures: 2,
 //!     ..BreakerConfig::new("payments")
 //! });
@@ -155,11 +155,11 @@ struct Shared {
 
 /// A circuit breaker's state, shared by every clone and every service it wraps.
 #[derive(Debug, Clone)]
-pub struct Breaker {
+pub struct CircuitBreaker {
     shared: Arc<Shared>,
 }
 
-impl Breaker {
+impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
         let now = Instant::now();
@@ -357,7 +357,7 @@ fn count(
 /// dropped without one.
 #[derive(Debug)]
 struct Permit {
-    breaker: Breaker,
+    breaker: CircuitBreaker,
     epoch: u64,
     done: bool,
 }
@@ -377,24 +377,24 @@ impl Drop for Permit {
     }
 }
 
-/// Wraps a service in a [`Breaker`] (shared by every service the layer makes).
+/// Wraps a service in a [`CircuitBreaker`] (shared by every service the layer makes).
 #[derive(Debug, Clone)]
 pub struct BreakerLayer {
-    breaker: Breaker,
+    breaker: CircuitBreaker,
 }
 
 impl BreakerLayer {
     /// A layer around `breaker`.
-    pub fn new(breaker: Breaker) -> Self {
+    pub fn new(breaker: CircuitBreaker) -> Self {
         Self { breaker }
     }
 }
 
 impl<S> Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
+    type Service = Breaker<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        BreakerService {
+        Breaker {
             inner,
             breaker: self.breaker.clone(),
         }
@@ -403,18 +403,18 @@ impl<S> Layer<S> for BreakerLayer {
 
 /// A service behind a circuit breaker (see the [module](self)).
 #[derive(Debug, Clone)]
-pub struct BreakerService<S> {
+pub struct Breaker<S> {
     inner: S,
-    breaker: Breaker,
+    breaker: CircuitBreaker,
 }
 
-impl<S, Req> Service<Req> for BreakerService<S>
+impl<S, Req> Service<Req> for Breaker<S>
 where
     S: Service<Req>,
 {
     type Response = S::Response;
     type Error = BreakerError<S::Error>;
-    type Future = BreakerFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(BreakerError::Inner)
@@ -422,12 +422,12 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.breaker.admit() {
-            Err(retry_after) => BreakerFuture {
+            Err(retry_after) => ResponseFuture {
                 inner: None,
                 permit: None,
                 refused: Some((self.breaker.name().to_string(), retry_after)),
             },
-            Ok(permit) => BreakerFuture {
+            Ok(permit) => ResponseFuture {
                 inner: Some(self.inner.call(req)),
                 permit: Some(permit),
                 refused: None,
@@ -440,7 +440,7 @@ pin_project_lite::pin_project! {
     /// The answer of a call behind the breaker: the inner call's, its outcome recorded, or
     /// at once [`BreakerError::Open`].
     #[derive(Debug)]
-    pub struct BreakerFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
         permit: Option<Permit>,
@@ -448,7 +448,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F, T, E> Future for BreakerFuture<F>
+impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -476,13 +476,13 @@ mod tests {
     use super::*;
     use tower::ServiceExt;
 
-    fn breaker(f: impl FnOnce(&mut BreakerConfig)) -> Breaker {
+    fn breaker(f: impl FnOnce(&mut BreakerConfig)) -> CircuitBreaker {
         let mut c = BreakerConfig::new("test");
         f(&mut c);
-        Breaker::new(c)
+        CircuitBreaker::new(c)
     }
 
-    async fn call(b: &Breaker, fail: bool) -> Result<(), BreakerError<&'static str>> {
+    async fn call(b: &CircuitBreaker, fail: bool) -> Result<(), BreakerError<&'static str>> {
         let svc = tower::service_fn(move |_: ()| async move {
             if fail {
                 Err("down")

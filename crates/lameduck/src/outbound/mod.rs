@@ -8,16 +8,11 @@
 //!
 //! Put them around a client as `retries -> breaker -> per-attempt timeout -> client`, so
 //! that the breaker counts timeouts as failures and retries never hammer an open circuit.
+//!
+//! Each module follows tower's naming: a state shared by every service a layer makes
+//! ([`breaker::CircuitBreaker`], [`timeout::TimeoutEstimator`]), the layer (`XLayer`), the
+//! service it makes (`X<S>`) and the service's `ResponseFuture`.
 
 pub mod breaker;
 pub mod retry;
 pub mod timeout;
-
-pub use breaker::{
-    Breaker, BreakerConfig, BreakerError, BreakerLayer, BreakerService, BreakerState,
-};
-pub use retry::{not_open, RetryConfig, RetryPolicy};
-pub use timeout::{
-    AdaptiveTimeout, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer, AdaptiveTimeoutService,
-    TimeoutError, TimeoutFuture,
-};

@@ -19,11 +19,11 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use lameduck::outbound::timeout::{AdaptiveTimeout, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer};
+//! use lameduck::outbound::timeout::{TimeoutEstimator, AdaptiveTimeoutConfig, AdaptiveTimeoutLayer};
 //! use tower::{Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let timeout = AdaptiveTimeout::new(AdaptiveTimeoutConfig::new("payments"));
+//! let timeout = TimeoutEstimator::new(AdaptiveTimeoutConfig::new("payments"));
 //! assert_eq!(timeout.current(), Duration::from_secs(1)); // the fallback, for now
 //! let svc = AdaptiveTimeoutLayer::new(timeout.clone())
 //!     .layer(tower::service_fn(|_: ()| async { Ok::<_, std::convert::Infallible>(()) }));
@@ -102,7 +102,7 @@ struct Shared {
 
 /// The timeout's state, shared by every clone and every service it wraps.
 #[derive(Debug, Clone)]
-pub struct AdaptiveTimeout {
+pub struct TimeoutEstimator {
     shared: Arc<Shared>,
 }
 
@@ -112,7 +112,7 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, 2).unwrap_or_else(|_| unreachable!())
 }
 
-impl AdaptiveTimeout {
+impl TimeoutEstimator {
     /// A timeout at `config.fallback` until samples arrive.
     pub fn new(config: AdaptiveTimeoutConfig) -> Self {
         let now = Instant::now();
@@ -194,44 +194,44 @@ pub enum TimeoutError<E> {
     Inner(E),
 }
 
-/// Wraps a service in an [`AdaptiveTimeout`].
+/// Wraps a service in an [`TimeoutEstimator`].
 #[derive(Debug, Clone)]
 pub struct AdaptiveTimeoutLayer {
-    timeout: AdaptiveTimeout,
+    timeout: TimeoutEstimator,
 }
 
 impl AdaptiveTimeoutLayer {
     /// A layer around `timeout`.
-    pub fn new(timeout: AdaptiveTimeout) -> Self {
+    pub fn new(timeout: TimeoutEstimator) -> Self {
         Self { timeout }
     }
 }
 
 impl<S> Layer<S> for AdaptiveTimeoutLayer {
-    type Service = AdaptiveTimeoutService<S>;
+    type Service = AdaptiveTimeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AdaptiveTimeoutService {
+        AdaptiveTimeout {
             inner,
             timeout: self.timeout.clone(),
         }
     }
 }
 
-/// A service whose calls get the [`AdaptiveTimeout`] (see the [module](self)).
+/// A service whose calls get the [`TimeoutEstimator`] (see the [module](self)).
 #[derive(Debug, Clone)]
-pub struct AdaptiveTimeoutService<S> {
+pub struct AdaptiveTimeout<S> {
     inner: S,
-    timeout: AdaptiveTimeout,
+    timeout: TimeoutEstimator,
 }
 
-impl<S, Req> Service<Req> for AdaptiveTimeoutService<S>
+impl<S, Req> Service<Req> for AdaptiveTimeout<S>
 where
     S: Service<Req>,
 {
     type Response = S::Response;
     type Error = TimeoutError<S::Error>;
-    type Future = TimeoutFuture<S::Future>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(TimeoutError::Inner)
@@ -244,7 +244,7 @@ where
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return TimeoutFuture {
+                return ResponseFuture {
                     inner: None,
                     sleep: tokio::time::sleep(Duration::ZERO),
                     start,
@@ -254,7 +254,7 @@ where
             }
             limit = limit.min(left);
         }
-        TimeoutFuture {
+        ResponseFuture {
             inner: Some(self.inner.call(req)),
             sleep: tokio::time::sleep(limit),
             start,
@@ -267,18 +267,18 @@ where
 pin_project_lite::pin_project! {
     /// The answer of a call under the timeout.
     #[derive(Debug)]
-    pub struct TimeoutFuture<F> {
+    pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
         #[pin]
         sleep: Sleep,
         start: Instant,
         limit: Duration,
-        timeout: AdaptiveTimeout,
+        timeout: TimeoutEstimator,
     }
 }
 
-impl<F, T, E> Future for TimeoutFuture<F>
+impl<F, T, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<T, E>>,
 {
@@ -318,7 +318,7 @@ mod tests {
     }
 
     /// A call to a dependency that answers after `latency`, under `t`.
-    async fn call(t: &AdaptiveTimeout, latency: Duration) -> Result<(), TimeoutError<()>> {
+    async fn call(t: &TimeoutEstimator, latency: Duration) -> Result<(), TimeoutError<()>> {
         let svc = tower::service_fn(move |_: ()| async move {
             tokio::time::sleep(latency).await;
             Ok::<_, ()>(())
@@ -331,7 +331,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn it_follows_the_dependency_up_and_down_within_its_clamps() {
-        let t = AdaptiveTimeout::new(config());
+        let t = TimeoutEstimator::new(config());
         assert_eq!(t.current(), Duration::from_millis(500), "fallback");
         for _ in 0..40 {
             call(&t, Duration::from_millis(20)).await.expect("fast");
@@ -371,12 +371,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clamps_hold() {
-        let t = AdaptiveTimeout::new(config());
+        let t = TimeoutEstimator::new(config());
         for _ in 0..30 {
             call(&t, Duration::from_micros(50)).await.expect("fast");
         }
         assert_eq!(t.current(), Duration::from_millis(10), "min");
-        let t = AdaptiveTimeout::new(AdaptiveTimeoutConfig {
+        let t = TimeoutEstimator::new(AdaptiveTimeoutConfig {
             window: Duration::from_secs(120),
             ..config()
         });
@@ -390,7 +390,7 @@ mod tests {
     async fn a_draining_request_never_waits_past_its_deadline() {
         use crate::context::{RequestContext, RequestId};
         use crate::trace_context::TraceContext;
-        let t = AdaptiveTimeout::new(config());
+        let t = TimeoutEstimator::new(config());
         let called = Arc::new(AtomicU64::new(0));
         let seen = called.clone();
         let mut svc = AdaptiveTimeoutLayer::new(t).layer(tower::service_fn(move |_: ()| {

@@ -95,7 +95,7 @@ pub struct Builder {
     pub(super) hooks: Hooks,
     pub(super) tasks: Vec<crate::tasks::Task>,
     pub(super) app_metrics: Vec<crate::metrics::AppMetric>,
-    pub(super) circuits: Vec<crate::outbound::Breaker>,
+    pub(super) circuits: Vec<crate::outbound::breaker::CircuitBreaker>,
     #[cfg(feature = "tls")]
     pub(super) tls: Option<super::tls::TlsConfig>,
     pub(super) checks: Vec<ReadinessCheck>,
@@ -473,7 +473,7 @@ impl Builder {
 
     /// Export `breaker`'s state on `/metrics` (`lameduck_circuit_state{circuit}`: 0 closed,
     /// 1 open, 2 half-open; `lameduck_circuit_rejected_total{circuit}`).
-    pub fn circuit(mut self, breaker: crate::outbound::Breaker) -> Self {
+    pub fn circuit(mut self, breaker: crate::outbound::breaker::CircuitBreaker) -> Self {
         self.circuits.push(breaker);
         self
     }

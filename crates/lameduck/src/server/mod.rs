@@ -57,7 +57,6 @@ mod service;
 mod tls;
 mod upgrade;
 
-pub use crate::context::{RequestSpans, REQUEST_SPAN_TARGET};
 pub use access::{AccessLog, AccessSink, ACCESS_LOG_TARGET};
 pub use body_timeout::{BodyTimeoutError, TimedBody};
 pub use builder::{

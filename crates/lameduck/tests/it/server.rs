@@ -638,3 +638,38 @@ async fn a_request_rebuilt_without_its_context_gets_a_500_that_names_the_cause_a
     trigger.drain();
     let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
+
+#[tokio::test]
+async fn a_bind_error_prints_its_cause_once_down_the_chain() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = match quick()
+        .bind(addr, lameduck::lifecycle::Lifecycle::new())
+        .await
+    {
+        Ok(_) => panic!("bound a port that is taken"),
+        Err(e) => e,
+    };
+    // The chain as `anyhow`'s `{:#}` prints it: each level's message, joined.
+    let mut chain = vec![err.to_string()];
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    let text = chain.join(": ");
+    assert_eq!(
+        text.matches("in use").count(),
+        1,
+        "the OS error once: {text}"
+    );
+    assert_eq!(
+        text.matches(&addr.to_string()).count(),
+        1,
+        "the address once: {text}"
+    );
+    assert!(
+        text.starts_with("failed to bind HTTP listener on"),
+        "{text}"
+    );
+}

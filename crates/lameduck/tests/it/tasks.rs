@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use axum::{routing::get, Router};
 use lameduck::exit;
-use lameduck::tasks::{OnFailure, StopWhen, Task, TaskStatus};
+use lameduck::lifecycle::TaskStatus;
+use lameduck::tasks::{OnFailure, StopWhen, Task};
 use lameduck_testkit::get as http_get;
 
 use crate::{quick, run, SOON};
