@@ -305,7 +305,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
         .bind(args.listen, lifecycle)
         .await?;
     cli::announce(&server, args.listen, args.admin_listen)?;
-    let report = server.serve_routes(app()).await;
+    let report = server.serve(app()).await;
     Ok(report.exit_code())
 }
 

@@ -181,7 +181,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         Some(r) => server.with_registry(r),
         None => server,
     };
-    let report = server.serve_routes(api::router(app)).await;
+    let report = server.serve(api::router(app)).await;
     Ok(report.exit_code())
 }
 

@@ -18,7 +18,7 @@
 //!         .bind("127.0.0.1:8080".parse().unwrap(), lifecycle)
 //!         .await
 //!         .expect("bind");
-//!     let report = server.serve_router(app).await;
+//!     let report = server.serve(app).await;
 //!     ExitCode::from(report.exit_code())
 //! }
 //! ```

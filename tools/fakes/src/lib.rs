@@ -81,7 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<u8> {
         g.set_bound(bound);
     }
     announce(listen, bound);
-    Ok(server.serve_router(router).await.exit_code())
+    Ok(server.serve(router).await.exit_code())
 }
 
 fn announce(requested: SocketAddr, bound: SocketAddr) {

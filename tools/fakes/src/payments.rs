@@ -326,7 +326,7 @@ pub async fn spawn(options: &Options) -> anyhow::Result<(Arc<Gateway>, SocketAdd
         .await?;
     let addr = server.local_addr()?;
     gateway.set_bound(addr);
-    tokio::spawn(server.serve_router(router(gateway.clone())));
+    tokio::spawn(server.serve(router(gateway.clone())));
     Ok((gateway, addr))
 }
 

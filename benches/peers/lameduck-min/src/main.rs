@@ -44,6 +44,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lifecycle = Lifecycle::new().with_os_signals()?;
     let server = Server::builder().bind(addr.parse()?, lifecycle).await?;
     println!("listening http={}", server.local_addr()?);
-    let report = server.serve(tower::service_fn(handle)).await;
+    let report = server.serve_service(tower::service_fn(handle)).await;
     std::process::exit(report.exit_code().into());
 }

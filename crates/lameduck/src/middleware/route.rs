@@ -4,16 +4,15 @@
 //! (in the request extensions, or the current one under lameduck's server; see
 //! [`RequestContext::route`]), else in the response extensions.
 //!
-//! Two ways to get it:
-//! - [`Routes`], served with
-//!   [`Server::serve_routes`](crate::server::Server::serve_routes): an axum `Router` that
-//!   keeps a table of its templates, so that the server matches each request's path once,
-//!   with axum's own matcher, before the handler runs. This is the cheaper one: about 300
-//!   instructions per request against about 1,300 for the layer (`benches/instructions`).
-//! - [`RouteLabelLayer`] with `Router::layer` (not around the router: axum only knows the
-//!   matched route inside its routing), for any `Router`, served by any server. axum wraps
-//!   every route in it once more, and clones and boxes on every request, which is where its
-//!   cost goes.
+//! [`Server::serve`](crate::server::Server::serve) takes either:
+//! - [`Routes`]: an axum `Router` that keeps a table of its templates, so that the server
+//!   matches each request's path once, with axum's own matcher, before the handler runs.
+//!   This is the cheaper one: about 300 instructions per request against about 1,300 for
+//!   the layer (`benches/instructions`);
+//! - or a whole `Router`, which the server serves with [`RouteLabelLayer`] on every route
+//!   (axum only knows the matched route inside its routing). axum wraps every route in it
+//!   once more, and clones and boxes on every request, which is where its cost goes. The
+//!   layer also works under any other server.
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -128,7 +127,7 @@ where
 /// An axum [`Router`] that keeps the templates of the routes it is given, so that
 /// lameduck's server labels each request by one lookup of its path (with `matchit`, the
 /// matcher axum itself uses) instead of wrapping every route. Serve it with
-/// [`Server::serve_routes`](crate::server::Server::serve_routes).
+/// [`Server::serve`](crate::server::Server::serve).
 ///
 /// Only the routes added with [`route`](Self::route) (here or in a [merged](Self::merge)
 /// `Routes`) are in the table; a route added to the router another way (through
@@ -155,6 +154,9 @@ where
 pub struct Routes<S = ()> {
     router: Router<S>,
     templates: RouteTemplates,
+    /// Made from a whole `Router` (`From<Router>`): its routes are labelled by
+    /// [`RouteLabelLayer`] instead of the table.
+    by_layer: bool,
 }
 
 impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
@@ -162,6 +164,7 @@ impl<S: Clone + Send + Sync + 'static> Default for Routes<S> {
         Self {
             router: Router::new(),
             templates: RouteTemplates::default(),
+            by_layer: false,
         }
     }
 }
@@ -197,6 +200,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         for path in &other.templates.list {
             self.templates.insert(path);
         }
+        self.by_layer |= other.by_layer;
         self
     }
 
@@ -213,6 +217,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         Routes {
             router: self.router.with_state(state),
             templates: self.templates,
+            by_layer: self.by_layer,
         }
     }
 
@@ -223,9 +228,29 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 }
 
 impl Routes {
-    /// The router and the template table.
-    pub(crate) fn into_parts(self) -> (Router, RouteTemplates) {
-        (self.router, self.templates)
+    /// The router, labelled by [`RouteLabelLayer`] when it came whole (`From<Router>`), and
+    /// the template table (`None` when empty).
+    pub(crate) fn into_parts(self) -> (Router, Option<RouteTemplates>) {
+        let router = if self.by_layer {
+            self.router.layer(RouteLabelLayer::new())
+        } else {
+            self.router
+        };
+        let templates = (!self.templates.list.is_empty()).then_some(self.templates);
+        (router, templates)
+    }
+}
+
+/// A whole `Router`, whose routes the table cannot know: served with [`RouteLabelLayer`]
+/// on every route (about 1,000 instructions per request more than routes added with
+/// [`Routes::route`]).
+impl<S: Clone + Send + Sync + 'static> From<Router<S>> for Routes<S> {
+    fn from(router: Router<S>) -> Self {
+        Self {
+            router,
+            templates: RouteTemplates::default(),
+            by_layer: true,
+        }
     }
 }
 

@@ -76,7 +76,7 @@ pub struct Builder {
     pub(super) access_log: AccessLog,
     pub(super) request_spans: RequestSpans,
     pub(super) response_ids: bool,
-    /// Set by `serve_routes`: the route templates the server matches itself.
+    /// Set by `serve` for `Routes`: the route templates the server matches itself.
     #[cfg(feature = "axum")]
     pub(super) route_templates: Option<crate::middleware::route::RouteTemplates>,
     pub(super) drain_policy: DrainPolicy,

@@ -12,7 +12,7 @@
 //!     .admin("127.0.0.1:9090".parse().unwrap())
 //!     .bind("127.0.0.1:8080".parse().unwrap(), lifecycle)
 //!     .await?;
-//! let report = server.serve_router(app).await;
+//! let report = server.serve(app).await;
 //! // Return it from `main` as `ExitCode::from(report.exit_code())`: exiting with
 //! // `std::process::exit` would skip destructors, such as a log file's final fsync.
 //! # let _ = report;
@@ -107,7 +107,7 @@ pub type RequestBody = http_body_util::Limited<TimedBody>;
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What [`Server::serve`] serves: a tower service from requests with lameduck's
+/// What [`Server::serve_service`] serves: a tower service from requests with lameduck's
 /// [`RequestBody`] to responses with a body `B`, that never fails (errors are responses),
 /// cloned for each connection. An axum `Router` whose state is set is one.
 pub trait App<B>:
@@ -136,7 +136,7 @@ impl<S, B> App<B> for S where
 {
 }
 
-/// A response body [`Server::serve`] can send: bytes, from any thread, with errors that
+/// A response body [`Server::serve_service`] can send: bytes, from any thread, with errors that
 /// box.
 pub trait AppBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
 
@@ -227,36 +227,28 @@ impl Server {
         self.lifecycle.trigger()
     }
 
-    /// Serve axum [`Routes`](crate::middleware::route::Routes): the server labels each
-    /// request with its route template by one lookup in their table, before the handler
-    /// runs (about 1,000 instructions per request fewer than
-    /// [`serve_router`](Self::serve_router)'s layer).
+    /// Serve an axum app until the lifecycle ends: [`Routes`](crate::middleware::route::Routes),
+    /// whose route templates the server matches from their table before the handler runs,
+    /// or a whole `Router`, labelled by
+    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer) on every route (about
+    /// 1,000 instructions per request more). Returns the shutdown report, as
+    /// [`serve_service`](Self::serve_service) does.
     #[cfg(feature = "axum")]
-    pub async fn serve_routes(
+    pub async fn serve(
         mut self,
-        routes: crate::middleware::route::Routes,
+        app: impl Into<crate::middleware::route::Routes>,
     ) -> ShutdownReport {
-        let (router, templates) = routes.into_parts();
-        self.config.route_templates = Some(templates);
-        self.serve(router.with_state(())).await
-    }
-
-    /// Serve an axum `Router` with route labels for metrics (see
-    /// [`RouteLabelLayer`](crate::middleware::route::RouteLabelLayer), which wraps every
-    /// route; [`serve_routes`](Self::serve_routes) costs less per request).
-    #[cfg(feature = "axum")]
-    pub async fn serve_router(self, router: axum::Router) -> ShutdownReport {
+        let (router, templates) = app.into().into_parts();
+        self.config.route_templates = templates;
         // `with_state` turns every handler into a route once, here, instead of on every
         // request (as `axum::serve` does through `into_make_service`).
-        let app = router
-            .layer(crate::middleware::route::RouteLabelLayer::new())
-            .with_state(());
-        self.serve(app).await
+        self.serve_service(router.with_state(())).await
     }
 
-    /// Serve `app` behind lameduck's middleware until the lifecycle ends; returns the
-    /// shutdown report (also logged). Use [`ShutdownReport::exit_code`] as the exit code.
-    pub async fn serve<S, B>(self, app: S) -> ShutdownReport
+    /// Serve any tower service `app` behind lameduck's middleware until the lifecycle ends;
+    /// returns the shutdown report (also logged). Use [`ShutdownReport::exit_code`] as the
+    /// exit code.
+    pub async fn serve_service<S, B>(self, app: S) -> ShutdownReport
     where
         S: App<B>,
         B: AppBody,

@@ -125,7 +125,7 @@ async fn a_drain_requested_before_serving_still_runs_the_hooks() {
         .await
         .expect("bind");
     server.trigger().drain();
-    let report = tokio::time::timeout(SOON, server.serve_router(Router::new()))
+    let report = tokio::time::timeout(SOON, server.serve(Router::new()))
         .await
         .expect("exits");
     assert_eq!(*log.lock().unwrap(), ["close-db"]);

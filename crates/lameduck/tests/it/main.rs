@@ -33,7 +33,7 @@ pub(crate) async fn run(
         .expect("bind");
     let addr = server.local_addr().expect("addr");
     let trigger = server.trigger();
-    let task = tokio::spawn(server.serve_router(app));
+    let task = tokio::spawn(server.serve(app));
     (addr, trigger, task)
 }
 

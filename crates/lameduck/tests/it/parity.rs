@@ -203,7 +203,7 @@ async fn server(policy: DrainPolicy) -> (Side, lameduck::lifecycle::Trigger) {
     let admin = server.admin_addr().expect("admin").expect("addr");
     let (shutdown, trigger) = (server.shutdown(), server.trigger());
     let task = tokio::spawn(async move {
-        server.serve_router(app()).await;
+        server.serve(app()).await;
     });
     let side = Side {
         addr,

@@ -84,7 +84,7 @@ async fn phases_are_observable_in_order() {
         .expect("bind");
     let mut rx = server.shutdown().subscribe();
     let trigger = server.trigger();
-    let task = tokio::spawn(server.serve_router(Router::new()));
+    let task = tokio::spawn(server.serve(Router::new()));
     let mut seen = vec![*rx.borrow_and_update()];
     while rx.changed().await.is_ok() {
         let p = *rx.borrow_and_update();
@@ -161,7 +161,7 @@ async fn handlers_and_metrics_see_the_route_template_not_the_raw_path() {
         get(|ctx: RequestContext| async move { ctx.route().unwrap_or("none").to_string() }),
     );
     let (server, addr, admin, trigger) = with_admin().await;
-    let task = tokio::spawn(server.serve_router(app));
+    let task = tokio::spawn(server.serve(app));
     assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
     assert_eq!(lameduck_get(addr, "/items/8").await, "/items/{id}");
     let _ = lameduck_get(addr, "/nowhere").await;
@@ -188,7 +188,7 @@ async fn served_routes_label_requests_from_their_table_before_the_handler_runs()
         .route("/items/{id}", post(template))
         .map_router(|r| r.fallback(template));
     let (server, addr, admin, trigger) = with_admin().await;
-    let task = tokio::spawn(server.serve_routes(routes));
+    let task = tokio::spawn(server.serve(routes));
     assert_eq!(lameduck_get(addr, "/items/7").await, "/items/{id}");
     assert_eq!(
         lameduck_get(addr, "/items/7/tags/a/b").await,
@@ -367,7 +367,7 @@ async fn hook_durations_are_on_metrics_while_later_hooks_run() {
         .set(server.admin_addr().expect("admin").expect("addr"))
         .expect("once");
     let trigger = server.trigger();
-    let task = tokio::spawn(server.serve_router(Router::new()));
+    let task = tokio::spawn(server.serve(Router::new()));
     trigger.drain();
     let report = tokio::time::timeout(SOON, task)
         .await
@@ -513,7 +513,7 @@ async fn the_application_adds_its_own_admin_routes_after_the_built_in_ones() {
         .expect("bind");
     let admin = server.admin_addr().expect("admin").expect("addr");
     let trigger = server.trigger();
-    let task = tokio::spawn(server.serve_router(Router::new()));
+    let task = tokio::spawn(server.serve(Router::new()));
     assert_eq!(lameduck_get(admin, "/hello").await, "hello from the app");
     assert!(
         lameduck_get(admin, "/livez").await.starts_with("alive"),

@@ -139,7 +139,7 @@ async fn a_panicking_task_restarts_and_the_metrics_count_it() {
         .expect("bind");
     let admin = server.admin_addr().expect("admin").expect("addr");
     let trigger = server.trigger();
-    let report = tokio::spawn(server.serve_router(Router::new()));
+    let report = tokio::spawn(server.serve(Router::new()));
     // Two panics, 100 + 200 ms of back-off, then it runs.
     let started = lameduck_testkit::poll_until(SOON, || async {
         (runs.load(Ordering::SeqCst) >= 3).then_some(())

@@ -49,7 +49,7 @@ async fn serve(
     let addr = server.local_addr().expect("addr");
     let admin = server.admin_addr().expect("admin").expect("admin addr");
     let trigger = server.trigger();
-    (addr, admin, trigger, tokio::spawn(server.serve_router(app)))
+    (addr, admin, trigger, tokio::spawn(server.serve(app)))
 }
 
 /// A whole TLS handshake to `addr`, as a task.
