@@ -62,7 +62,7 @@ pub struct Args {
     /// Most requests in flight at once (a number, or adaptive: a limit that follows the
     /// latency), or off; beyond it, 503 `overloaded` at once.
     #[arg(long, default_value = "off")]
-    pub max_in_flight: cli::MaxInFlight,
+    pub max_in_flight: lameduck::limit::MaxInFlight,
     /// Longest time a handler may take, or off; then 503 `handler_timeout`.
     #[arg(long, default_value = "off")]
     pub request_timeout: cli::RequestTimeout,
@@ -278,7 +278,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     if let Some(kind) = args.background_task {
         builder = builder.task(kind.task());
     }
-    builder = args.max_in_flight.apply(builder);
+    builder = builder.max_in_flight(args.max_in_flight.clone());
     #[cfg(feature = "tls")]
     if let Some(tls) = args.tls.config() {
         builder = builder.tls(tls);

@@ -99,7 +99,7 @@ pub struct Overrides {
     /// Most requests in flight at once (a number, or adaptive: a limit that follows the
     /// latency), or off; beyond it, 503 `overloaded` at once [default: off].
     #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<lameduck::cli::MaxInFlight>,
+    pub max_in_flight: Option<lameduck::limit::MaxInFlight>,
     /// Longest time a handler may take, or off; then 503 `handler_timeout` [default: off].
     #[arg(long, env = "LAMEDUCK_REQUEST_TIMEOUT")]
     pub request_timeout: Option<lameduck::cli::RequestTimeout>,
@@ -226,7 +226,7 @@ pub struct Overrides {
 }
 
 /// The effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
     /// HTTP listener.
     pub listen: SocketAddr,
@@ -259,7 +259,7 @@ pub struct Settings {
     /// Largest request body.
     pub body_limit: usize,
     /// Most requests in flight (`off`: no limit).
-    pub max_in_flight: lameduck::cli::MaxInFlight,
+    pub max_in_flight: lameduck::limit::MaxInFlight,
     /// Longest time a handler may take (`off`: no limit).
     pub request_timeout: lameduck::cli::RequestTimeout,
     /// The TLS certificate chain, when serving HTTPS.
@@ -817,11 +817,14 @@ mod tests {
     fn max_in_flight_is_a_number_or_off_in_the_file_too() {
         let file: Overrides = toml::from_str("max_in_flight = 64").unwrap();
         let s = resolve(file, None).unwrap();
-        assert_eq!(s.max_in_flight.limit().map(|n| n.get()), Some(64));
+        use lameduck::limit::MaxInFlight;
+        assert!(matches!(s.max_in_flight, MaxInFlight::Fixed(n) if n.get() == 64));
         let file: Overrides = toml::from_str("max_in_flight = \"off\"").unwrap();
-        assert_eq!(resolve(file, None).unwrap().max_in_flight.limit(), None);
+        let s = resolve(file, None).unwrap();
+        assert!(matches!(s.max_in_flight, MaxInFlight::Off));
         let file: Overrides = toml::from_str("max_in_flight = \"adaptive\"").unwrap();
-        assert!(resolve(file, None).unwrap().max_in_flight.is_adaptive());
+        let s = resolve(file, None).unwrap();
+        assert!(matches!(s.max_in_flight, MaxInFlight::Adaptive(_)));
         for bad in ["max_in_flight = 0", "max_in_flight = \"lots\""] {
             let err = toml::from_str::<Overrides>(bad).unwrap_err().to_string();
             assert!(

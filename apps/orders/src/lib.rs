@@ -148,7 +148,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
             p.clone().settle(ctx)
         }));
     }
-    builder = settings.max_in_flight.apply(builder);
+    builder = builder.max_in_flight(settings.max_in_flight.clone());
     builder = with_tls(builder, &settings)?;
     builder = builder.metric(db.space().metric());
     if let Some(w) = db.writer() {

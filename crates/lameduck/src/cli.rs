@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::limit::MaxInFlight;
 use crate::server::Server;
 
 /// How long the runtime may take to stop its blocking tasks after `main`'s future is done.
@@ -187,86 +188,17 @@ pub fn announce(
     Ok(())
 }
 
-/// The value of a `--max-in-flight` flag: a number of requests (at least 1), `adaptive`
-/// (a limit that follows the latency, [`limit`](crate::limit) with its defaults) or `off`;
-/// in a TOML file, an integer or one of those words. Give it to a
-/// [`Builder`](crate::server::Builder) with [`MaxInFlight::apply`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MaxInFlight(InFlight);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-enum InFlight {
-    #[default]
-    Off,
-    Fixed(std::num::NonZeroUsize),
-    Adaptive,
-}
-
-impl MaxInFlight {
-    /// The fixed limit, `None` for off or adaptive.
-    pub fn limit(self) -> Option<std::num::NonZeroUsize> {
-        match self.0 {
-            InFlight::Fixed(n) => Some(n),
-            _ => None,
-        }
-    }
-
-    /// `true` for `adaptive`.
-    pub fn is_adaptive(self) -> bool {
-        self.0 == InFlight::Adaptive
-    }
-
-    /// Set this limit on `builder`.
-    pub fn apply(self, builder: crate::server::Builder) -> crate::server::Builder {
-        match self.0 {
-            InFlight::Adaptive => {
-                builder.adaptive_max_in_flight(crate::limit::AdaptiveLimitConfig::default())
-            }
-            _ => builder.max_in_flight(self.limit()),
-        }
-    }
-}
-
-impl std::str::FromStr for MaxInFlight {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => return Ok(Self(InFlight::Off)),
-            "adaptive" => return Ok(Self(InFlight::Adaptive)),
-            _ => {}
-        }
-        match s.parse::<usize>() {
-            Ok(n) => std::num::NonZeroUsize::new(n)
-                .map(|n| Self(InFlight::Fixed(n)))
-                .ok_or_else(|| "must be at least 1 (or adaptive, or off)".to_string()),
-            Err(_) => Err(format!(
-                "{s:?} is not a number of requests, adaptive or off"
-            )),
-        }
-    }
-}
-
-impl Display for MaxInFlight {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            InFlight::Fixed(n) => write!(f, "{n}"),
-            InFlight::Off => f.write_str("off"),
-            InFlight::Adaptive => f.write_str("adaptive"),
-        }
-    }
-}
-
+/// A number, `off` or `adaptive`, as a TOML file gives it.
 impl serde::Serialize for MaxInFlight {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            InFlight::Fixed(n) => s.serialize_u64(n.get() as u64),
-            InFlight::Off => s.serialize_str("off"),
-            InFlight::Adaptive => s.serialize_str("adaptive"),
+        match self {
+            MaxInFlight::Fixed(n) => s.serialize_u64(n.get() as u64),
+            other => s.serialize_str(&other.to_string()),
         }
     }
 }
 
+/// An integer or one of the words, as [`FromStr`](std::str::FromStr) reads them.
 impl<'de> serde::Deserialize<'de> for MaxInFlight {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(serde::Deserialize)]

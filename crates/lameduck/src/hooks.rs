@@ -13,7 +13,7 @@
 //! from a service registry whose lease expires on its own: its failure or timeout is a
 //! warning, is reported in the shutdown report, and leaves the exit code alone.
 //!
-//! Built in: `deregister` (with [`Builder::registry`](crate::server::Builder::registry)) is
+//! Built in: `deregister` (with [`Server::with_registry`](crate::server::Server::with_registry)) is
 //! best-effort. The orders service's `close-database`, `fsync-audit-log`, `finish-writes`
 //! and `flush-logs`, and the demo's `flush-log-file` and `export-spans`, are not.
 //!

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 /// The adaptive limit's settings (defaults as Netflix's `Gradient2Limit`, with a higher
 /// ceiling: an HTTP server often runs hundreds of cheap requests at once).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdaptiveLimitConfig {
     /// The limit before any sample (20).
     pub initial: usize,
@@ -169,6 +169,63 @@ impl Drop for LimitSample {
     }
 }
 
+/// How many requests may be in flight at once:
+/// [`Builder::max_in_flight`](crate::server::Builder::max_in_flight)'s one setting. As a
+/// flag or a TOML value (`FromStr`): a number of requests (at least 1), `adaptive` (an
+/// [`AdaptiveLimit`] with the default [`AdaptiveLimitConfig`]) or `off`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum MaxInFlight {
+    /// No limit (the default).
+    #[default]
+    Off,
+    /// At most this many.
+    Fixed(std::num::NonZeroUsize),
+    /// A limit that follows the latency.
+    Adaptive(AdaptiveLimitConfig),
+}
+
+impl MaxInFlight {
+    /// The limit the server keeps for these settings.
+    pub(crate) fn start(&self) -> InFlightLimit {
+        match self {
+            Self::Off => InFlightLimit::Off,
+            Self::Fixed(n) => InFlightLimit::Fixed(n.get()),
+            Self::Adaptive(config) => InFlightLimit::Adaptive(AdaptiveLimit::new(config.clone())),
+        }
+    }
+}
+
+impl std::str::FromStr for MaxInFlight {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => return Ok(Self::Off),
+            "adaptive" => return Ok(Self::Adaptive(AdaptiveLimitConfig::default())),
+            _ => {}
+        }
+        match s.parse::<usize>() {
+            Ok(n) => std::num::NonZeroUsize::new(n)
+                .map(Self::Fixed)
+                .ok_or_else(|| "must be at least 1 (or adaptive, or off)".to_string()),
+            Err(_) => Err(format!(
+                "{s:?} is not a number of requests, adaptive or off"
+            )),
+        }
+    }
+}
+
+/// `off`, the number, or `adaptive` (whatever its settings): what `FromStr` reads back.
+impl std::fmt::Display for MaxInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(n) => write!(f, "{n}"),
+            Self::Off => f.write_str("off"),
+            Self::Adaptive(_) => f.write_str("adaptive"),
+        }
+    }
+}
+
 /// The server's in-flight limit.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum InFlightLimit {
@@ -195,6 +252,26 @@ impl InFlightLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_in_flight_reads_a_number_adaptive_or_off_and_writes_them_back() {
+        for text in ["64", "off", "adaptive"] {
+            let limit: MaxInFlight = text.parse().unwrap();
+            assert_eq!(limit.to_string(), text);
+        }
+        assert!(
+            matches!("adaptive".parse(), Ok(MaxInFlight::Adaptive(c)) if c == AdaptiveLimitConfig::default())
+        );
+        assert!("0"
+            .parse::<MaxInFlight>()
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!("lots"
+            .parse::<MaxInFlight>()
+            .unwrap_err()
+            .contains("\"lots\""));
+        assert!(matches!(MaxInFlight::default().start(), InFlightLimit::Off));
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -4,7 +4,7 @@
 //! lost).
 //!
 //! [`Registry`] is the small trait a registry implements; `etcd` (feature `etcd`) is the
-//! one lameduck ships. [`Builder::registry`](crate::server::Builder::registry) hands one to
+//! one lameduck ships. [`Server::with_registry`](crate::server::Server::with_registry) hands one to
 //! the server, which drives it.
 //!
 //! ```no_run
@@ -12,16 +12,24 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use lameduck::registry::etcd::{EtcdConfig, EtcdRegistry};
+//! use lameduck::lifecycle::Lifecycle;
 //! use lameduck::server::Server;
 //!
+//! # async fn run() -> Result<(), lameduck::Error> {
+//! let server = Server::builder()
+//!     .bind("127.0.0.1:8080".parse().unwrap(), Lifecycle::new())
+//!     .await?;
+//! // Once bound: what it registers may name the address (port 0 picks one).
 //! let registry = EtcdRegistry::new(EtcdConfig {
 //!     endpoints: vec!["http://127.0.0.1:2379".into()],
 //!     key: "/services/orders/host-a-8080".into(),
 //!     value: r#"{"http":"10.0.0.7:8080"}"#.into(),
 //!     ttl: Duration::from_secs(10),
 //! });
-//! let builder = Server::builder().registry(Arc::new(registry));
-//! # let _ = builder;
+//! let server = server.with_registry(Arc::new(registry));
+//! # let _ = server;
+//! # Ok(())
+//! # }
 //! # }
 //! ```
 

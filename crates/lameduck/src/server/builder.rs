@@ -227,23 +227,12 @@ impl Builder {
     /// Most requests in flight at once (default: no limit). A request beyond it is answered
     /// at once with 503, code `overloaded` and `Retry-After: 1`, and counted in
     /// `lameduck_http_requests_shed_total`, instead of queueing until its client times out.
-    /// lameduck cannot know a service's capacity: take the limit from a load test (the
-    /// concurrency at which latency starts to climb).
-    pub fn max_in_flight(mut self, limit: Option<std::num::NonZeroUsize>) -> Self {
-        self.max_in_flight = match limit {
-            Some(n) => crate::limit::InFlightLimit::Fixed(n.get()),
-            None => crate::limit::InFlightLimit::Off,
-        };
-        self
-    }
-
-    /// An in-flight limit that adapts to the service's latency (see
-    /// [`limit`](crate::limit)) instead of a fixed one: requests beyond it are shed as with
-    /// [`max_in_flight`](Self::max_in_flight). Its value is on `/metrics` as
-    /// `lameduck_in_flight_limit`.
-    pub fn adaptive_max_in_flight(mut self, config: crate::limit::AdaptiveLimitConfig) -> Self {
-        self.max_in_flight =
-            crate::limit::InFlightLimit::Adaptive(crate::limit::AdaptiveLimit::new(config));
+    /// lameduck cannot know a service's capacity: take a fixed limit from a load test (the
+    /// concurrency at which latency starts to climb), or let an adaptive one follow the
+    /// service's latency (see [`limit`](crate::limit); its value is on `/metrics` as
+    /// `lameduck_in_flight_limit`).
+    pub fn max_in_flight(mut self, limit: crate::limit::MaxInFlight) -> Self {
+        self.max_in_flight = limit.start();
         self
     }
 
@@ -359,14 +348,11 @@ impl Builder {
         self
     }
 
-    /// Register in `registry` once serving, and keep it registered (again after it is
-    /// lost, with back-off; not while an operator drains the process). A before-drain hook
-    /// named `deregister`, bounded by
-    /// [`DEFAULT_DEREGISTER_TIMEOUT`](crate::registry::DEFAULT_DEREGISTER_TIMEOUT), removes
-    /// this process's registration when the drain starts, before the listener closes. It
-    /// is best-effort: the registration's lease expires on its own, so a registry that is
-    /// down at the stop makes a warning, not an unclean exit.
-    pub fn registry(mut self, registry: std::sync::Arc<dyn crate::registry::Registry>) -> Self {
+    /// What [`Server::with_registry`](super::Server::with_registry) sets.
+    pub(super) fn registry(
+        mut self,
+        registry: std::sync::Arc<dyn crate::registry::Registry>,
+    ) -> Self {
         let r = registry.clone();
         self.hooks.add_best_effort(
             HookPhase::BeforeDrain,

@@ -207,8 +207,14 @@ impl Server {
         self.lifecycle.shutdown()
     }
 
-    /// Register in `registry` (see [`Builder::registry`]), when what it registers depends
-    /// on the bound addresses (port 0).
+    /// Register in `registry` once serving, and keep it registered (again after it is
+    /// lost, with back-off; not while an operator drains the process). What it registers
+    /// may name the bound addresses (port 0 picks one). A before-drain hook named
+    /// `deregister`, bounded by
+    /// [`DEFAULT_DEREGISTER_TIMEOUT`](crate::registry::DEFAULT_DEREGISTER_TIMEOUT), removes
+    /// this process's registration when the drain starts, before the listener closes. It
+    /// is best-effort: the registration's lease expires on its own, so a registry that is
+    /// down at the stop makes a warning, not an unclean exit.
     pub fn with_registry(
         mut self,
         registry: std::sync::Arc<dyn crate::registry::Registry>,
