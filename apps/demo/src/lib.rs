@@ -194,6 +194,7 @@ pub fn main_impl() -> ExitCode {
         format: args.log_format,
         default_filter: "info",
         file: args.log_file.as_deref(),
+        request_ids: args.request_spans,
         otlp: args
             .otlp_endpoint
             .clone()
@@ -203,7 +204,7 @@ pub fn main_impl() -> ExitCode {
                 timeout: args.otlp_timeout,
             }),
     };
-    let logs = match logs::init_logs_with(options) {
+    let logs = match logs::init(options) {
         Ok(logs) => logs,
         Err(e) => return cli::fail("lameduck-demo", format_args!("logs: {e}")),
     };
@@ -285,11 +286,7 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
     }
     let server = builder
         .access_log(access_log)
-        .request_spans(if args.request_spans || args.otlp_endpoint.is_some() {
-            request_spans
-        } else {
-            RequestSpans::Off
-        })
+        .request_spans(request_spans)
         .response_ids(!args.no_response_ids)
         .proxy_protocol(args.proxy_protocol)
         .drain_delay(args.drain_delay)

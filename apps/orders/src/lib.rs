@@ -70,8 +70,10 @@ pub fn main_impl() -> ExitCode {
         print!("{}", settings.to_redacted_toml());
         return ExitCode::from(lameduck::exit::OK);
     }
-    lameduck::logs::init_logs(settings.log_format, "info,sqlx=warn");
-    cli::block_on_main("lameduck-orders", run(settings))
+    // Only a subscriber installed already can fail this (no file, no exporter).
+    let options = lameduck::logs::LogOptions::new(settings.log_format, "info,sqlx=warn");
+    let logs = lameduck::logs::init(options).unwrap_or_default();
+    cli::block_on_main("lameduck-orders", run(settings, logs))
 }
 
 fn load(args: &Args) -> anyhow::Result<Settings> {
@@ -88,7 +90,7 @@ fn load(args: &Args) -> anyhow::Result<Settings> {
 ///
 /// # Errors
 /// Start-up failures: signal handlers, audit log, database, binding.
-pub async fn run(settings: Settings) -> anyhow::Result<u8> {
+pub async fn run(settings: Settings, logs: lameduck::logs::Logs) -> anyhow::Result<u8> {
     let lifecycle = Lifecycle::new()
         .with_os_signals()
         .context("failed to install signal handlers")?;
@@ -112,7 +114,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<u8> {
         work: TaskTracker::new(),
         payments: payments.clone(),
     };
-    let mut builder = Server::builder().version(env!("CARGO_PKG_VERSION"));
+    let mut builder = logs
+        .configure(Server::builder())
+        .version(env!("CARGO_PKG_VERSION"));
     if let Some(path) = &settings.upgrade_exec {
         builder = builder.upgrade_exec(path);
     }

@@ -21,9 +21,10 @@
 //!         Ok(args) => args,
 //!         Err(code) => return code,
 //!     };
-//!     let logs = lameduck::logs::init_logs(args.log_format, "info");
+//!     let options = lameduck::logs::LogOptions::new(args.log_format, "info");
+//!     let logs = lameduck::logs::init(options).unwrap_or_default();
 //!     cli::block_on_main("my-service", async move {
-//!         let _ = logs.request_spans(); // for Server::builder().request_spans(...)
+//!         let _builder = logs.configure(lameduck::server::Server::builder());
 //!         // bind, serve, return the report's exit code
 //!         Ok::<u8, std::io::Error>(lameduck::exit::OK)
 //!     })

@@ -1,9 +1,9 @@
 //! OpenTelemetry export (feature `otel`): request spans sent over OTLP (HTTP/protobuf) by
 //! the SDK's batch exporter, and a flush for a final shutdown hook.
 //!
-//! [`logs::init_logs_with`](crate::logs::init_logs_with) installs the exporter's layer next
+//! [`logs::init`](crate::logs::init) installs the exporter's layer next
 //! to the log output when [`LogOptions::otlp`](crate::logs::LogOptions::otlp) is set; then
-//! [`Logs::request_spans`](crate::logs::Logs::request_spans) gives the server
+//! [`Logs::configure`](crate::logs::Logs::configure) gives the server
 //! `RequestSpans::SpanWith(request_span)`: each request's `request` span becomes an
 //! OpenTelemetry span whose trace id and span id are the ones lameduck put in the
 //! response's `traceparent` (a caller's `traceparent` makes it a child of the caller's
@@ -16,12 +16,12 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use lameduck::hooks::HookPhase;
-//! use lameduck::logs::{init_logs_with, LogFormat, LogOptions};
+//! use lameduck::logs::{self, LogFormat, LogOptions};
 //! use lameduck::otel::OtlpConfig;
 //! use lameduck::server::Server;
 //!
 //! # fn main() -> std::io::Result<()> {
-//! let logs = init_logs_with(LogOptions {
+//! let logs = logs::init(LogOptions {
 //!     otlp: Some(OtlpConfig {
 //!         endpoint: "http://127.0.0.1:4318".into(),
 //!         service_name: "my-service".into(),
@@ -29,7 +29,7 @@
 //!     }),
 //!     ..LogOptions::new(LogFormat::Json, "info")
 //! })?;
-//! let mut builder = Server::builder().request_spans(logs.request_spans());
+//! let mut builder = logs.configure(Server::builder());
 //! if let Some(otlp) = logs.otlp.clone() {
 //!     let timeout = Duration::from_secs(2);
 //!     builder = builder.hook(HookPhase::Final, "export-spans", timeout, move || async move {

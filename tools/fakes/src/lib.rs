@@ -53,7 +53,8 @@ pub fn main_impl() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    lameduck::logs::init_logs(args.log_format, "info");
+    // Only a subscriber installed already can fail this (no file, no exporter).
+    let _ = lameduck::logs::init(lameduck::logs::LogOptions::new(args.log_format, "info"));
     cli::block_on_main("lameduck-fakes", run(args))
 }
 

@@ -63,10 +63,14 @@ impl Shared {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use lameduck::logs::{init_logs_to_file, LogFormat};
+/// use lameduck::logs::{self, LogFormat, LogOptions};
 ///
 /// # async fn run() -> std::io::Result<()> {
-/// let file = init_logs_to_file(LogFormat::Json, "info", "service.log".as_ref())?;
+/// let logs = logs::init(LogOptions {
+///     file: Some("service.log".as_ref()),
+///     ..LogOptions::new(LogFormat::Json, "info")
+/// })?;
+/// let file = logs.file.as_ref().expect("logging to a file");
 /// tracing::info!("written by a thread, in batches");
 /// file.flusher().flush(Duration::from_secs(2)).await?; // on disk and fsync'd
 /// # Ok(()) }

@@ -3,7 +3,8 @@
 //! ```
 //! // `RUST_LOG=warn,lameduck=debug` keeps lameduck's debug lines and others' warnings;
 //! // an invalid value is named in a warning and the default used instead.
-//! let logs = lameduck::logs::init_logs(lameduck::logs::LogFormat::Text, "info");
+//! use lameduck::logs::{self, LogFormat, LogOptions};
+//! let logs = logs::init(LogOptions::new(LogFormat::Text, "info"));
 //! # let _ = logs;
 //! ```
 

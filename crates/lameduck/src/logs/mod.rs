@@ -2,22 +2,29 @@
 //! (`RUST_LOG` or the binary's default), lameduck's JSON output, the request fields it
 //! writes, and a log file that is flushed and `fsync`'d at exit.
 //!
+//! One way to start them, [`init`], and one call that tells the server how request ids
+//! reach them ([`Logs::configure`]):
+//!
 //! ```no_run
-//! use lameduck::context::RequestSpans;
-//! use lameduck::logs::{init_logs_with, LogFormat, LogOptions};
+//! use lameduck::logs::{self, LogFormat, LogOptions};
 //! use lameduck::server::Server;
 //!
 //! # fn main() -> std::io::Result<()> {
-//! let logs = init_logs_with(LogOptions::new(LogFormat::Json, "info"))?;
-//! // Each request's ids on the lines its handler logs, in the cheapest way this output
-//! // supports.
-//! let builder = Server::builder().request_spans(logs.request_spans());
+//! let logs = logs::init(LogOptions {
+//!     // Each request's ids on the lines its handler logs, in the cheapest way this
+//!     // output supports.
+//!     request_ids: true,
+//!     ..LogOptions::new(LogFormat::Json, "info")
+//! })?;
+//! let builder = logs.configure(Server::builder());
 //! # let _ = builder;
 //! # Ok(()) }
 //! ```
 //!
-//! The server is told how request ids reach the logs ([`RequestSpans`]); installing a
-//! subscriber changes nothing in the server by itself.
+//! Installing a subscriber changes nothing in the server by itself: the server is told how
+//! request ids reach the logs ([`RequestSpans`]), by [`Logs::configure`] or, under a
+//! subscriber of the application's own, by
+//! [`Builder::request_spans`](crate::server::Builder::request_spans).
 
 mod file;
 mod filter;
@@ -45,40 +52,7 @@ pub enum LogFormat {
     Text,
 }
 
-/// Install a `tracing` subscriber writing to stdout; `RUST_LOG` overrides `default_filter`
-/// (an invalid `RUST_LOG` is named in a warning and the default used).
-/// A subscriber installed before stays (this one is then not installed, and the returned
-/// [`Logs::request_spans`] suits any subscriber).
-pub fn init_logs(format: LogFormat, default_filter: &str) -> Logs {
-    // Without a file or an exporter, only an already installed subscriber can fail this.
-    init_logs_with(LogOptions::new(format, default_filter)).unwrap_or_default()
-}
-
-/// Install a `tracing` subscriber writing to a [`LogFile`] at `path` (appended to, created
-/// if missing); `RUST_LOG` overrides `default_filter`.
-///
-/// Keep the returned [`LogFile`] until `main` returns: dropping it writes and `fsync`s the
-/// last lines. Register [`LogFlusher::flush`] (from [`LogFile::flusher`]) as a
-/// [`Final`](crate::hooks::HookPhase::Final) hook to have everything on disk before the
-/// process reports its shutdown too.
-///
-/// # Errors
-/// The file cannot be opened, or a subscriber is already installed.
-pub fn init_logs_to_file(
-    format: LogFormat,
-    default_filter: &str,
-    path: &std::path::Path,
-) -> std::io::Result<LogFile> {
-    let options = LogOptions {
-        file: Some(path),
-        ..LogOptions::new(format, default_filter)
-    };
-    let logs = init_logs_with(options)?;
-    logs.file
-        .ok_or_else(|| std::io::Error::other("log file was not opened"))
-}
-
-/// What [`init_logs_with`] sets up.
+/// What [`init`] sets up.
 #[derive(Debug, Clone)]
 pub struct LogOptions<'a> {
     /// Line format.
@@ -91,6 +65,9 @@ pub struct LogOptions<'a> {
     /// Export spans over OTLP (feature `otel`).
     #[cfg(feature = "otel")]
     pub otlp: Option<crate::otel::OtlpConfig>,
+    /// Each request's ids (request id, trace id) on the lines its handler logs (default
+    /// off, the cheapest); always on with an exporter, whose spans carry them.
+    pub request_ids: bool,
 }
 
 impl<'a> LogOptions<'a> {
@@ -102,12 +79,13 @@ impl<'a> LogOptions<'a> {
             file: None,
             #[cfg(feature = "otel")]
             otlp: None,
+            request_ids: false,
         }
     }
 }
 
-/// What [`init_logs_with`] started: keep it until `main` returns (dropping the file writes
-/// and `fsync`s its last lines), and flush both from a final hook.
+/// What [`init`] started: keep it until `main` returns (dropping the file writes and
+/// `fsync`s its last lines), and flush both from a final hook.
 #[derive(Debug, Default)]
 pub struct Logs {
     /// The log file, when logging to one.
@@ -117,24 +95,35 @@ pub struct Logs {
     pub otlp: Option<crate::otel::OtlpFlusher>,
     /// The output's format; `None` when another subscriber was installed already.
     format: Option<LogFormat>,
+    /// [`LogOptions::request_ids`].
+    request_ids: bool,
 }
 
 impl Logs {
-    /// The cheapest [`RequestSpans`] setting with which these logs show each request's ids
-    /// on the lines its handler logs: with an exporter, spans the exporter gives the ids of
-    /// the response's `traceparent`; with the JSON output alone,
-    /// [`IdsInLogs`](RequestSpans::IdsInLogs) (the same lines, no span); with text,
-    /// [`Span`](RequestSpans::Span).
+    /// The server's [`RequestSpans`] setting for these logs: with an exporter, spans the
+    /// exporter gives the ids of the response's `traceparent`; without
+    /// [`request_ids`](LogOptions::request_ids), [`Off`](RequestSpans::Off); else the
+    /// cheapest that shows each request's ids on the lines its handler logs: with the JSON
+    /// output, [`IdsInLogs`](RequestSpans::IdsInLogs) (the same lines, no span); with text or
+    /// another subscriber, [`Span`](RequestSpans::Span).
     pub fn request_spans(&self) -> RequestSpans {
         #[cfg(feature = "otel")]
         if self.otlp.is_some() {
             return RequestSpans::SpanWith(crate::otel::request_span);
+        }
+        if !self.request_ids {
+            return RequestSpans::Off;
         }
         match self.format {
             Some(LogFormat::Json) => RequestSpans::IdsInLogs,
             // Text, or a subscriber installed by someone else: a span works with any.
             Some(LogFormat::Text) | None => RequestSpans::Span,
         }
+    }
+
+    /// `builder` told how request ids reach these logs ([`request_spans`](Self::request_spans)).
+    pub fn configure(&self, builder: crate::server::Builder) -> crate::server::Builder {
+        builder.request_spans(self.request_spans())
     }
 }
 
@@ -144,12 +133,13 @@ impl Logs {
 /// # Errors
 /// The log file cannot be opened, the exporter cannot be built, or a subscriber is
 /// already installed.
-pub fn init_logs_with(options: LogOptions<'_>) -> std::io::Result<Logs> {
+pub fn init(options: LogOptions<'_>) -> std::io::Result<Logs> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let mut logs = Logs {
         format: Some(options.format),
+        request_ids: options.request_ids,
         ..Logs::default()
     };
     let output = output(&options, &mut logs)?;
@@ -232,6 +222,7 @@ mod tests {
     fn the_request_span_setting_follows_the_output() {
         let with = |format| Logs {
             format,
+            request_ids: true,
             ..Logs::default()
         };
         assert!(matches!(
@@ -243,5 +234,11 @@ mod tests {
             RequestSpans::Span
         ));
         assert!(matches!(with(None).request_spans(), RequestSpans::Span));
+        // Not asked for: off, the cheapest, whatever the output.
+        let off = Logs {
+            format: Some(LogFormat::Json),
+            ..Logs::default()
+        };
+        assert!(matches!(off.request_spans(), RequestSpans::Off));
     }
 }
