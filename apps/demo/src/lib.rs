@@ -20,7 +20,7 @@ use futures_util::stream::{self, Stream};
 use lameduck::cli;
 use lameduck::context::{RequestContext, RequestSpans};
 use lameduck::lifecycle::Lifecycle;
-use lameduck::logs::{self, LogFlusher, LogFormat, LogWriter};
+use lameduck::logs::{self, LogFlusher, LogWriter};
 use lameduck::middleware::route::Routes;
 use lameduck::server::{self, Server};
 
@@ -37,73 +37,14 @@ pub const EVENT_INTERVAL: Duration = Duration::from_millis(100);
     about = "The smallest lameduck service"
 )]
 pub struct Args {
-    /// Address of the HTTP listener (port 0 picks one and prints it).
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
-    /// Address of the admin listener (/livez, /readyz, /metrics).
-    #[arg(long, default_value = "127.0.0.1:9091")]
-    pub admin_listen: SocketAddr,
-    /// Grace period for in-flight requests after the drain delay (20s: with the default
-    /// hooks, the whole shutdown fits Kubernetes' 30 s terminationGracePeriodSeconds).
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Duration,
-    /// Keep accepting this long after SIGTERM while load balancers notice.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub drain_delay: Duration,
-    /// Keep idle keep-alive connections this long during the drain (0s closes them at once).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub idle_grace: Duration,
-    /// Cut connections whose request head takes longer than this.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Duration,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = server::DEFAULT_BODY_LIMIT)]
-    pub body_limit: usize,
-    /// Most requests in flight at once (a number, or adaptive: a limit that follows the
-    /// latency), or off; beyond it, 503 `overloaded` at once.
-    #[arg(long, default_value = "off")]
-    pub max_in_flight: lameduck::limit::MaxInFlight,
-    /// Longest time a handler may take, or off; then 503 `handler_timeout`.
-    #[arg(long, default_value = "off")]
-    pub request_timeout: cli::RequestTimeout,
-    /// Longest wait between two pieces of a request body (then 408).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub body_read_timeout: Duration,
-    /// Longest time for a whole request body, from its head (then 408).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    pub body_timeout: Duration,
-    /// The orchestrator's stop timeout: start-up fails, naming each part, when the drain
-    /// delay, shutdown timeout and hook timeouts do not fit in it.
-    #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
-    pub grace_budget: Option<Duration>,
-    /// Every connection starts with a PROXY protocol header (v2 or v1) naming the client, as
-    /// HAProxy sends with send-proxy-v2; connections without one are closed.
-    #[arg(long)]
-    pub proxy_protocol: bool,
-    /// HTTPS on the main listener.
-    #[cfg(feature = "tls")]
+    /// The server flags every lameduck binary shares (listeners, timeouts, limits, TLS,
+    /// PROXY protocol, pid and state files, admin token, log format); the demo listens on
+    /// 127.0.0.1:8081 and 127.0.0.1:9091 by default, beside the orders service.
     #[command(flatten)]
-    pub tls: cli::TlsArgs,
-    /// Read the admin bearer token (for POST /drain and /undrain) from this file; else
-    /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404.
-    #[arg(long, value_name = "PATH")]
-    pub admin_token_file: Option<std::path::PathBuf>,
-    /// Write the pid here once serving (rewritten by the new process of an upgrade).
-    #[arg(long, value_name = "PATH")]
-    pub pid_file: Option<std::path::PathBuf>,
-    /// Record here that this process serves and, at exit, how it ended; the next process
-    /// exports that as lameduck_previous_shutdown{outcome} on /metrics.
-    #[arg(long, value_name = "PATH")]
-    pub state_file: Option<std::path::PathBuf>,
+    pub server: cli::ServerArgs,
     /// The upgrade flags every lameduck binary shares.
     #[command(flatten)]
     pub upgrade: cli::UpgradeArgs,
-    /// Connections the kernel queues for accepting (capped by net.core.somaxconn).
-    #[arg(long, default_value_t = server::DEFAULT_LISTEN_BACKLOG, value_parser = clap::value_parser!(u32).range(1..))]
-    pub listen_backlog: u32,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
     /// Write logs to this file (appended; flushed and fsync'd at exit) instead of stdout.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<std::path::PathBuf>,
@@ -191,7 +132,7 @@ pub fn main_impl() -> ExitCode {
         Err(code) => return code,
     };
     let options = logs::LogOptions {
-        format: args.log_format,
+        format: args.server.log_format(),
         default_filter: "info",
         file: args.log_file.as_deref(),
         request_ids: args.request_spans,
@@ -262,48 +203,32 @@ pub async fn run(args: Args, logs: LogHandles) -> anyhow::Result<u8> {
             move || async move { otlp.flush(timeout).await.map_err(Into::into) },
         );
     }
-    if let Some(budget) = args.grace_budget {
-        builder = builder.grace_budget(budget);
-    }
-    if let Some(path) = &args.pid_file {
-        builder = builder.pid_file(path);
-    }
-    if let Some(path) = &args.state_file {
-        builder = builder.state_file(path);
-    }
-    if let Some(token) =
-        cli::admin_token(args.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
-    {
-        builder = builder.admin_token(token);
-    }
     if let Some(kind) = args.background_task {
         builder = builder.task(kind.task());
     }
-    builder = builder.max_in_flight(args.max_in_flight.clone());
-    #[cfg(feature = "tls")]
-    if let Some(tls) = args.tls.config() {
-        builder = builder.tls(tls);
-    }
-    let server = builder
+    let settings = args.server.clone().or(defaults());
+    let (listen, admin) = (settings.listen_addr(), settings.admin_addr());
+    let server = settings
+        .apply(builder)
+        .map_err(anyhow::Error::msg)?
         .access_log(access_log)
         .request_spans(request_spans)
         .response_ids(!args.no_response_ids)
-        .proxy_protocol(args.proxy_protocol)
-        .drain_delay(args.drain_delay)
-        .shutdown_timeout(args.shutdown_timeout)
-        .idle_grace(args.idle_grace)
-        .header_read_timeout(args.header_read_timeout)
-        .body_limit(args.body_limit)
-        .request_timeout(args.request_timeout.limit())
-        .body_read_timeout(args.body_read_timeout)
-        .body_timeout(args.body_timeout)
-        .listen_backlog(args.listen_backlog)
-        .admin(args.admin_listen)
-        .bind(args.listen, lifecycle)
+        .bind(listen, lifecycle)
         .await?;
-    cli::announce(&server, args.listen, args.admin_listen)?;
+    cli::announce(&server, listen, admin)?;
     let report = server.serve(app()).await;
     Ok(report.exit_code())
+}
+
+/// The demo's own defaults, under the flags: it listens beside the orders service (8080,
+/// 9090).
+pub fn defaults() -> cli::ServerArgs {
+    cli::ServerArgs {
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9091))),
+        ..cli::ServerArgs::default()
+    }
 }
 
 /// The demo's routes, with their templates for the metrics' route labels.
@@ -400,7 +325,10 @@ mod tests {
             "127.0.0.1:0",
         ])
         .unwrap();
-        assert_eq!(a.shutdown_timeout, Duration::from_millis(500));
+        assert_eq!(a.server.shutdown_timeout, Some(Duration::from_millis(500)));
+        // The demo's own defaults under the flags.
+        let s = a.server.or(defaults());
+        assert_eq!((s.listen_addr().port(), s.admin_addr().port()), (0, 9091));
         assert!(Args::try_parse_from(["d", "--drain-delay", "soon"]).is_err());
     }
 }

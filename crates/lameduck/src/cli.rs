@@ -40,6 +40,9 @@ use std::time::Duration;
 use crate::limit::MaxInFlight;
 use crate::server::Server;
 
+mod server_args;
+pub use server_args::{ServerArgs, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN};
+
 /// How long the runtime may take to stop its blocking tasks after `main`'s future is done.
 pub const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -272,67 +275,5 @@ impl<'de> serde::Deserialize<'de> for RequestTimeout {
         String::deserialize(d)?
             .parse()
             .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The TLS flags of a service binary (features `cli` and `tls`): `--tls-cert PATH
-/// --tls-key PATH` (both or neither), `--tls-handshake-timeout DUR`,
-/// `--tls-first-byte-timeout DUR`, `--tls-max-handshakes N`, `--tls-reload-every DUR|off`. Flatten it into the binary's flags (`#[command(flatten)]`) and give
-/// [`TlsArgs::config`] to [`Builder::tls`](crate::server::Builder::tls).
-#[cfg(feature = "tls")]
-#[derive(Debug, Clone, clap::Args)]
-pub struct TlsArgs {
-    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
-    #[arg(long, value_name = "PATH", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// The certificate's private key (PEM); needs --tls-cert.
-    #[arg(long, value_name = "PATH", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-    /// Longest a TLS handshake may take, from the accept.
-    #[arg(long, default_value = "10s", value_parser = positive_duration)]
-    pub tls_handshake_timeout: Duration,
-    /// Longest a new connection may take to send the first byte of its ClientHello (silent
-    /// connections are cut then); the handshake timeout cuts it short when shorter.
-    #[arg(long, default_value = "2s", value_parser = positive_duration)]
-    pub tls_first_byte_timeout: Duration,
-    /// Most TLS handshakes at once, counted from a complete ClientHello (more wait, within
-    /// the handshake timeout).
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_HANDSHAKES, value_parser = positive_count)]
-    pub tls_max_handshakes: usize,
-    /// How often the certificate and key files are checked for a new pair, or off (then
-    /// only POST /reload-tls on the admin listener reloads them).
-    #[arg(long, default_value = "10s")]
-    pub tls_reload_every: RequestTimeout,
-}
-
-#[cfg(feature = "tls")]
-impl TlsArgs {
-    /// The TLS configuration, when a certificate and key are given.
-    pub fn config(&self) -> Option<crate::server::TlsConfig> {
-        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
-        let mut c = crate::server::TlsConfig::new(cert, key);
-        c.handshake_timeout = self.tls_handshake_timeout;
-        c.first_byte_timeout = self.tls_first_byte_timeout;
-        c.max_handshakes = self.tls_max_handshakes;
-        c.reload_every = self.tls_reload_every.limit();
-        Some(c)
-    }
-}
-
-#[cfg(feature = "tls")]
-fn positive_count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-#[cfg(feature = "tls")]
-fn positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be more than zero".into()),
-        Err(e) => Err(e.to_string()),
     }
 }
