@@ -1,13 +1,11 @@
 //! Configuration: flags, then `LAMEDUCK_*` environment variables, then an optional TOML file
 //! (`--config`), then defaults. `--print-config` shows the result with secrets redacted.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, ValueEnum};
-use lameduck::logs::LogFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditFsync;
@@ -48,26 +46,13 @@ pub struct Args {
 
 /// Every setting as an optional override. Field docs are the flags' help.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub struct Overrides {
-    /// HTTP listener address [default: 127.0.0.1:8080].
-    #[arg(long, env = "LAMEDUCK_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Admin listener address (/livez, /readyz, /metrics) [default: 127.0.0.1:9090].
-    #[arg(long, env = "LAMEDUCK_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Grace period for in-flight requests after the drain delay [default: 20s].
-    #[arg(long, env = "LAMEDUCK_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub shutdown_timeout: Option<Duration>,
-    /// Keep accepting this long after SIGTERM [default: 0s].
-    #[arg(long, env = "LAMEDUCK_DRAIN_DELAY", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub drain_delay: Option<Duration>,
-    /// Keep idle keep-alive connections this long during the drain [default: 1s].
-    #[arg(long, env = "LAMEDUCK_IDLE_GRACE", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub idle_grace: Option<Duration>,
+    /// The server settings every lameduck binary shares (listeners, timeouts, limits, TLS,
+    /// PROXY protocol, pid and state files, admin token, log format).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: lameduck::cli::ServerArgs,
     /// Database URL: sqlite://PATH or postgres://... [default: SQLite file under data-dir].
     #[arg(long, env = "LAMEDUCK_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -93,57 +78,6 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_WRITE_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub write_timeout: Option<Duration>,
-    /// Largest request body in bytes [default: 65536].
-    #[arg(long, env = "LAMEDUCK_BODY_LIMIT")]
-    pub body_limit: Option<usize>,
-    /// Most requests in flight at once (a number, or adaptive: a limit that follows the
-    /// latency), or off; beyond it, 503 `overloaded` at once [default: off].
-    #[arg(long, env = "LAMEDUCK_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<lameduck::limit::MaxInFlight>,
-    /// Longest time a handler may take, or off; then 503 `handler_timeout` [default: off].
-    #[arg(long, env = "LAMEDUCK_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<lameduck::cli::RequestTimeout>,
-    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs tls_key
-    /// [default: none, cleartext].
-    #[arg(long, env = "LAMEDUCK_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The certificate's private key (PEM); needs tls_cert.
-    #[arg(long, env = "LAMEDUCK_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Longest a TLS handshake may take, from the accept [default: 10s].
-    #[arg(long, env = "LAMEDUCK_TLS_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub tls_handshake_timeout: Option<Duration>,
-    /// Longest a new connection may take to send the first byte of its ClientHello (the
-    /// handshake timeout cuts it short when shorter) [default: 2s].
-    #[arg(long, env = "LAMEDUCK_TLS_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub tls_first_byte_timeout: Option<Duration>,
-    /// Most TLS handshakes at once, counted from a complete ClientHello [default: 256].
-    #[arg(long, env = "LAMEDUCK_TLS_MAX_HANDSHAKES")]
-    pub tls_max_handshakes: Option<usize>,
-    /// How often the certificate files are checked for a new pair, or off (then only
-    /// POST /reload-tls) [default: 10s].
-    #[arg(long, env = "LAMEDUCK_TLS_RELOAD_EVERY")]
-    pub tls_reload_every: Option<lameduck::cli::RequestTimeout>,
-    /// Longest wait between two pieces of a request body, then 408 [default: 10s].
-    #[arg(long, env = "LAMEDUCK_BODY_READ_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub body_read_timeout: Option<Duration>,
-    /// Longest time for a whole request body, from its head, then 408 [default: 60s].
-    #[arg(long, env = "LAMEDUCK_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub body_timeout: Option<Duration>,
-    /// The orchestrator's stop timeout (Kubernetes terminationGracePeriodSeconds, systemd
-    /// TimeoutStopSec): start-up fails, naming each part, when the drain delay, shutdown
-    /// timeout and hook timeouts do not fit in it [default: none].
-    #[arg(long, env = "LAMEDUCK_GRACE_BUDGET", value_parser = humantime::parse_duration)]
-    #[serde(default, with = "opt_duration")]
-    pub grace_budget: Option<Duration>,
-    /// Every connection starts with a PROXY protocol header (v2 or v1) naming the client, as
-    /// HAProxy sends with send-proxy-v2; connections without one are closed [default: off].
-    #[arg(long, env = "LAMEDUCK_PROXY_PROTOCOL", num_args = 0..=1, default_missing_value = "true")]
-    pub proxy_protocol: Option<bool>,
     /// Register in etcd at these client URLs, comma-separated (off when absent; the
     /// registry settings need a build with the registry feature).
     #[arg(long, env = "LAMEDUCK_ETCD_ENDPOINTS", value_delimiter = ',')]
@@ -158,14 +92,6 @@ pub struct Overrides {
     /// This instance's name in the registry [default: HOSTNAME-PORT].
     #[arg(long, env = "LAMEDUCK_INSTANCE_ID")]
     pub instance_id: Option<String>,
-    /// Read the admin bearer token (POST /drain, /undrain) from this file; else
-    /// LAMEDUCK_ADMIN_TOKEN; without either, those routes answer 404 [default: none].
-    #[arg(long, env = "LAMEDUCK_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Write the pid here once serving (rewritten by the new process of an upgrade)
-    /// [default: none].
-    #[arg(long, env = "LAMEDUCK_PID_FILE")]
-    pub pid_file: Option<PathBuf>,
     /// Deliver every order event (order.created, order.cancelled) to this http:// URL, from
     /// a transactional outbox (off when absent).
     #[arg(long, env = "LAMEDUCK_WEBHOOK_URL")]
@@ -212,35 +138,14 @@ pub struct Overrides {
     #[arg(long, env = "LAMEDUCK_PAYMENT_SETTLE_EVERY", value_parser = humantime::parse_duration)]
     #[serde(default, with = "opt_duration")]
     pub payment_settle_every: Option<Duration>,
-    /// Record here that this process serves and, at exit, how it ended; the next process
-    /// exports it as lameduck_previous_shutdown{outcome} [default: DATA_DIR/shutdown-state].
-    #[arg(long, env = "LAMEDUCK_STATE_FILE")]
-    pub state_file: Option<PathBuf>,
-    /// Connections the kernel queues for accepting, capped by net.core.somaxconn
-    /// [default: 1024].
-    #[arg(long, env = "LAMEDUCK_LISTEN_BACKLOG")]
-    pub listen_backlog: Option<u32>,
-    /// Log format on stdout [default: json].
-    #[arg(long, env = "LAMEDUCK_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
 }
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settings {
-    /// HTTP listener.
-    pub listen: SocketAddr,
-    /// Admin listener.
-    pub admin_listen: SocketAddr,
-    /// Grace period after the drain delay.
-    #[serde(with = "duration")]
-    pub shutdown_timeout: Duration,
-    /// Keep accepting this long after SIGTERM.
-    #[serde(with = "duration")]
-    pub drain_delay: Duration,
-    /// Idle keep-alive grace during the drain.
-    #[serde(with = "duration")]
-    pub idle_grace: Duration,
+    /// The shared server settings, every default filled in.
+    #[serde(flatten)]
+    pub server: lameduck::cli::ServerArgs,
     /// Database URL.
     pub database_url: String,
     /// Data directory.
@@ -256,39 +161,6 @@ pub struct Settings {
     /// Longest a writer batch's transaction may take before its writes are answered.
     #[serde(with = "duration")]
     pub write_timeout: Duration,
-    /// Largest request body.
-    pub body_limit: usize,
-    /// Most requests in flight (`off`: no limit).
-    pub max_in_flight: lameduck::limit::MaxInFlight,
-    /// Longest time a handler may take (`off`: no limit).
-    pub request_timeout: lameduck::cli::RequestTimeout,
-    /// The TLS certificate chain, when serving HTTPS.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    /// The TLS key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-    /// Longest TLS handshake.
-    #[serde(with = "duration")]
-    pub tls_handshake_timeout: Duration,
-    /// Longest wait for the first byte of a ClientHello.
-    #[serde(with = "duration")]
-    pub tls_first_byte_timeout: Duration,
-    /// Most TLS handshakes at once.
-    pub tls_max_handshakes: usize,
-    /// How often the TLS files are checked (`off`: only on POST /reload-tls).
-    pub tls_reload_every: lameduck::cli::RequestTimeout,
-    /// Longest wait between two pieces of a request body.
-    #[serde(with = "duration")]
-    pub body_read_timeout: Duration,
-    /// Longest time for a whole request body.
-    #[serde(with = "duration")]
-    pub body_timeout: Duration,
-    /// The orchestrator's stop timeout, when given.
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
-    pub grace_budget: Option<Duration>,
-    /// Whether connections start with a PROXY protocol header.
-    pub proxy_protocol: bool,
     /// etcd's client URLs, when registering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_endpoints: Option<Vec<String>>,
@@ -300,12 +172,6 @@ pub struct Settings {
     /// The instance's name in the registry, when given (else HOSTNAME-PORT).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    /// The admin token file, when one is given.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_token_file: Option<PathBuf>,
-    /// The pid file, when one is written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid_file: Option<PathBuf>,
     /// Where order events go, when delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
@@ -337,12 +203,6 @@ pub struct Settings {
     /// How often the settle task looks.
     #[serde(with = "duration")]
     pub payment_settle_every: Duration,
-    /// The shutdown state file.
-    pub state_file: PathBuf,
-    /// The listen backlog.
-    pub listen_backlog: u32,
-    /// Log format.
-    pub log_format: LogFormat,
     /// The executable a SIGHUP upgrade starts, when not the start-up path
     /// (`--upgrade-exec`, a shared server flag: command line and environment only, so not in
     /// the printed configuration, which must read back as a file).
@@ -354,11 +214,7 @@ impl Overrides {
     /// `self` where set, else `lower`.
     fn or(self, lower: Overrides) -> Overrides {
         Overrides {
-            listen: self.listen.or(lower.listen),
-            admin_listen: self.admin_listen.or(lower.admin_listen),
-            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
-            drain_delay: self.drain_delay.or(lower.drain_delay),
-            idle_grace: self.idle_grace.or(lower.idle_grace),
+            server: self.server.or(lower.server),
             database_url: self.database_url.or(lower.database_url),
             data_dir: self.data_dir.or(lower.data_dir),
             audit_log: self.audit_log.or(lower.audit_log),
@@ -366,20 +222,6 @@ impl Overrides {
             db_max_connections: self.db_max_connections.or(lower.db_max_connections),
             write_batching: self.write_batching.or(lower.write_batching),
             write_timeout: self.write_timeout.or(lower.write_timeout),
-            body_limit: self.body_limit.or(lower.body_limit),
-            max_in_flight: self.max_in_flight.or(lower.max_in_flight),
-            request_timeout: self.request_timeout.or(lower.request_timeout),
-            tls_cert: self.tls_cert.or(lower.tls_cert),
-            tls_key: self.tls_key.or(lower.tls_key),
-            tls_handshake_timeout: self.tls_handshake_timeout.or(lower.tls_handshake_timeout),
-            tls_first_byte_timeout: self.tls_first_byte_timeout.or(lower.tls_first_byte_timeout),
-            tls_max_handshakes: self.tls_max_handshakes.or(lower.tls_max_handshakes),
-            tls_reload_every: self.tls_reload_every.or(lower.tls_reload_every),
-            body_read_timeout: self.body_read_timeout.or(lower.body_read_timeout),
-            body_timeout: self.body_timeout.or(lower.body_timeout),
-            grace_budget: self.grace_budget.or(lower.grace_budget),
-            pid_file: self.pid_file.or(lower.pid_file),
-            state_file: self.state_file.or(lower.state_file),
             webhook_url: self.webhook_url.or(lower.webhook_url),
             webhook_backoff_max: self.webhook_backoff_max.or(lower.webhook_backoff_max),
             webhook_set_aside_after: self
@@ -395,14 +237,10 @@ impl Overrides {
                 .or(lower.payment_breaker_open_for),
             payment_lease: self.payment_lease.or(lower.payment_lease),
             payment_settle_every: self.payment_settle_every.or(lower.payment_settle_every),
-            admin_token_file: self.admin_token_file.or(lower.admin_token_file),
-            proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             etcd_endpoints: self.etcd_endpoints.or(lower.etcd_endpoints),
             registry_prefix: self.registry_prefix.or(lower.registry_prefix),
             registry_ttl: self.registry_ttl.or(lower.registry_ttl),
             instance_id: self.instance_id.or(lower.instance_id),
-            listen_backlog: self.listen_backlog.or(lower.listen_backlog),
-            log_format: self.log_format.or(lower.log_format),
         }
     }
 }
@@ -447,7 +285,31 @@ pub fn refuse_registry_settings(o: &Overrides, what: &str) -> anyhow::Result<()>
 pub fn read_file(path: &Path) -> anyhow::Result<Overrides> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    parse_file(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// The settings in a configuration file's `text`. Every key must be a setting: serde cannot
+/// refuse unknown keys of a struct with a flattened part (the shared server settings), so
+/// they are checked against the settings' names first.
+///
+/// # Errors
+/// Bad TOML, a key that is no setting, a bad value.
+pub fn parse_file(text: &str) -> anyhow::Result<Overrides> {
+    let table: toml::Table = toml::from_str(text)?;
+    let known = setting_names();
+    if let Some(key) = table.keys().find(|k| !known.contains(k)) {
+        bail!("unknown setting `{key}`");
+    }
+    Ok(toml::from_str(text)?)
+}
+
+/// Every setting's name, as a file's key: the flags' ids (the shared server settings
+/// included); not the flags that are command line only.
+fn setting_names() -> Vec<String> {
+    <Overrides as clap::Args>::augment_args(clap::Command::new("orders"))
+        .get_arguments()
+        .map(|a| a.get_id().as_str().to_owned())
+        .collect()
 }
 
 /// Merge flags/environment (`cli`) over the file over defaults.
@@ -457,23 +319,16 @@ pub fn read_file(path: &Path) -> anyhow::Result<Overrides> {
 pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settings> {
     let o = cli.or(file.unwrap_or_default());
     let payments = payment_settings(&o)?;
-    if o.tls_cert.is_some() != o.tls_key.is_some() {
-        bail!("tls_cert and tls_key go together: give both or neither");
-    }
-    let tls_handshake_timeout = o.tls_handshake_timeout.unwrap_or(Duration::from_secs(10));
-    if tls_handshake_timeout.is_zero() {
-        bail!("tls_handshake_timeout must be more than zero");
-    }
-    // lameduck's defaults (its `tls` feature exports them; these settings exist without it).
-    let tls_first_byte_timeout = o.tls_first_byte_timeout.unwrap_or(Duration::from_secs(2));
-    if tls_first_byte_timeout.is_zero() {
-        bail!("tls_first_byte_timeout must be more than zero");
-    }
-    let tls_max_handshakes = o.tls_max_handshakes.unwrap_or(256);
-    if tls_max_handshakes == 0 {
-        bail!("tls_max_handshakes must be at least 1");
-    }
     let data_dir = o.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+    // The orders service's own defaults under the shared settings: a small body limit
+    // (orders are small), the state file in the data directory.
+    let server = o.server.or(lameduck::cli::ServerArgs {
+        body_limit: Some(64 * 1024),
+        state_file: Some(data_dir.join("shutdown-state")),
+        ..lameduck::cli::ServerArgs::default()
+    });
+    server.check().map_err(anyhow::Error::msg)?;
+    let server = server.effective();
     let database_url = o
         .database_url
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("orders.db").display()));
@@ -490,19 +345,6 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     let db_max_connections = o.db_max_connections.unwrap_or(if sqlite { 4 } else { 8 });
     if db_max_connections == 0 {
         bail!("db_max_connections must be at least 1");
-    }
-    let body_limit = o.body_limit.unwrap_or(64 * 1024);
-    if body_limit == 0 {
-        bail!("body_limit must be at least 1");
-    }
-    let body_read_timeout = o
-        .body_read_timeout
-        .unwrap_or(lameduck::server::DEFAULT_BODY_READ_TIMEOUT);
-    let body_timeout = o
-        .body_timeout
-        .unwrap_or(lameduck::server::DEFAULT_BODY_TIMEOUT);
-    if body_read_timeout.is_zero() || body_timeout.is_zero() {
-        bail!("body_read_timeout and body_timeout must be above zero");
     }
     let write_timeout = o
         .write_timeout
@@ -545,24 +387,8 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
     if webhook_set_aside_after == 0 {
         bail!("webhook_set_aside_after must be at least 1");
     }
-    let listen_backlog = o
-        .listen_backlog
-        .unwrap_or(lameduck::server::DEFAULT_LISTEN_BACKLOG);
-    if listen_backlog == 0 {
-        bail!("listen_backlog must be at least 1");
-    }
     Ok(Settings {
-        listen: o
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        admin_listen: o
-            .admin_listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
-        shutdown_timeout: o
-            .shutdown_timeout
-            .unwrap_or(lameduck::server::DEFAULT_SHUTDOWN_TIMEOUT),
-        drain_delay: o.drain_delay.unwrap_or(Duration::ZERO),
-        idle_grace: o.idle_grace.unwrap_or(Duration::from_secs(1)),
+        server,
         audit_log: o.audit_log.unwrap_or_else(|| data_dir.join("audit.log")),
         webhook_url: o.webhook_url,
         webhook_backoff_max,
@@ -575,38 +401,16 @@ pub fn resolve(cli: Overrides, file: Option<Overrides>) -> anyhow::Result<Settin
         payment_breaker_open_for: payments.breaker_open_for,
         payment_lease: payments.lease,
         payment_settle_every: payments.settle_every,
-        state_file: o
-            .state_file
-            .unwrap_or_else(|| data_dir.join("shutdown-state")),
         database_url,
         data_dir,
         audit_fsync: o.audit_fsync.unwrap_or(AuditFsync::Batch),
         db_max_connections,
         write_batching: o.write_batching.unwrap_or(WriteBatching::On),
         write_timeout,
-        body_limit,
-        max_in_flight: o.max_in_flight.unwrap_or_default(),
-        request_timeout: o.request_timeout.unwrap_or_default(),
-        tls_cert: o.tls_cert.clone(),
-        tls_key: o.tls_key.clone(),
-        tls_handshake_timeout,
-        tls_first_byte_timeout,
-        tls_max_handshakes,
-        tls_reload_every: o
-            .tls_reload_every
-            .unwrap_or_else(|| lameduck::cli::RequestTimeout::from(Some(Duration::from_secs(10)))),
-        body_read_timeout,
-        body_timeout,
-        grace_budget: o.grace_budget,
-        pid_file: o.pid_file,
-        admin_token_file: o.admin_token_file,
-        proxy_protocol: o.proxy_protocol.unwrap_or(false),
         etcd_endpoints: o.etcd_endpoints,
         registry_prefix,
         registry_ttl,
         instance_id: o.instance_id,
-        listen_backlog,
-        log_format: o.log_format.unwrap_or(LogFormat::Json),
         upgrade_exec: None,
     })
 }
@@ -638,16 +442,6 @@ mod duration {
 mod opt_duration {
     use serde::Deserialize;
     use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
 
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
@@ -748,27 +542,37 @@ mod tests {
         )
         .unwrap();
         let cli = Overrides {
-            listen: Some("127.0.0.1:2".parse().unwrap()),
+            server: lameduck::cli::ServerArgs {
+                listen: Some("127.0.0.1:2".parse().unwrap()),
+                ..Default::default()
+            },
             ..Overrides::default()
         };
         let s = resolve(cli, Some(file)).unwrap();
-        assert_eq!(s.listen.port(), 2);
-        assert_eq!(s.drain_delay, Duration::from_secs(2));
+        assert_eq!(s.server.listen_addr().port(), 2);
+        assert_eq!(s.server.drain_delay, Some(Duration::from_secs(2)));
         assert_eq!(s.audit_fsync, AuditFsync::Each);
-        assert_eq!(s.shutdown_timeout, Duration::from_secs(20));
+        assert_eq!(s.server.shutdown_timeout, Some(Duration::from_secs(20)));
+        assert_eq!(
+            s.server.body_limit,
+            Some(64 * 1024),
+            "the orders' own default"
+        );
         assert!(s.database_url.ends_with("data/orders.db"));
     }
 
     #[test]
     fn bad_file_values_are_named() {
-        let err = toml::from_str::<Overrides>("drain_delay = \"soon\"")
+        let err = parse_file("drain_delay = \"soon\"")
             .unwrap_err()
             .to_string();
         assert!(err.contains("soon"), "{err}");
-        let err = toml::from_str::<Overrides>("nope = 1")
+        let err = parse_file("nope = 1").unwrap_err().to_string();
+        assert!(err.contains("unknown setting `nope`"), "{err}");
+        let err = parse_file("[server]\nlisten = \"127.0.0.1:1\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("nope"), "{err}");
+        assert!(err.contains("unknown setting `server`"), "{err}");
         let err = resolve(
             Overrides {
                 database_url: Some("mysql://x".into()),
@@ -785,16 +589,16 @@ mod tests {
     fn the_tls_defaults_are_lameducks() {
         let s = resolve(Overrides::default(), None).unwrap();
         assert_eq!(
-            s.tls_first_byte_timeout,
-            lameduck::server::DEFAULT_FIRST_BYTE_TIMEOUT
+            s.server.tls_first_byte_timeout,
+            Some(lameduck::server::DEFAULT_FIRST_BYTE_TIMEOUT)
         );
         assert_eq!(
-            s.tls_max_handshakes,
-            lameduck::server::DEFAULT_MAX_HANDSHAKES
+            s.server.tls_max_handshakes,
+            Some(lameduck::server::DEFAULT_MAX_HANDSHAKES)
         );
         assert_eq!(
-            s.tls_handshake_timeout,
-            lameduck::server::DEFAULT_HANDSHAKE_TIMEOUT
+            s.server.tls_handshake_timeout,
+            Some(lameduck::server::DEFAULT_HANDSHAKE_TIMEOUT)
         );
     }
 
@@ -818,13 +622,21 @@ mod tests {
         let file: Overrides = toml::from_str("max_in_flight = 64").unwrap();
         let s = resolve(file, None).unwrap();
         use lameduck::limit::MaxInFlight;
-        assert!(matches!(s.max_in_flight, MaxInFlight::Fixed(n) if n.get() == 64));
+        assert!(
+            matches!(s.server.max_in_flight.unwrap_or_default(), MaxInFlight::Fixed(n) if n.get() == 64)
+        );
         let file: Overrides = toml::from_str("max_in_flight = \"off\"").unwrap();
         let s = resolve(file, None).unwrap();
-        assert!(matches!(s.max_in_flight, MaxInFlight::Off));
+        assert!(matches!(
+            s.server.max_in_flight.unwrap_or_default(),
+            MaxInFlight::Off
+        ));
         let file: Overrides = toml::from_str("max_in_flight = \"adaptive\"").unwrap();
         let s = resolve(file, None).unwrap();
-        assert!(matches!(s.max_in_flight, MaxInFlight::Adaptive(_)));
+        assert!(matches!(
+            s.server.max_in_flight.unwrap_or_default(),
+            MaxInFlight::Adaptive(_)
+        ));
         for bad in ["max_in_flight = 0", "max_in_flight = \"lots\""] {
             let err = toml::from_str::<Overrides>(bad).unwrap_err().to_string();
             assert!(
@@ -839,7 +651,10 @@ mod tests {
         assert!(text.contains("request_timeout = \"off\""), "{text}");
         let file: Overrides = toml::from_str("request_timeout = \"2s\"").unwrap();
         let s = resolve(file, None).unwrap();
-        assert_eq!(s.request_timeout.limit(), Some(Duration::from_secs(2)));
+        assert_eq!(
+            s.server.request_timeout.and_then(|t| t.limit()),
+            Some(Duration::from_secs(2))
+        );
         for bad in ["request_timeout = \"0s\"", "request_timeout = \"soon\""] {
             assert!(toml::from_str::<Overrides>(bad).is_err(), "{bad}");
         }

@@ -71,7 +71,7 @@ pub fn main_impl() -> ExitCode {
         return ExitCode::from(lameduck::exit::OK);
     }
     // Only a subscriber installed already can fail this (no file, no exporter).
-    let options = lameduck::logs::LogOptions::new(settings.log_format, "info,sqlx=warn");
+    let options = lameduck::logs::LogOptions::new(settings.server.log_format(), "info,sqlx=warn");
     let logs = lameduck::logs::init(options).unwrap_or_default();
     cli::block_on_main("lameduck-orders", run(settings, logs))
 }
@@ -120,21 +120,16 @@ pub async fn run(settings: Settings, logs: lameduck::logs::Logs) -> anyhow::Resu
     if let Some(path) = &settings.upgrade_exec {
         builder = builder.upgrade_exec(path);
     }
-    if let Some(budget) = settings.grace_budget {
-        builder = builder.grace_budget(budget);
-    }
-    if let Some(path) = &settings.pid_file {
-        builder = builder.pid_file(path);
-    }
     if let Some(dir) = settings
+        .server
         .state_file
-        .parent()
+        .as_deref()
+        .and_then(std::path::Path::parent)
         .filter(|d| !d.as_os_str().is_empty())
     {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the directory {}", dir.display()))?;
     }
-    builder = builder.state_file(&settings.state_file);
     builder = with_outbox(builder, &settings, &db)?;
     if let Some(p) = payments {
         tracing::info!(
@@ -152,70 +147,26 @@ pub async fn run(settings: Settings, logs: lameduck::logs::Logs) -> anyhow::Resu
             p.clone().settle(ctx)
         }));
     }
-    builder = builder.max_in_flight(settings.max_in_flight.clone());
-    builder = with_tls(builder, &settings)?;
     builder = builder.metric(db.space().metric());
     if let Some(w) = db.writer() {
         for m in writer::metrics(&w.stats()) {
             builder = builder.metric(m);
         }
     }
-    if let Some(token) =
-        cli::admin_token(settings.admin_token_file.as_deref()).map_err(anyhow::Error::msg)?
-    {
-        builder = builder.admin_token(token);
-    }
+    let builder = settings.server.apply(builder).map_err(anyhow::Error::msg)?;
+    let (listen, admin) = (settings.server.listen_addr(), settings.server.admin_addr());
     let server = with_hooks(builder, &app, audit_thread)
-        .drain_delay(settings.drain_delay)
-        .shutdown_timeout(settings.shutdown_timeout)
-        .idle_grace(settings.idle_grace)
-        .body_limit(settings.body_limit)
-        .request_timeout(settings.request_timeout.limit())
-        .body_read_timeout(settings.body_read_timeout)
-        .body_timeout(settings.body_timeout)
-        .listen_backlog(settings.listen_backlog)
-        .proxy_protocol(settings.proxy_protocol)
         .readiness_check(readiness(&app))
         .readiness_check(space_check(&app))
-        .admin(settings.admin_listen)
-        .bind(settings.listen, lifecycle)
+        .bind(listen, lifecycle)
         .await?;
-    cli::announce(&server, settings.listen, settings.admin_listen)?;
+    cli::announce(&server, listen, admin)?;
     let server = match registry(&settings, &server)? {
         Some(r) => server.with_registry(r),
         None => server,
     };
     let report = server.serve(api::router(app)).await;
     Ok(report.exit_code())
-}
-
-/// HTTPS, when a certificate and key are set.
-#[cfg(feature = "tls")]
-fn with_tls(
-    builder: lameduck::server::Builder,
-    settings: &Settings,
-) -> anyhow::Result<lameduck::server::Builder> {
-    let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
-        return Ok(builder);
-    };
-    let mut tls = lameduck::server::TlsConfig::new(cert, key);
-    tls.handshake_timeout = settings.tls_handshake_timeout;
-    tls.first_byte_timeout = settings.tls_first_byte_timeout;
-    tls.max_handshakes = settings.tls_max_handshakes;
-    tls.reload_every = settings.tls_reload_every.limit();
-    Ok(builder.tls(tls))
-}
-
-/// Without the `tls` feature a certificate is a start-up error, not silently cleartext.
-#[cfg(not(feature = "tls"))]
-fn with_tls(
-    builder: lameduck::server::Builder,
-    settings: &Settings,
-) -> anyhow::Result<lameduck::server::Builder> {
-    if settings.tls_cert.is_some() {
-        anyhow::bail!("tls_cert is set but this build has no TLS (feature tls)");
-    }
-    Ok(builder)
 }
 
 /// The shutdown hooks. After-drain hooks run last-registered first, so they are added in

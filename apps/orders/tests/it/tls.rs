@@ -49,10 +49,22 @@ async fn the_api_is_served_over_https_and_the_drain_is_clean() {
 
 #[test]
 fn a_certificate_without_its_key_is_a_configuration_error() {
+    // As flags: a usage error (exit 2), as in every lameduck binary.
     let out = std::process::Command::new(BIN)
         .args(["--tls-cert", "/nonexistent.crt", "--print-config"])
         .output()
         .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-key"), "{err}");
+    // In a configuration file: a start-up error (exit 1) naming both.
+    let file = std::env::temp_dir().join(format!("ld-tls-half-{}.toml", std::process::id()));
+    std::fs::write(&file, "tls_cert = \"/nonexistent.crt\"\n").expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["--config", &file.display().to_string(), "--print-config"])
+        .output()
+        .expect("run");
+    let _ = std::fs::remove_file(&file);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tls_cert and tls_key go together"), "{err}");
