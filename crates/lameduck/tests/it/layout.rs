@@ -133,6 +133,16 @@ fn the_modules_import_each_other_without_a_cycle() {
 
 #[test]
 fn no_crate_of_the_workspace_has_a_module_cycle() {
+    let crates = workspace_sources();
+    assert!(crates.len() >= 6, "found {crates:?}");
+    for src in crates {
+        let found = first_cycle(&edges_of(&src));
+        assert!(found.is_none(), "{}: module cycle {found:?}", src.display());
+    }
+}
+
+/// The `src` directories of the workspace's crates.
+fn workspace_sources() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut crates = Vec::new();
     for group in ["crates", "apps", "tools"] {
@@ -143,11 +153,27 @@ fn no_crate_of_the_workspace_has_a_module_cycle() {
             }
         }
     }
-    assert!(crates.len() >= 6, "found {crates:?}");
-    for src in crates {
-        let found = first_cycle(&edges_of(&src));
-        assert!(found.is_none(), "{}: module cycle {found:?}", src.display());
+    crates
+}
+
+#[test]
+fn no_source_file_holds_more_than_600_lines_before_its_tests() {
+    let mut long = Vec::new();
+    for src in workspace_sources() {
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read");
+            let lines = text
+                .lines()
+                .take_while(|l| !l.starts_with("#[cfg(test)]"))
+                .count();
+            if lines > 600 {
+                long.push(format!("{} ({lines})", file.display()));
+            }
+        }
     }
+    assert!(long.is_empty(), "over 600 lines: {long:?}");
 }
 
 #[test]
