@@ -277,3 +277,36 @@ impl<'de> serde::Deserialize<'de> for RequestTimeout {
             .map_err(serde::de::Error::custom)
     }
 }
+
+/// `Option<Duration>` as a humantime string (`"1s"`, `"500ms"`) in a configuration file:
+/// `#[serde(with = "opt_duration")]` on a field, as [`ServerArgs`] and the orders service do.
+pub mod opt_duration {
+    use serde::Deserialize as _;
+    use std::time::Duration;
+
+    /// Write `d` as `"1s"`, `"500ms"` (nothing for `None`).
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Read a humantime string, or nothing.
+    ///
+    /// # Errors
+    /// A string that is no duration, named.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}

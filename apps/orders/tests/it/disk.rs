@@ -276,13 +276,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_a_restart()
     assert_eq!(check, "ok");
     db.close().await.expect("close");
     let audit = std::fs::read_to_string(seen.join("audit.log")).expect("audit log");
-    let audited: BTreeSet<String> = audit
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
-            (v["action"] == "order.created").then(|| v["order_id"].as_str().map(str::to_owned))?
-        })
-        .collect();
+    let audited = crate::created_in_audit(&audit);
     assert_eq!(audited, stored, "every stored order has its audit line");
 
     s.signal(Signal::SIGTERM);

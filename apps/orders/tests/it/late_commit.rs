@@ -135,14 +135,7 @@ async fn a_commit_past_the_write_timeout_is_answered_outcome_unknown_and_keeps_i
         stored, answered,
         "the table holds exactly the orders answered"
     );
-    let audited: BTreeSet<String> = store
-        .audit_log()
-        .lines()
-        .filter_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["action"] == "order.created").then(|| v["order_id"].as_str().map(str::to_owned))?
-        })
-        .collect();
+    let audited = crate::created_in_audit(&store.audit_log());
     assert_eq!(audited, stored, "every committed order has its audit line");
     let logs = s.logs().join("\n");
     assert!(

@@ -169,3 +169,14 @@ pub(crate) async fn all_orders(addr: std::net::SocketAddr) -> Vec<serde_json::Va
     }
     panic!("pagination did not end");
 }
+
+/// The ids of the orders whose `order.created` line is in the audit log `text` (every line
+/// a whole JSON object).
+pub(crate) fn created_in_audit(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+            (v["action"] == "order.created").then(|| v["order_id"].as_str().map(str::to_owned))?
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@ use crate::limit::MaxInFlight;
 use crate::logs::LogFormat;
 use crate::server::Builder;
 
-use super::RequestTimeout;
+use super::{opt_duration, RequestTimeout};
 
 /// The HTTP listener's address when none is given.
 pub const DEFAULT_LISTEN: SocketAddr =
@@ -309,33 +309,6 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("must be more than zero".into()),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-/// `Option<Duration>` as a humantime string (`"1s"`, `"500ms"`) in a configuration file.
-mod opt_duration {
-    use serde::Deserialize as _;
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let Some(text) = Option::<String>::deserialize(d)? else {
-            return Ok(None);
-        };
-        humantime::parse_duration(&text)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
     }
 }
 

@@ -540,35 +540,43 @@ fn id_and_body(raw: &[u8]) -> (u16, String, String) {
     (status, id, body.to_string())
 }
 
+/// Serve `app`, `GET path` once, drain: the answer's status, `x-request-id` and body.
+async fn get_once(app: Router, path: &str) -> (u16, String, String) {
+    let (addr, trigger, task) = run(quick(), app).await;
+    let head = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let raw = raw_request(addr, head.as_bytes()).await;
+    trigger.drain();
+    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
+    id_and_body(&raw)
+}
+
+/// The rest of the stack on a task of its own (a common way to keep a handler running
+/// after its client goes).
+async fn on_own_task(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// A route that answers its request id.
+fn id_route() -> Router {
+    Router::new().route(
+        "/id",
+        get(|ctx: RequestContext| async move { ctx.request_id().to_string() }),
+    )
+}
+
 #[tokio::test]
 async fn a_handler_behind_a_middleware_that_spawns_the_rest_of_the_stack_gets_its_context() {
-    use axum::middleware::{from_fn, Next};
-    // A common way to keep a handler running after its client goes: the rest of the stack
-    // runs on a task of its own.
-    let spawn_rest = |req: axum::extract::Request, next: Next| async move {
-        match tokio::spawn(next.run(req)).await {
-            Ok(res) => res,
-            Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        }
-    };
-    let app = Router::new()
-        .route(
-            "/id",
-            get(|ctx: RequestContext| async move { ctx.request_id().to_string() }),
-        )
-        .layer(from_fn(spawn_rest));
-    let (addr, trigger, task) = run(quick(), app).await;
-    let raw = raw_request(
-        addr,
-        b"GET /id HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    let (status, id, body) = id_and_body(&raw);
+    let app = id_route().layer(axum::middleware::from_fn(on_own_task));
+    let (status, id, body) = get_once(app, "/id").await;
     assert_eq!(status, 200, "{body}");
     assert!(!id.is_empty(), "no x-request-id");
     assert_eq!(body, id, "the handler saw the request's own context");
-    trigger.drain();
-    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
 
 #[tokio::test]
@@ -589,54 +597,29 @@ async fn a_task_spawned_with_ctx_scope_sees_the_context_and_a_plain_spawn_does_n
             )
         }),
     );
-    let (addr, trigger, task) = run(quick(), app).await;
-    let raw = raw_request(
-        addr,
-        b"GET /spawn HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    let (status, id, body) = id_and_body(&raw);
+    let (status, id, body) = get_once(app, "/spawn").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, format!("{id} none"));
-    trigger.drain();
-    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
 
 #[tokio::test]
 async fn a_request_rebuilt_without_its_context_gets_a_500_that_names_the_cause_and_the_fix() {
-    use axum::middleware::{from_fn, Next};
     // A middleware that rebuilds the request, dropping its extensions, and runs the rest on
     // a task of its own.
-    let rebuild = |req: axum::extract::Request, next: Next| async move {
+    let rebuild = |req: axum::extract::Request, next: axum::middleware::Next| async move {
         let (parts, body) = req.into_parts();
         let mut fresh = axum::extract::Request::new(body);
         *fresh.uri_mut() = parts.uri;
-        match tokio::spawn(next.run(fresh)).await {
-            Ok(res) => res,
-            Err(_) => http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        }
+        on_own_task(fresh, next).await
     };
-    let app = Router::new()
-        .route(
-            "/id",
-            get(|ctx: RequestContext| async move { ctx.request_id().to_string() }),
-        )
-        .layer(from_fn(rebuild));
-    let (addr, trigger, task) = run(quick(), app).await;
-    let raw = raw_request(
-        addr,
-        b"GET /id HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    let (status, _, body) = id_and_body(&raw);
+    let app = id_route().layer(axum::middleware::from_fn(rebuild));
+    let (status, _, body) = get_once(app, "/id").await;
     assert_eq!(status, 500);
     assert_eq!(body, lameduck::context::NO_CONTEXT);
     assert!(
         body.contains("no RequestContext for this request") && body.contains("ctx.scope(...)"),
         "{body}"
     );
-    trigger.drain();
-    let _ = tokio::time::timeout(SOON, task).await.expect("exits");
 }
 
 #[tokio::test]
