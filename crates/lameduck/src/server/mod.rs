@@ -51,6 +51,7 @@ mod drain;
 #[cfg(feature = "fd-handoff")]
 mod handoff;
 mod head_limit;
+mod phases;
 mod pid_file;
 mod proxy_protocol;
 mod request_headers;
@@ -272,89 +273,26 @@ impl Server {
             #[cfg(feature = "tls")]
             tls,
         } = self;
-        #[allow(unused_mut)]
-        let mut shared = Shared::new(&config, lifecycle.shutdown());
-        #[cfg(feature = "tls")]
-        if let Some(t) = tls {
-            shared.stack.metrics.clone().with_tls(t.stats.clone());
-            watch_certificate(&t, &shared.stack.shutdown);
-            shared.tls = Some(t);
-        }
-        let identity = identity(config.version.as_deref());
-        // Shown from the first admin request on; a new process of an upgrade may answer on
-        // the shared admin socket before it is ready.
-        let upgrade_status = UpgradeStatus::default();
-        upgrade_status.set(match upgraded_from {
-            Some(pid) => format!(
-                "taking over from pid {pid}; this process ({}) is starting: {identity}",
-                std::process::id()
-            ),
-            None => format!(
-                "no upgrade yet; this process ({}) serves: {identity}",
-                std::process::id()
-            ),
-        });
-        let listeners = start_listening(
+        let (shared, listeners, identity) = phases::start(
             &config,
-            &shared,
+            lifecycle.shutdown(),
             (http, admin),
             app,
-            operator.clone(),
-            upgrade_status,
+            &operator,
+            upgraded_from,
+            #[cfg(feature = "tls")]
+            tls,
         );
-        config.log_budget();
-        lifecycle.set_phase(Phase::Serving);
-        let tasks = TaskSet::start(
-            std::mem::take(&mut config.tasks),
-            shared.task_states.clone(),
-            &lifecycle.shutdown(),
-            &lifecycle.trigger(),
-        );
-        // Before readiness is reported: once the old process of an upgrade hears it, the
-        // pid file already names this one.
-        let pid_path = config.pid_file.clone();
-        if let Some(path) = &pid_path {
-            if let Err(e) = pid_file::write(path) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the pid file");
-            }
-        }
-        if let Some(path) = &config.state_file {
-            if let Err(e) = state_file::record_start(path, upgraded_from.is_some()) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
-            }
-        }
-        let registration = config.registry.clone().map(|r| {
-            let sd = shared.stack.shutdown.clone();
-            let metrics = shared.stack.metrics.clone();
-            let (first, registered) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(crate::registry::keep_registered(
-                r,
-                sd,
-                operator.clone(),
-                metrics,
-                first,
-            ));
-            (task, registered)
-        });
-        let registration = match registration {
-            Some((task, registered)) => {
-                // Registered before readiness is reported: an upgrade's old process drains
-                // when it hears it, and must find the key under the new process's lease.
-                let wait = crate::registry::FIRST_REGISTRATION_WAIT;
-                if tokio::time::timeout(wait, registered).await.is_err() {
-                    tracing::warn!(
-                        wait_ms = wait.as_millis() as u64,
-                        "not registered yet; reporting ready anyway"
-                    );
-                }
-                Some(task)
-            }
-            None => None,
-        };
-        activation::notify_ready();
-        if let Some(pid) = upgraded_from {
-            announce_takeover(pid, &identity, &listeners.upgrade_status);
-        }
+        let (tasks, registration) = phases::ready(
+            &mut config,
+            &lifecycle,
+            &shared,
+            &listeners,
+            &operator,
+            upgraded_from,
+            &identity,
+        )
+        .await;
         let upgrades = upgrade::Upgrades {
             handoff: listeners.handoff.as_ref(),
             exec: &exec,
@@ -363,22 +301,15 @@ impl Server {
             status: &listeners.upgrade_status,
         };
         let stop = upgrade::serve_until_stop(&mut lifecycle, &upgrades).await;
-        let state_path = config.state_file.clone();
+        let (state_path, pid_path) = (config.state_file.clone(), config.pid_file.clone());
         let report =
             drain::shut_down(&mut lifecycle, stop, config, &shared, listeners, tasks).await;
-        if let Some(path) = &state_path {
-            if let Err(e) = state_file::record_end(path, &report) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the state file");
-            }
-        }
-        if let Some(task) = registration {
-            task.abort();
-        }
-        if let (Some(path), true) = (&pid_path, report.is_clean()) {
-            if let Err(e) = pid_file::remove_if_ours(path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the pid file");
-            }
-        }
+        phases::clean_up(
+            &report,
+            state_path.as_deref(),
+            pid_path.as_deref(),
+            registration,
+        );
         report
     }
 }
