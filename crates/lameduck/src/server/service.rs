@@ -202,38 +202,15 @@ where
             self.stack
                 .in_flight
                 .begin_with(&req, Some(ctx.request_id().clone()), started);
-        let (span, ids_in_logs) = match self.stack.request_spans {
-            RequestSpans::Off => (tracing::Span::none(), false),
-            RequestSpans::Span => (request_span(&ctx), false),
-            RequestSpans::SpanWith(make) => (make(&ctx), false),
-            RequestSpans::IdsInLogs => (tracing::Span::none(), true),
-        };
+        let (span, ids_in_logs) = self.span_for(&ctx);
         let req_method = if self.stack.access_log.is_on() {
             req.method().clone()
         } else {
             Method::GET
         };
-        let (inner, early) = if self.stack.drain.refuses_now() {
-            (None, Early::Refused)
-        } else if in_flight > self.stack.max_in_flight.now() {
-            (None, Early::Overloaded)
-        } else if let Some(why) =
-            host_problem_on(version, seen.host, seen.hosts > 1, &self.last_host)
-        {
-            (None, Early::BadHost(why))
-        } else if http_body::Body::size_hint(req.body()).lower() > self.stack.body_limit as u64 {
-            // hyper's parsed `Content-Length` (a lookup less than `declares_over`).
-            (None, Early::TooLarge)
-        } else {
-            let (limit, timeouts) = (self.stack.body_limit, self.stack.body_timeouts);
-            let mut req =
-                req.map(|b| Limited::new(TimedBody::new(b, timeouts, started, &ctx), limit));
-            // The context travels with the request too: a middleware may move the rest of
-            // the stack onto a task of its own, where the current context (per thread,
-            // set while this future is polled) is not.
-            req.extensions_mut().insert(ctx.clone());
-            let svc = self.inner.clone();
-            (catching(|| svc.oneshot(req)), Early::Panicked)
+        let (inner, early) = match self.refusal(version, &seen, &req, in_flight) {
+            Some(refused) => (None, refused),
+            None => (self.run_app(req, started, &ctx), Early::Panicked),
         };
         // Boxed, so that a request without a timeout does not carry a timer's size.
         let timer = self
@@ -241,30 +218,8 @@ where
             .request_timeout
             .filter(|_| inner.is_some())
             .map(|d| Box::pin(tokio::time::sleep_until((started + d).into())));
-        let access = self.stack.access_log.is_on().then(|| {
-            Box::new(Access {
-                method: req_method,
-                status: 0,
-                started,
-                bytes: 0,
-                complete: false,
-                peer: self.peer,
-                ctx: ctx.clone(),
-                route: None,
-                sink: self.stack.access_log.clone(),
-            })
-        });
-        // Only requests that run the application tell the adaptive limit anything.
-        let limit_sample = match (&self.stack.max_in_flight, &inner) {
-            (crate::limit::InFlightLimit::Adaptive(a), Some(_)) => {
-                Some(crate::limit::LimitSample {
-                    limit: a.clone(),
-                    started,
-                    in_flight,
-                })
-            }
-            _ => None,
-        };
+        let access = self.access_record(req_method, started, &ctx);
+        let limit_sample = self.limit_sample(inner.is_some(), started, in_flight);
         ServerFuture {
             inner,
             early,
@@ -282,6 +237,114 @@ where
             span,
             ids_in_logs,
             route,
+        }
+    }
+}
+
+/// The steps of [`ConnService::call`], in the order it takes them.
+impl<S> ConnService<S> {
+    /// The request's span, and whether its ids go on log lines instead
+    /// ([`RequestSpans`]).
+    #[inline]
+    fn span_for(&self, ctx: &RequestContext) -> (tracing::Span, bool) {
+        match self.stack.request_spans {
+            RequestSpans::Off => (tracing::Span::none(), false),
+            RequestSpans::Span => (request_span(ctx), false),
+            RequestSpans::SpanWith(make) => (make(ctx), false),
+            RequestSpans::IdsInLogs => (tracing::Span::none(), true),
+        }
+    }
+
+    /// Why the request is answered without running the application, if it is: the drain
+    /// refuses it, the in-flight limit is reached, its `Host` is bad, or its declared body
+    /// is over the limit.
+    #[inline]
+    fn refusal<Body: http_body::Body>(
+        &self,
+        version: Version,
+        seen: &RequestHeaders<'_>,
+        req: &Request<Body>,
+        in_flight: usize,
+    ) -> Option<Early> {
+        if self.stack.drain.refuses_now() {
+            Some(Early::Refused)
+        } else if in_flight > self.stack.max_in_flight.now() {
+            Some(Early::Overloaded)
+        } else if let Some(why) =
+            host_problem_on(version, seen.host, seen.hosts > 1, &self.last_host)
+        {
+            Some(Early::BadHost(why))
+        } else if http_body::Body::size_hint(req.body()).lower() > self.stack.body_limit as u64 {
+            // hyper's parsed `Content-Length` (a lookup less than `declares_over`).
+            Some(Early::TooLarge)
+        } else {
+            None
+        }
+    }
+
+    /// The application's future for `req`, its body limited and timed, the context in its
+    /// extensions; `None` when making it panicked.
+    #[inline]
+    fn run_app(
+        &self,
+        req: Request<Incoming>,
+        started: Instant,
+        ctx: &RequestContext,
+    ) -> Option<Oneshot<S, Request<RequestBody>>>
+    where
+        S: Service<Request<RequestBody>> + Clone,
+    {
+        let (limit, timeouts) = (self.stack.body_limit, self.stack.body_timeouts);
+        let mut req = req.map(|b| Limited::new(TimedBody::new(b, timeouts, started, ctx), limit));
+        // The context travels with the request too: a middleware may move the rest of the
+        // stack onto a task of its own, where the current context (per thread, set while
+        // this future is polled) is not.
+        req.extensions_mut().insert(ctx.clone());
+        let svc = self.inner.clone();
+        catching(|| svc.oneshot(req))
+    }
+
+    /// The access log's record of the request, when the access log is on.
+    #[inline]
+    fn access_record(
+        &self,
+        method: Method,
+        started: Instant,
+        ctx: &RequestContext,
+    ) -> Option<Box<Access>> {
+        self.stack.access_log.is_on().then(|| {
+            Box::new(Access {
+                method,
+                status: 0,
+                started,
+                bytes: 0,
+                complete: false,
+                peer: self.peer,
+                ctx: ctx.clone(),
+                route: None,
+                sink: self.stack.access_log.clone(),
+            })
+        })
+    }
+
+    /// What the adaptive limit learns from the request: only requests that run the
+    /// application tell it anything.
+    #[inline]
+    fn limit_sample(
+        &self,
+        runs_app: bool,
+        started: Instant,
+        in_flight: usize,
+    ) -> Option<crate::limit::LimitSample> {
+        match &self.stack.max_in_flight {
+            crate::limit::InFlightLimit::Adaptive(a) if runs_app => {
+                Some(crate::limit::LimitSample {
+                    limit: a.clone(),
+                    started,
+                    in_flight,
+                })
+            }
+            _ => None,
         }
     }
 }
