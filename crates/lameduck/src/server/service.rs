@@ -397,7 +397,7 @@ where
         let mut this = self.project();
         // Taken apart once: the head is changed in place and the body wrapped, instead of
         // moving the whole response at each step.
-        let (mut head, mut body) = match this.inner.as_mut().as_pin_mut() {
+        let (head, body) = match this.inner.as_mut().as_pin_mut() {
             None => match this.early {
                 Early::Refused => this.stack.drain.refusal(*this.version),
                 Early::Overloaded => overloaded(&this.stack.metrics),
@@ -440,43 +440,71 @@ where
                 }
             },
         };
-        if this.ctx.body_timed_out() {
-            // Whatever the handler made of the failed read, the client was too slow.
-            (head, body) = request_timeout(*this.version).into_parts();
-        }
-        mark_if_draining(&this.stack.shutdown, *this.version, &mut head.headers);
-        if this.stack.response_ids {
-            set_response_headers(&mut head.headers, this.ctx);
-        }
-        let status = head.status.as_u16();
-        let latency = this.started.elapsed();
-        match this.stack.route(*this.route) {
-            Some(route) => route.observe(status, latency),
-            None => {
-                let route = route_label(Some(&*this.ctx), &head.extensions);
-                this.stack.metrics.observe(route, status, latency);
-            }
-        }
-        let mut guards = this.guards.take();
-        if let Some(Guards {
-            access: Some(a), ..
-        }) = guards.as_mut()
-        {
-            a.status = status;
-            if this.ctx.route().is_none() {
-                a.route = Some(response_route(&head.extensions).into());
-            }
-            // An empty body is never polled.
-            a.complete = http_body::Body::is_end_stream(&body);
-        }
-        Poll::Ready(Ok(Response::from_parts(
-            head,
-            ServerBody {
-                inner: body,
-                guards,
-            },
+        Poll::Ready(Ok(finish(
+            this.ctx,
+            this.stack,
+            *this.version,
+            *this.started,
+            *this.route,
+            this.guards.take(),
+            (head, body),
         )))
     }
+}
+
+/// The last step of a request: its answer's head completed (a body read that timed out
+/// wins, the drain's `Connection: close`, the response ids), the request recorded (metrics,
+/// access record), and its guards handed to the response body, which holds them until it
+/// is sent.
+#[inline]
+fn finish<B>(
+    ctx: &RequestContext,
+    stack: &Stack,
+    version: Version,
+    started: Instant,
+    route: Option<usize>,
+    mut guards: Option<Guards>,
+    (mut head, mut body): (http::response::Parts, Either<B, Full<Bytes>>),
+) -> Response<ServerBody<B>>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<super::BoxError>,
+{
+    if ctx.body_timed_out() {
+        // Whatever the handler made of the failed read, the client was too slow.
+        (head, body) = request_timeout(version).into_parts();
+    }
+    mark_if_draining(&stack.shutdown, version, &mut head.headers);
+    if stack.response_ids {
+        set_response_headers(&mut head.headers, ctx);
+    }
+    let status = head.status.as_u16();
+    let latency = started.elapsed();
+    match stack.route(route) {
+        Some(route) => route.observe(status, latency),
+        None => {
+            let route = route_label(Some(ctx), &head.extensions);
+            stack.metrics.observe(route, status, latency);
+        }
+    }
+    if let Some(Guards {
+        access: Some(a), ..
+    }) = guards.as_mut()
+    {
+        a.status = status;
+        if ctx.route().is_none() {
+            a.route = Some(response_route(&head.extensions).into());
+        }
+        // An empty body is never polled.
+        a.complete = http_body::Body::is_end_stream(&body);
+    }
+    Response::from_parts(
+        head,
+        ServerBody {
+            inner: body,
+            guards,
+        },
+    )
 }
 
 /// The answer to a request shed at the in-flight limit: 503 `overloaded`, retry in a
