@@ -64,6 +64,8 @@ fn encode_tls(enc: &mut DescriptorEncoder<'_>, t: &TlsStats) -> std::fmt::Result
 pub(super) struct Snapshot(pub(super) Metrics);
 
 impl prometheus_client::collector::Collector for Snapshot {
+    // Long on purpose: one metric family after another, in the order `/metrics` shows
+    // them; each is a call or two, and splitting the list would only hide the order.
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
         let r = &self.0.inner;
         encode_requests(&mut enc, &read(&r.series))?;

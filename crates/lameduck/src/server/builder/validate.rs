@@ -8,7 +8,8 @@ use crate::hooks::HookPhase;
 use crate::Error;
 
 impl Builder {
-    /// Refuse out-of-range settings, naming them.
+    /// Refuse out-of-range settings, naming them. Long on purpose: independent checks of a
+    /// few lines each, kept in one list so that every setting's bound is found in one place.
     pub(in crate::server) fn validate(&self) -> Result<(), Error> {
         if self.max_header_bytes < MIN_HEADER_BYTES {
             return Err(Error::Config(format!(
