@@ -16,15 +16,11 @@ pub const DEFAULT_LISTEN: SocketAddr =
 /// The admin listener's address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
-/// TLS handshake timeout by default (the `tls` feature's `DEFAULT_HANDSHAKE_TIMEOUT`; the
-/// setting exists without the feature, to be refused with a clear error).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Wait for a ClientHello's first byte by default.
-const TLS_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most TLS handshakes at once by default.
-const TLS_MAX_HANDSHAKES: usize = 256;
-/// How often the certificate files are checked by default.
-const TLS_RELOAD_EVERY: Duration = Duration::from_secs(10);
+use crate::server::{
+    DEFAULT_FIRST_BYTE_TIMEOUT as TLS_FIRST_BYTE_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT as TLS_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_HANDSHAKES as TLS_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY as TLS_RELOAD_EVERY,
+};
 
 /// Declares [`ServerArgs`]: each setting once, with its flag, its `LAMEDUCK_*` variable
 /// (the attributes), its TOML key (the field's name) and its default (after `=`; none for
@@ -63,11 +59,6 @@ macro_rules! server_args {
             #[must_use]
             pub fn effective(&self) -> Self {
                 Self { $( $f: self.$f.clone() $(.or(Some($d)))?, )* }
-            }
-
-            /// The settings' names: the TOML keys, and the flags with `-` for `_`.
-            pub fn keys() -> &'static [&'static str] {
-                &[$( stringify!($f) ),*]
             }
         }
     };
@@ -349,7 +340,6 @@ mod tests {
         let text = toml::to_string(&e).unwrap();
         assert!(text.contains("idle_grace = \"1s\""), "{text}");
         assert_eq!(toml::from_str::<ServerArgs>(&text).unwrap(), e);
-        assert!(ServerArgs::keys().contains(&"tls_reload_every"));
     }
 
     #[test]

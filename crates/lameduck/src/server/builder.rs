@@ -57,6 +57,15 @@ pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// How long a new process started by an upgrade may take to report ready.
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's smallest HTTP/1 read buffer.
+/// Default TLS handshake timeout, from the accept (`TlsConfig::handshake_timeout`,
+/// feature `tls`; defined without the feature too, for the shared flags' defaults).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wait for a ClientHello's first byte (`TlsConfig::first_byte_timeout`).
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default most TLS handshakes at once (`TlsConfig::max_handshakes`).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+/// Default interval between checks of the certificate files (`TlsConfig::reload_every`).
+pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
 /// The smallest `max_header_bytes` accepted.
 const MIN_HEADER_BYTES: usize = 8192;
 

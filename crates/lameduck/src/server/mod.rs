@@ -68,15 +68,16 @@ pub use builder::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN_BACKLOG, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT, GRACE_MARGIN,
 };
+pub use builder::{
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_RELOAD_EVERY,
+};
 pub use drain::DRAIN_PROGRESS_INTERVAL;
 #[cfg(feature = "fd-handoff")]
 pub use handoff::UpgradeError;
 pub use proxy_protocol::ProxyHeaderError;
 #[cfg(feature = "tls")]
-pub use tls::{
-    TlsConfig, TlsError, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_HANDSHAKES, DEFAULT_RELOAD_EVERY, EXPIRY_WARNING,
-};
+pub use tls::{TlsConfig, TlsError, EXPIRY_WARNING};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

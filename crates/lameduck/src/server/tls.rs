@@ -43,14 +43,10 @@ pub use crate::error::TlsError;
 use crate::lifecycle::Shutdown;
 use crate::metrics::TlsStats;
 
-/// Default [`TlsConfig::handshake_timeout`].
-pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default [`TlsConfig::first_byte_timeout`].
-pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default [`TlsConfig::max_handshakes`].
-pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
-/// Default [`TlsConfig::reload_every`].
-pub const DEFAULT_RELOAD_EVERY: Duration = Duration::from_secs(10);
+use super::builder::{
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_RELOAD_EVERY,
+};
 
 /// TLS settings for [`Builder::tls`](super::Builder::tls).
 #[derive(Debug, Clone)]
